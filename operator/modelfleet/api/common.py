@@ -1,0 +1,114 @@
+"""Building blocks shared by both resources: the API base model, resources, env vars and conditions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "modelfleet.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+REGION_LABEL = "topology.kubernetes.io/region"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+Quantity = Annotated[
+    str | int,
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+]
+
+
+def rule(expression: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One CEL validation rule as the CRD's `x-kubernetes-validations` entry."""
+    entry = {"rule": expression, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class ApiModel(BaseModel):
+    """Base of every spec and status model: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_api(self) -> dict[str, Any]:
+        """The object as the Kubernetes API spells it, without unset optional fields."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class EnvVar(ApiModel):
+    name: str = Field(min_length=1, description="Name of the environment variable.")
+    value: str = Field(default="", description="Value of the environment variable.")
+
+
+class Resources(ApiModel):
+    """What one worker or one replica asks for."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                rule("!has(self.gpuType) || self.gpus > 0", "gpuType needs gpus of at least 1", ".gpuType"),
+            ]
+        }
+    )
+
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs (nvidia.com/gpu) for each pod.")
+    gpu_type: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Required GPU product, matched against the node label nvidia.com/gpu.product "
+        "(for example H100, A100, T4).",
+    )
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit for each pod, e.g. 4 or 500m.")
+    memory: Quantity | None = Field(default=None, description="Memory request and limit for each pod, e.g. 16Gi.")
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(description="Type of the condition.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="One CamelCase word saying why.")
+    message: str = Field(default="", description="What happened, for a person.")
+    last_transition_time: str | None = Field(default=None, description="When the status last changed.")
+    observed_generation: int | None = Field(default=None, description="The generation this was computed from.")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: list[dict[str, Any]], new: Condition) -> list[dict[str, Any]]:
+    """Conditions with `new` in place of its type; lastTransitionTime moves only when status changes."""
+    result: list[dict[str, Any]] = []
+    found = False
+    for existing in conditions:
+        if existing.get("type") != new.type:
+            result.append(existing)
+            continue
+        found = True
+        same_status = existing.get("status") == new.status
+        merged = new.to_api()
+        merged["lastTransitionTime"] = (
+            existing.get("lastTransitionTime") if same_status else None
+        ) or new.last_transition_time or now_iso()
+        result.append(merged)
+    if not found:
+        merged = new.to_api()
+        merged.setdefault("lastTransitionTime", now_iso())
+        result.append(merged)
+    return result

@@ -1,0 +1,228 @@
+"""TrainingJob: a gang of PyTorch workers wired for torch.distributed."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import ConfigDict, Field
+
+from modelfleet.api.common import ApiModel, Condition, EnvVar, Resources, rule
+
+DEFAULT_TRAINING_IMAGE = "ghcr.io/modelfleet/runtime:0.1.0"
+DEFAULT_MASTER_PORT = 29500
+
+
+class PlacementPolicy(StrEnum):
+    PACK = "Pack"
+    SPREAD = "Spread"
+
+
+class RestartPolicy(StrEnum):
+    NEVER = "Never"
+    ON_FAILURE = "OnFailure"
+    EXIT_CODE = "ExitCode"
+
+
+class ShardingMode(StrEnum):
+    WEIGHTED = "Weighted"
+    EQUAL = "Equal"
+
+
+class SuccessPolicy(StrEnum):
+    ALL_WORKERS = "AllWorkers"
+    RANK_ZERO = "RankZero"
+
+
+class TrainingPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Workers(ApiModel):
+    """How many workers: a fixed `replicas`, or `minReplicas`..`maxReplicas` for elastic training."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                rule(
+                    "has(self.replicas) != (has(self.minReplicas) && has(self.maxReplicas))",
+                    "set either replicas, or both minReplicas and maxReplicas",
+                ),
+                rule(
+                    "has(self.minReplicas) == has(self.maxReplicas)",
+                    "minReplicas and maxReplicas go together",
+                ),
+                rule(
+                    "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+                    "minReplicas must not exceed maxReplicas",
+                    ".minReplicas",
+                ),
+            ]
+        }
+    )
+
+    replicas: int | None = Field(default=None, ge=1, le=1024, description="Number of workers (fixed size).")
+    min_replicas: int | None = Field(
+        default=None, ge=1, le=1024, description="Elastic: fewest workers the job runs with."
+    )
+    max_replicas: int | None = Field(
+        default=None, ge=1, le=1024, description="Elastic: most workers the job runs with."
+    )
+    nproc_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Processes per worker pod (torchrun --nproc-per-node). Default: the worker's GPU count, or 1.",
+    )
+
+
+class Placement(ApiModel):
+    regions: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Regions the job may run in (topology.kubernetes.io/region); the whole gang stays in one. "
+        "Empty: any region.",
+    )
+    policy: PlacementPolicy = Field(
+        default=PlacementPolicy.PACK,
+        description="Pack: fewest nodes and zones, best fit. Spread: one worker per node where possible.",
+    )
+    gang: bool = Field(default=True, description="Start no worker until every worker has a node.")
+
+
+class Dataset(ApiModel):
+    sharding: ShardingMode = Field(
+        default=ShardingMode.WEIGHTED,
+        description="Weighted: each worker's share of every batch follows its GPU's speed. Equal: same share each.",
+    )
+    gpu_speeds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Relative speed per GPU product, overriding the operator's table (e.g. {H100: 3, A100: 1.5}).",
+    )
+
+
+class Checkpoint(ApiModel):
+    path: str | None = Field(default=None, min_length=1, description="Directory for checkpoints (a mounted volume).")
+    interval_steps: int = Field(default=100, ge=1, description="Save every this many steps.")
+
+
+class TrainingJobSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                rule(
+                    "self.restartPolicy != 'ExitCode' || (has(self.retryableExitCodes) && size(self.retryableExitCodes) > 0)",
+                    "restartPolicy ExitCode needs retryableExitCodes",
+                    ".retryableExitCodes",
+                ),
+                rule(
+                    "!has(self.retryableExitCodes) || size(self.retryableExitCodes) == 0 || self.restartPolicy == 'ExitCode'",
+                    "retryableExitCodes applies only to restartPolicy ExitCode",
+                    ".retryableExitCodes",
+                ),
+                rule(
+                    "!has(self.workers.nprocPerNode) || self.resources.gpus == 0 "
+                    "|| self.workers.nprocPerNode <= self.resources.gpus",
+                    "workers.nprocPerNode must not exceed resources.gpus",
+                    ".workers.nprocPerNode",
+                ),
+                rule(
+                    "!has(oldSelf.image) || self.image == oldSelf.image || self.suspend",
+                    "image can only change while the job is suspended",
+                    ".image",
+                ),
+            ]
+        }
+    )
+
+    image: str = Field(default=DEFAULT_TRAINING_IMAGE, min_length=1, description="Container image of every worker.")
+    command: list[str] = Field(
+        default_factory=list,
+        description="Entrypoint. Default: python -m modelfleet.runtime.train.",
+    )
+    args: list[str] = Field(default_factory=list, description="Arguments to the entrypoint.")
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables for every worker.")
+    workers: Workers = Field(description="Number of workers.")
+    resources: Resources = Field(default_factory=Resources, description="What each worker asks for.")
+    placement: Placement = Field(default_factory=Placement, description="Where the gang may run and how to pack it.")
+    restart_policy: RestartPolicy = Field(
+        default=RestartPolicy.ON_FAILURE,
+        description="Never: first failure fails the job. OnFailure: restart the whole gang. "
+        "ExitCode: restart only on retryableExitCodes.",
+    )
+    retryable_exit_codes: list[int] = Field(
+        default_factory=list, max_length=64, description="Exit codes that restart the gang (restartPolicy ExitCode)."
+    )
+    backoff_limit: int = Field(default=3, ge=0, le=1000, description="Gang restarts before the job fails.")
+    success_policy: SuccessPolicy = Field(
+        default=SuccessPolicy.ALL_WORKERS,
+        description="AllWorkers: succeeded when every worker exits 0. RankZero: when worker 0 exits 0.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job when it has run this long since it started."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the job this long after it succeeded or failed."
+    )
+    suspend: bool = Field(default=False, description="True deletes the workers and keeps the job; false resumes it.")
+    master_port: int = Field(
+        default=29500, ge=1024, le=65535, description="Port of the rendezvous (MASTER_PORT) on worker 0."
+    )
+    dataset: Dataset = Field(default_factory=Dataset, description="How the data is split among workers.")
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Where and how often to checkpoint.")
+    output_path: str | None = Field(
+        default=None, min_length=1, description="Where the final model artifact is written (a mounted volume)."
+    )
+
+
+class WorkerPlacement(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    worker: str = Field(description="Pod name.")
+    node: str = Field(description="Node the worker is pinned to.")
+    region: str = Field(default="", description="Region of the node.")
+    zone: str = Field(default="", description="Zone of the node.")
+    gpu_type: str = Field(default="", description="GPU product of the node.")
+    shard_weight: float = Field(default=1.0, description="Share of each batch this worker takes.")
+
+
+class WorkerCounts(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    desired: int = Field(default=0, description="Workers the job should have.")
+    pending: int = Field(default=0, description="Workers not yet running.")
+    running: int = Field(default=0, description="Workers running.")
+    succeeded: int = Field(default=0, description="Workers that exited 0.")
+    failed: int = Field(default=0, description="Workers that failed.")
+
+
+class Progress(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    step: int | None = Field(default=None, description="Global step reported by rank 0.")
+    epoch: int | None = Field(default=None, description="Epoch reported by rank 0.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    samples_per_second: float | None = Field(default=None, description="Throughput of the whole gang.")
+    updated_at: str | None = Field(default=None, description="When rank 0 reported it.")
+
+
+class TrainingJobStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    phase: TrainingPhase | None = Field(default=None, description="Where the job is in its life.")
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions of the job.")
+    observed_generation: int | None = Field(default=None, description="The spec generation last acted on.")
+    workers: WorkerCounts | None = Field(default=None, description="Workers by state.")
+    ready: str | None = Field(default=None, description="Running/desired workers, for kubectl get.")
+    gpus: int | None = Field(default=None, description="GPUs the gang holds or asks for.")
+    region: str | None = Field(default=None, description="Region the gang is placed in.")
+    placement: list[WorkerPlacement] = Field(default_factory=list, description="Worker to node.")
+    restarts: int = Field(default=0, description="Gang restarts so far.")
+    start_time: str | None = Field(default=None, description="When the workers were first placed.")
+    completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")
+    progress: Progress | None = Field(default=None, description="Training progress reported by rank 0.")
