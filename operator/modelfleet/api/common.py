@@ -104,8 +104,8 @@ def set_condition(conditions: list[dict[str, Any]], new: Condition) -> list[dict
         same_status = existing.get("status") == new.status
         merged = new.to_api()
         merged["lastTransitionTime"] = (
-            existing.get("lastTransitionTime") if same_status else None
-        ) or new.last_transition_time or now_iso()
+            (existing.get("lastTransitionTime") if same_status else None) or new.last_transition_time or now_iso()
+        )
         result.append(merged)
     if not found:
         merged = new.to_api()

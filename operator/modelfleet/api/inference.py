@@ -179,7 +179,9 @@ class InferenceServiceSpec(ApiModel):
         "the scale subresource sets it.",
     )
     image: str | None = Field(default=None, min_length=1, description="Server image. Default: modelfleet's runtime.")
-    command: list[str] = Field(default_factory=list, description="Entrypoint. Default: python -m modelfleet.runtime.serve.")
+    command: list[str] = Field(
+        default_factory=list, description="Entrypoint. Default: python -m modelfleet.runtime.serve."
+    )
     args: list[str] = Field(default_factory=list, description="Arguments to the entrypoint.")
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables.")
     port: int = Field(default=DEFAULT_SERVING_PORT, ge=1024, le=65535, description="Port the server listens on.")

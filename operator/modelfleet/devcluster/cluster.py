@@ -1,0 +1,266 @@
+"""A real Kubernetes control plane on loopback, with KWOK simulating GPU nodes and pods.
+
+etcd, kube-apiserver (RBAC on, service-account tokens), kube-controller-manager, kube-scheduler and kwok run as
+local processes from binaries that tests/cluster/build-binaries.sh builds from their Go modules. Everything binds
+to 127.0.0.1 and kwok hands out pod IPs from a loopback range, so no test traffic leaves the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from modelfleet.devcluster.nodes import default_inventory, fake_nodes
+
+ROOT = Path(__file__).resolve().parents[3]
+BUILD_SCRIPT = ROOT / "tests" / "cluster" / "build-binaries.sh"
+STAGES = Path(__file__).with_name("stages.yaml")
+POD_CIDR = "127.100.0.0/16"
+SERVICE_CIDR = "10.96.0.0/16"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def binaries_dir() -> Path:
+    """Builds the control-plane binaries once (cached per version) and returns their directory."""
+    if env_dir := os.environ.get("MODELFLEET_BIN_DIR"):
+        return Path(env_dir)
+    out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_certificates(pki: Path) -> None:
+    """A CA, the apiserver's serving certificate, an admin client certificate and the service-account key pair."""
+    pki.mkdir(parents=True, exist_ok=True)
+    if (pki / "admin.crt").exists():
+        return
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "3650", "-subj", "/CN=modelfleet-dev-ca", cwd=pki)  # fmt: skip
+    sans = "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc,IP:10.96.0.1"
+    (pki / "server.ext").write_text(sans + "\nextendedKeyUsage=serverAuth\n")
+    (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, subject, ext in (
+        ("apiserver", "/CN=kube-apiserver", "server.ext"),
+        ("admin", "/CN=modelfleet-admin/O=system:masters", "client.ext"),
+    ):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", subject, cwd=pki)  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "3650", "-extfile", ext, cwd=pki)  # fmt: skip
+    openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
+    openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def kubeconfig(server: str, pki: Path) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "modelfleet-dev", "cluster": {
+            "server": server, "certificate-authority": str(pki / "ca.crt")}}],
+        "users": [{"name": "admin", "user": {
+            "client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")}}],
+        "contexts": [{"name": "modelfleet-dev", "context": {"cluster": "modelfleet-dev", "user": "admin"}}],
+        "current-context": "modelfleet-dev",
+    }  # fmt: skip
+
+
+@dataclass
+class DevCluster:
+    """One local cluster whose state (certificates, etcd data, logs, pids, kubeconfig) lives in `workdir`."""
+
+    workdir: Path
+    apiserver_port: int = 0
+    bin_dir: Path | None = None
+    processes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def pids_path(self) -> Path:
+        return self.workdir / "pids.json"
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        bin_dir = self.bin_dir or binaries_dir()
+        result = subprocess.run(
+            [str(bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig_path), *args],
+            input=stdin, capture_output=True, text=True,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def running(self) -> bool:
+        if not self.pids_path.exists():
+            return False
+        pids = json.loads(self.pids_path.read_text())
+        return all(_alive(pid) for pid in pids.values())
+
+    def up(self, timeout: float = 120) -> DevCluster:
+        """Starts every component (if not already running) and creates the fake GPU nodes."""
+        if self.running():
+            return self
+        self.down()
+        self.bin_dir = self.bin_dir or binaries_dir()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        make_certificates(self.pki)
+        port = self.apiserver_port or free_port()
+        etcd_port, etcd_peer = free_port(), free_port()
+        self.kubeconfig_path.write_text(yaml.safe_dump(kubeconfig(f"https://127.0.0.1:{port}", self.pki)))
+        kc = str(self.kubeconfig_path)
+        pki = self.pki
+        self._start("etcd", [
+            "--name", "modelfleet-dev", "--data-dir", str(self.workdir / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-cluster", f"modelfleet-dev=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync", "--quota-backend-bytes", str(4 * 1024**3),
+        ])  # fmt: skip
+        self._start("kube-apiserver", [
+            "--etcd-servers", f"http://127.0.0.1:{etcd_port}",
+            "--bind-address", "127.0.0.1", "--secure-port", str(port),
+            "--tls-cert-file", str(pki / "apiserver.crt"), "--tls-private-key-file", str(pki / "apiserver.key"),
+            "--client-ca-file", str(pki / "ca.crt"),
+            "--service-account-key-file", str(pki / "sa.pub"),
+            "--service-account-signing-key-file", str(pki / "sa.key"),
+            "--service-account-issuer", "https://kubernetes.default.svc",
+            "--service-cluster-ip-range", SERVICE_CIDR,
+            "--authorization-mode", "Node,RBAC",
+            "--endpoint-reconciler-type", "none",
+            "--max-requests-inflight", "0", "--max-mutating-requests-inflight", "0",
+            "--enable-priority-and-fairness=false",
+        ])  # fmt: skip
+        self._wait(lambda: self.kubectl("get", "--raw", "/readyz", check=False) == "ok", timeout, "kube-apiserver")
+        self._start("kube-controller-manager", [
+            "--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
+            "--bind-address", "127.0.0.1", "--secure-port", str(free_port()),
+            "--root-ca-file", str(pki / "ca.crt"),
+            "--service-account-private-key-file", str(pki / "sa.key"),
+            "--use-service-account-credentials", "--leader-elect=false",
+            "--controllers", "*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
+            "--kube-api-qps", "500", "--kube-api-burst", "1000",
+        ])  # fmt: skip
+        self._start("kube-scheduler", [
+            "--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
+            "--bind-address", "127.0.0.1", "--secure-port", str(free_port()), "--leader-elect=false",
+            "--kube-api-qps", "500", "--kube-api-burst", "1000",
+        ])  # fmt: skip
+        self._start("kwok", [
+            "--kubeconfig", kc, "--config", str(STAGES),
+            "--manage-nodes-with-annotation-selector", "kwok.x-k8s.io/node=fake",
+            "--cidr", POD_CIDR, "--node-ip", "127.0.0.1",
+            "--server-address", f"127.0.0.1:{free_port()}",
+        ])  # fmt: skip
+        self.pids_path.write_text(json.dumps(self.processes))
+        self.create_nodes()
+        self._wait(lambda: "default" in self.kubectl("get", "serviceaccounts", "-o", "name", check=False),
+                   timeout, "the default ServiceAccount")  # fmt: skip
+        self._wait(self._nodes_ready, timeout, "nodes Ready")
+        return self
+
+    def create_nodes(self) -> None:
+        manifests = fake_nodes(default_inventory())
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
+
+    def _nodes_ready(self) -> bool:
+        out = self.kubectl("get", "nodes", "-o", "json", check=False)
+        if not out:
+            return False
+        items = json.loads(out)["items"]
+        return bool(items) and all(
+            any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions", []))
+            for node in items
+        )
+
+    def down(self) -> None:
+        """Stops every component; the workdir stays (remove it to start from nothing)."""
+        pids: dict[str, int] = {}
+        if self.pids_path.exists():
+            pids = json.loads(self.pids_path.read_text())
+        pids.update(self.processes)
+        for name in reversed(COMPONENTS):
+            if pid := pids.get(name):
+                _terminate(pid)
+        self.processes = {}
+        self.pids_path.unlink(missing_ok=True)
+        etcd_data = self.workdir / "etcd"
+        if etcd_data.exists():
+            subprocess.run(["rm", "-rf", str(etcd_data)], check=False)
+
+    def _start(self, name: str, args: list[str]) -> None:
+        assert self.bin_dir is not None
+        log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it open
+        proc = subprocess.Popen(
+            [str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.processes[name] = proc.pid
+        self.pids_path.write_text(json.dumps(self.processes))
+
+    def _wait(self, ready: object, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():  # type: ignore[operator]
+                return
+            for name, pid in self.processes.items():
+                if not _alive(pid):
+                    tail = (self.workdir / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+                    raise ClusterError(f"{name} exited while waiting for {what}:\n{tail}")
+            time.sleep(0.5)
+        raise ClusterError(f"timed out after {timeout}s waiting for {what}; logs in {self.workdir / 'logs'}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _terminate(pid: int, grace: float = 10) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
