@@ -53,16 +53,20 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
                 for name, prop in out["properties"].items()
             }
             if optional_object_default and "default" not in out and not required:
-                out["default"] = {}
+                # the defaulted object must satisfy its own CEL rules, so spell out the nested defaults
+                out["default"] = {k: v["default"] for k, v in out["properties"].items() if "default" in v}
         if "items" in out:
             out["items"] = convert(out["items"])
         if isinstance(out.get("additionalProperties"), dict):
             out["additionalProperties"] = convert(out["additionalProperties"])
         elif out.get("additionalProperties") is False:
             del out["additionalProperties"]
+        for bound in ("Minimum", "Maximum"):
+            if isinstance(out.get(f"exclusive{bound}"), int | float) and not isinstance(out[f"exclusive{bound}"], bool):
+                out[bound.lower()] = out[f"exclusive{bound}"]
+                out[f"exclusive{bound}"] = True
         if out.get("x-kubernetes-int-or-string"):
             out.pop("type", None)
-            out.pop("pattern", None)
         if out.get("default") is None:
             out.pop("default", None)
         if out.get("type") == "array" and out.get("default") == []:

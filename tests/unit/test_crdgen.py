@@ -57,11 +57,13 @@ def test_structural_unwraps_optional_and_inlines_refs() -> None:
             "maybe": {"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}], "default": None},
             "q": {"anyOf": [{"type": "string"}, {"type": "integer"}], "x-kubernetes-int-or-string": True},
         },
-        "$defs": {"A": {"type": "object", "title": "A", "properties": {"n": {"type": "integer", "title": "N"}}}},
+        "$defs": {
+            "A": {"type": "object", "title": "A", "properties": {"n": {"type": "integer", "title": "N", "default": 3}}}
+        },
     }
     out = structural(schema)
     assert out["properties"]["a"] == {
-        "type": "object", "properties": {"n": {"type": "integer"}}, "description": "an A", "default": {},
+        "type": "object", "properties": {"n": {"type": "integer", "default": 3}}, "description": "an A", "default": {"n": 3},
     }  # fmt: skip
     assert "default" not in out["properties"]["maybe"]
     assert out["properties"]["q"] == {"x-kubernetes-int-or-string": True}
