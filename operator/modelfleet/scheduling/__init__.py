@@ -1,0 +1,1 @@
+"""Cluster view of GPU nodes and the gang placement planner (pure functions)."""
