@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -29,6 +30,26 @@ def dev_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    import modelfleet.main  # noqa: F401 - registers the handlers
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.log_level != "debug":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per handled watch event otherwise
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        standalone=not args.peering,
+        peering_name=args.peering or None,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelfleet", description="Distributed training and model serving on Kubernetes."
@@ -40,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--dir", default=str(DEFAULT_CLUSTER_DIR), help="state directory (default: %(default)s)")
     dev.add_argument("--port", type=int, default=16443, help="kube-apiserver port on 127.0.0.1 (default: %(default)s)")
     dev.set_defaults(func=dev_cluster)
+
+    run = commands.add_parser("operator", help="run the operator (kopf) against the current kubeconfig")
+    run.add_argument("--namespace", action="append", help="watch only this namespace (repeatable); default: all")
+    run.add_argument("--peering", default="", help="kopf peering name for several replicas (default: standalone)")
+    run.add_argument("--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=operator)
     return parser
 
 

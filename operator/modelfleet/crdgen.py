@@ -61,6 +61,9 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
             out["additionalProperties"] = convert(out["additionalProperties"])
         elif out.get("additionalProperties") is False:
             del out["additionalProperties"]
+        elif out.get("additionalProperties") is True:
+            del out["additionalProperties"]
+            out["x-kubernetes-preserve-unknown-fields"] = True
         for bound in ("Minimum", "Maximum"):
             if isinstance(out.get(f"exclusive{bound}"), int | float) and not isinstance(out[f"exclusive{bound}"], bool):
                 out[bound.lower()] = out[f"exclusive{bound}"]

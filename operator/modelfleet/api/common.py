@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -122,3 +123,35 @@ def set_condition(conditions: list[dict[str, Any]], new: Condition) -> list[dict
         merged.setdefault("lastTransitionTime", now_iso())
         result.append(merged)
     return result
+
+
+class PodMetadata(ApiModel):
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every pod.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on every pod.")
+
+
+Volume = Annotated[
+    dict[str, Any],
+    Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
+]
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "modelfleet"
+JOB_NAME_LABEL = "modelfleet.dev/job-name"
+SERVICE_NAME_LABEL = "modelfleet.dev/service-name"
+REPLICA_INDEX_LABEL = "modelfleet.dev/replica-index"
+GANG_ATTEMPT_LABEL = "modelfleet.dev/attempt"
+REGION_NAME_LABEL = "modelfleet.dev/region"
+GANG_SCHEDULING_GATE = "modelfleet.dev/gang"
+PROGRESS_ANNOTATION = "modelfleet.dev/progress"
+
+
+def owner_reference(kind: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import ConfigDict, Field
 
-from modelfleet.api.common import ApiModel, Condition, EnvVar, Resources, rule
+from modelfleet.api.common import ApiModel, Condition, EnvVar, PodMetadata, Resources, Volume, rule
 
 DEFAULT_TRAINING_IMAGE = "ghcr.io/modelfleet/runtime:0.1.0"
 DEFAULT_MASTER_PORT = 29500
@@ -175,6 +175,12 @@ class TrainingJobSpec(ApiModel):
     )
     dataset: Dataset = Field(default_factory=Dataset, description="How the data is split among workers.")
     checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Where and how often to checkpoint.")
+    pod_metadata: PodMetadata = Field(default_factory=PodMetadata, description="Labels and annotations for workers.")
+    service_account_name: str | None = Field(default=None, min_length=1, description="ServiceAccount of the workers.")
+    volumes: list[Volume] = Field(default_factory=list, description="Pod volumes (core/v1 Volume), e.g. a PVC.")
+    volume_mounts: list[Volume] = Field(
+        default_factory=list, description="Where the worker container mounts them (core/v1 VolumeMount)."
+    )
     output_path: str | None = Field(
         default=None, min_length=1, description="Where the final model artifact is written (a mounted volume)."
     )

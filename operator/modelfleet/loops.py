@@ -1,0 +1,97 @@
+"""One reconcile loop per object, woken by watch events, without finalizers.
+
+kopf's daemons and timers put a finalizer on every object, so a job could not be deleted while the operator is
+down. Instead, silent kopf event handlers feed this registry: the latest body of each object, a wake-up on any
+change of it or of its children, a periodic resync, and an exponential back-off after errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+Reconcile = Callable[[dict[str, Any]], Awaitable[float | None]]
+
+
+def key_of(body: dict[str, Any]) -> Key:
+    return body["metadata"].get("namespace", ""), body["metadata"]["name"]
+
+
+def _version(body: dict[str, Any]) -> int:
+    try:
+        return int(body["metadata"].get("resourceVersion", "0"))
+    except ValueError:
+        return 0
+
+
+class ReconcileLoops:
+    def __init__(self, name: str, reconcile: Reconcile, resync: float = 10.0, max_backoff: float = 60.0) -> None:
+        self.name = name
+        self.reconcile = reconcile
+        self.resync = resync
+        self.max_backoff = max_backoff
+        self.bodies: dict[Key, dict[str, Any]] = {}
+        self.wakeups: dict[Key, asyncio.Event] = {}
+        self.tasks: dict[Key, asyncio.Task[None]] = {}
+
+    def observe(self, body: dict[str, Any], deleted: bool = False) -> None:
+        """Takes a watch event's object: remembers it (if newer) and wakes its loop, or stops the loop."""
+        key = key_of(body)
+        if deleted:
+            self.bodies.pop(key, None)
+            self.wakeups.pop(key, None)
+            if task := self.tasks.pop(key, None):
+                task.cancel()
+            return
+        self.remember(body)
+        if key not in self.tasks or self.tasks[key].done():
+            self.wakeups[key] = asyncio.Event()
+            self.tasks[key] = asyncio.create_task(self._run(key), name=f"{self.name}:{key[0]}/{key[1]}")
+        self.wake(key)
+
+    def remember(self, body: dict[str, Any] | None) -> None:
+        """Keeps the newest version seen, so an old watch event never overrides what we just wrote."""
+        if not body:
+            return
+        key = key_of(body)
+        known = self.bodies.get(key)
+        if known is None or _version(body) >= _version(known):
+            self.bodies[key] = body
+
+    def wake(self, key: Key) -> None:
+        if event := self.wakeups.get(key):
+            event.set()
+
+    def wake_all(self) -> None:
+        for event in self.wakeups.values():
+            event.set()
+
+    async def _run(self, key: Key) -> None:
+        failures = 0
+        delay = 0.0
+        while True:
+            event = self.wakeups.get(key)
+            if event is None:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=delay)
+            event.clear()
+            body = self.bodies.get(key)
+            if body is None:
+                return
+            try:
+                requeue = await self.reconcile(body)
+                failures = 0
+                delay = min(requeue if requeue is not None else self.resync, self.resync)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                delay = min(2.0**failures * 0.5, self.max_backoff)
+                log.exception("%s %s/%s: reconcile failed; retrying in %.1fs", self.name, *key, delay)

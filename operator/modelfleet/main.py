@@ -1,0 +1,52 @@
+"""The operator process: kopf settings, the shared indexes, and every resource's handlers.
+
+Run it with `modelfleet operator` (or `kopf run -m modelfleet.main --all-namespaces`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from modelfleet.cluster_state import CLUSTER, gpu_pod_entry
+from modelfleet.scheduling.cluster import node_is_ready
+from modelfleet.training import handlers as training
+
+log = logging.getLogger(__name__)
+__all__ = ["training"]
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    import asyncio
+
+    settings.posting.level = logging.WARNING  # Normal events are posted explicitly with kopf.event
+    settings.watching.server_timeout = 300
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelfleet.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelfleet.dev")
+    settings.execution.max_workers = int(os.environ.get("MODELFLEET_WORKERS", "64"))
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=settings.execution.max_workers)
+    )
+
+
+@kopf.index("", "v1", "nodes")
+def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {name: {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}}
+
+
+@kopf.index("", "v1", "pods")
+def gpu_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    return gpu_pod_entry({"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)})
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(event: dict[str, Any], node_index: kopf.Index, gpu_pod_index: kopf.Index, **_: Any) -> None:
+    """Binds the indexes for the reconcile loops, and wakes every job when a node goes away or not ready."""
+    CLUSTER.bind(node_index, gpu_pod_index)
+    if event.get("type") == "DELETED" or not node_is_ready(event["object"]):
+        training.LOOPS.wake_all()

@@ -1,0 +1,1 @@
+"""TrainingJob: manifest builders, gang lifecycle decisions, status, and the kopf handlers."""

@@ -1,0 +1,165 @@
+"""The TrainingJob status that follows from a decision (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelfleet.api.common import Condition, now_iso, set_condition
+from modelfleet.api.training import TrainingJobSpec, TrainingPhase
+from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.training.builders import placement_record, progress_of
+from modelfleet.training.lifecycle import Decision, Worker
+
+
+@dataclass(frozen=True)
+class Placed:
+    nodes: tuple[NodeInfo, ...]
+    pod_names: tuple[str, ...]
+    weights: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class NotPlaced:
+    reason: str
+
+
+def desired_workers(spec: TrainingJobSpec) -> int:
+    return spec.workers.replicas or spec.workers.max_replicas or 0
+
+
+def _weights_from_pods(pods: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        for container in pod["spec"].get("containers", []):
+            for env in container.get("env") or []:
+                if env.get("name") == "MODELFLEET_SHARD_WEIGHTS" and env.get("value"):
+                    values = [float(v) for v in env["value"].split(",")]
+                    index = int(labels.get("modelfleet.dev/replica-index", "0"))
+                    if index < len(values):
+                        weights[pod["metadata"]["name"]] = values[index]
+    return weights
+
+
+def compose_status(
+    prev: Mapping[str, Any],
+    spec: TrainingJobSpec,
+    generation: int,
+    decision: Decision,
+    pods: Sequence[Mapping[str, Any]],
+    nodes: Mapping[str, NodeInfo],
+    outcome: Placed | NotPlaced | None = None,
+) -> dict[str, Any]:
+    """The new status: phase, conditions, counts, placement, times and progress."""
+    status: dict[str, Any] = {k: v for k, v in prev.items() if k in ("startTime", "completionTime", "progress")}
+    conditions: list[dict[str, Any]] = list(prev.get("conditions") or [])
+    restarts = int(prev.get("restarts") or 0) + (1 if decision.restart else 0)
+    phase = _phase(prev, decision)
+    current: Sequence[Worker] = [] if decision.restart else decision.current
+    world = max((w.world_size for w in current), default=0) or desired_workers(spec)
+    by_name = {p["metadata"]["name"]: p for p in pods}
+
+    def cond(type_: str, ok: bool, reason: str, message: str = "") -> None:
+        nonlocal conditions
+        conditions = set_condition(
+            conditions,
+            Condition(
+                type=type_,
+                status="True" if ok else "False",
+                reason=reason,
+                message=message,
+                observed_generation=generation,
+            ),
+        )
+
+    cond("Created", True, "JobCreated", "the job was accepted")
+    if isinstance(outcome, NotPlaced):
+        cond("Scheduled", False, "Unschedulable", outcome.reason)
+    elif isinstance(outcome, Placed):
+        region = outcome.nodes[0].region if outcome.nodes else ""
+        count = len({n.name for n in outcome.nodes})
+        cond("Scheduled", True, "GangPlaced", f"{len(outcome.nodes)} workers on {count} nodes in {region}")
+        status.setdefault("startTime", now_iso())
+    if spec.suspend:
+        cond("Suspended", True, "Suspended", "workers deleted; set spec.suspend to false to resume")
+    elif any(c.get("type") == "Suspended" and c.get("status") == "True" for c in conditions):
+        cond("Suspended", False, "Resumed", "the job was resumed")
+    if decision.restart:
+        cond("Running", False, "GangRestart", f"{decision.restart.message}; restart {restarts} of {spec.backoff_limit}")
+    elif phase == TrainingPhase.RUNNING:
+        cond("Running", True, "AllWorkersRunning", f"{world} workers running")
+    elif phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED, TrainingPhase.SUSPENDED):
+        cond("Running", False, str(phase), "")
+    if decision.finished:
+        cond("Succeeded", True, "JobSucceeded", f"{spec.success_policy} succeeded")
+        status["completionTime"] = now_iso()
+    if decision.fail:
+        cond("Failed", True, decision.fail.reason, decision.fail.message)
+        status["completionTime"] = now_iso()
+
+    if isinstance(outcome, Placed):
+        placement = placement_record(outcome.pod_names, outcome.nodes, outcome.weights)
+    elif current:
+        weights = _weights_from_pods([by_name[w.name] for w in current if w.name in by_name])
+        placement = [
+            {
+                "worker": w.name,
+                "node": w.node or "",
+                "region": nodes[w.node].region if w.node in nodes else "",
+                "zone": nodes[w.node].zone if w.node in nodes else "",
+                "gpuType": (nodes[w.node].gpu_type or "") if w.node in nodes else "",
+                "shardWeight": round(weights.get(w.name, 0.0), 6),
+            }
+            for w in sorted(current, key=lambda w: w.index)
+        ]
+    else:
+        placement = (
+            list(prev.get("placement") or []) if phase in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED) else []
+        )
+
+    counts = {
+        "desired": world,
+        "pending": sum(w.phase == "Pending" for w in current) + max(0, world - len(current)),
+        "running": sum(w.phase == "Running" for w in current),
+        "succeeded": sum(w.phase == "Succeeded" for w in current),
+        "failed": sum(w.phase == "Failed" for w in current),
+    }
+    rank0 = next((by_name.get(w.name) for w in current if w.index == 0), None)
+    if rank0 and (progress := progress_of(rank0)):
+        status["progress"] = progress
+    status.update(
+        phase=str(phase),
+        conditions=conditions,
+        observedGeneration=generation,
+        restarts=restarts,
+        workers=counts,
+        ready=f"{counts['running']}/{world}",
+        gpus=world * spec.resources.gpus,
+        region=placement[0]["region"] if placement else (prev.get("region") or ""),
+        placement=placement,
+    )
+    return status
+
+
+def _phase(prev: Mapping[str, Any], decision: Decision) -> TrainingPhase:
+    if decision.fail:
+        return TrainingPhase.FAILED
+    if decision.phase:
+        return decision.phase
+    if prev.get("phase") in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
+        return TrainingPhase(prev["phase"])
+    if prev.get("phase") == TrainingPhase.RESTARTING:
+        return TrainingPhase.RESTARTING
+    return TrainingPhase.PENDING
+
+
+def invalid_spec_status(prev: Mapping[str, Any], generation: int, message: str) -> dict[str, Any]:
+    conditions = set_condition(
+        list(prev.get("conditions") or []),
+        Condition(
+            type="Created", status="False", reason="InvalidSpec", message=message, observed_generation=generation
+        ),
+    )
+    return {**prev, "phase": str(TrainingPhase.PENDING), "conditions": conditions, "observedGeneration": generation}
