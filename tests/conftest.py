@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.kube import Kube
+from tests.support.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +42,22 @@ def namespace(kube: Kube) -> Iterator[str]:
     name = kube.new_namespace()
     yield name
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """modelfleet's operator running as a process against the test cluster for the whole session."""
+    proc = OperatorProcess(kube.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """On an e2e failure, attach the operator's log tail to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    proc = item.funcargs.get("operator") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(proc, OperatorProcess):
+        report.sections.append(("operator log", proc.log_tail()))

@@ -27,12 +27,15 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def gpu_pod_entry(pod: Mapping[str, Any]) -> dict[str, dict[str, Any]] | None:
-    """Index entry {node: slim pod} for a live pod that holds GPUs on a known node, else None."""
+def gpu_pod_entry(pod: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Index entry {node: slim pod} for a live pod that holds GPUs on a known node, else {}.
+
+    Never None: kopf keeps an object's previous entry when its index function returns None.
+    """
     node = pod_node(pod)
     if node and pod_holds_resources(pod) and pod_gpu_request(pod) > 0:
         return {node: slim_pod(pod)}
-    return None
+    return {}
 
 
 @dataclass

@@ -40,7 +40,7 @@ def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
 
 
 @kopf.index("", "v1", "pods")
-def gpu_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+def gpu_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any]:
     return gpu_pod_entry({"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)})
 
 

@@ -36,14 +36,18 @@ def test_defaults_are_applied_by_the_apiserver(kube: Kube, namespace: str) -> No
     assert "paper-mlp" in listed
 
 
-def test_running_job_image_is_immutable(kube: Kube, namespace: str) -> None:
+def test_running_job_shape_changes_only_while_suspended(kube: Kube, namespace: str) -> None:
     kube.kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "trainingjob-paper-mlp.yaml"))
     result = kube.kubectl(
         "patch", "trainingjob", "paper-mlp", "-n", namespace, "--type=merge",
         "-p", '{"spec": {"image": "example.com/other:2"}}', check=False,
     )  # fmt: skip
     assert result.returncode != 0
-    assert "image can only change while the job is suspended" in result.stderr
+    assert "can only change while the job is suspended" in result.stderr
+    kube.kubectl(
+        "patch", "trainingjob", "paper-mlp", "-n", namespace, "--type=merge",
+        "-p", '{"spec": {"suspend": true, "workers": {"replicas": 2}}}',
+    )  # fmt: skip
 
 
 def test_at_least_fifteen_bad_manifests() -> None:

@@ -132,9 +132,13 @@ class TrainingJobSpec(ApiModel):
                     ".workers.nprocPerNode",
                 ),
                 rule(
-                    "!has(oldSelf.image) || self.image == oldSelf.image || self.suspend",
-                    "image can only change while the job is suspended",
-                    ".image",
+                    "oldSelf.suspend || self.suspend || (self.image == oldSelf.image"
+                    " && self.workers == oldSelf.workers && self.resources == oldSelf.resources"
+                    " && self.placement == oldSelf.placement"
+                    " && (has(self.command) ? self.command : []) == (has(oldSelf.command) ? oldSelf.command : [])"
+                    " && (has(self.args) ? self.args : []) == (has(oldSelf.args) ? oldSelf.args : []))",
+                    "image, command, args, workers, resources and placement can only change while the job is "
+                    "suspended (set spec.suspend: true first)",
                 ),
             ]
         }
