@@ -211,6 +211,10 @@ class DevCluster:
         if self.pids_path.exists():
             pids = json.loads(self.pids_path.read_text())
         pids.update(self.processes)
+        operator_pid = self.workdir / "operator.pid"
+        if operator_pid.exists():
+            _terminate(int(operator_pid.read_text()))
+            operator_pid.unlink()
         for name in reversed(COMPONENTS):
             if pid := pids.get(name):
                 _terminate(pid)

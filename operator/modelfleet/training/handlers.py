@@ -68,7 +68,9 @@ async def reconcile(body: dict[str, Any]) -> float | None:
         _announce(body, prev, status, decision, outcome)
         LOOPS.remember(await kube.patch_status(PLURAL, namespace, name, status))
     if decision.delete_job:
-        kopf.event(body, type="Normal", reason="TTLExpired", message="deleting the finished job (ttlSecondsAfterFinished)")
+        kopf.event(
+            body, type="Normal", reason="TTLExpired", message="deleting the finished job (ttlSecondsAfterFinished)"
+        )
         await kube.delete_custom(PLURAL, namespace, name)
     if outcome is not None or decision.ungate or decision.delete or decision.force_delete:
         return 1.0  # look again soon: the pods we touched are moving
@@ -140,7 +142,9 @@ LOOPS = ReconcileLoops("trainingjob", reconcile)
 
 
 @kopf.on.event("modelfleet.dev", "v1alpha1", PLURAL)
-async def training_job_event(event: dict[str, Any], node_index: kopf.Index, gpu_pod_index: kopf.Index, **_: Any) -> None:
+async def training_job_event(
+    event: dict[str, Any], node_index: kopf.Index, gpu_pod_index: kopf.Index, **_: Any
+) -> None:
     CLUSTER.bind(node_index, gpu_pod_index)
     LOOPS.observe(event["object"], deleted=event.get("type") == "DELETED")
 
