@@ -13,11 +13,12 @@ from typing import Any
 import kopf
 
 from modelfleet.cluster_state import CLUSTER, gpu_pod_entry
+from modelfleet.inference import handlers as inference
 from modelfleet.scheduling.cluster import node_is_ready
 from modelfleet.training import handlers as training
 
 log = logging.getLogger(__name__)
-__all__ = ["training"]
+__all__ = ["inference", "training"]
 
 
 @kopf.on.startup()

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 GROUP = "modelfleet.dev"
@@ -155,3 +155,21 @@ def owner_reference(kind: str, meta: Mapping[str, Any]) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic error as one line that names each field, for a condition and an Event."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
+def invalid_spec_status(
+    prev: Mapping[str, Any], generation: int, message: str, condition_type: str, phase: str
+) -> dict[str, Any]:
+    """The status of an object whose spec the operator cannot use: reason InvalidSpec, never a crash loop."""
+    conditions = set_condition(
+        list(prev.get("conditions") or []),
+        Condition(
+            type=condition_type, status="False", reason="InvalidSpec", message=message, observed_generation=generation
+        ),
+    )
+    return {**prev, "phase": phase, "conditions": conditions, "observedGeneration": generation}

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import ConfigDict, Field
 
-from modelfleet.api.common import DNS_LABEL_PATTERN, ApiModel, Condition, EnvVar, Resources, rule
+from modelfleet.api.common import DNS_LABEL_PATTERN, ApiModel, Condition, EnvVar, PodMetadata, Resources, Volume, rule
 
 DEFAULT_SERVING_IMAGE = "ghcr.io/modelfleet/runtime:0.1.0"
 DEFAULT_SERVING_PORT = 8080
@@ -188,6 +188,10 @@ class InferenceServiceSpec(ApiModel):
     resources: Resources = Field(default_factory=Resources, description="What each replica asks for.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="How replicas follow load.")
     batching: Batching = Field(default_factory=Batching, description="Dynamic batching in the server.")
+    pod_metadata: PodMetadata = Field(default_factory=PodMetadata, description="Labels and annotations for replicas.")
+    service_account_name: str | None = Field(default=None, min_length=1, description="ServiceAccount of the replicas.")
+    volumes: list[Volume] = Field(default_factory=list, description="Extra pod volumes (core/v1 Volume).")
+    volume_mounts: list[Volume] = Field(default_factory=list, description="Extra mounts in the server container.")
 
 
 class RegionStatus(ApiModel):
@@ -201,6 +205,10 @@ class RegionStatus(ApiModel):
     last_scale_time: str | None = Field(default=None, description="When replicas last changed.")
     url: str | None = Field(default=None, description="URL of the region's Service.")
     revision: str | None = Field(default=None, description="Hash of the pod template now serving.")
+    reason: str | None = Field(
+        default=None, description="Why the region is (not) serving: Ready, Starting, Unschedulable, ..."
+    )
+    message: str | None = Field(default=None, description="Details, e.g. the scheduler's message.")
 
 
 class InferenceServiceStatus(ApiModel):

@@ -10,14 +10,14 @@ import kopf
 from pydantic import ValidationError
 
 from modelfleet import kube
-from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, invalid_spec_status, validation_message
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.cluster_state import CLUSTER
 from modelfleet.loops import ReconcileLoops
 from modelfleet.scheduling.planner import GangDemand, Unschedulable, plan_gang
 from modelfleet.training.builders import headless_service, worker_pod, worker_weights
 from modelfleet.training.lifecycle import Decision, decide
-from modelfleet.training.status import NotPlaced, Placed, compose_status, desired_workers, invalid_spec_status
+from modelfleet.training.status import NotPlaced, Placed, compose_status, desired_workers
 
 log = logging.getLogger(__name__)
 PLURAL = "trainingjobs"
@@ -39,11 +39,16 @@ async def reconcile(body: dict[str, Any]) -> float | None:
     try:
         spec = TrainingJobSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
-        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        message = validation_message(exc)
         if prev.get("observedGeneration") != generation:
             kopf.warn(body, reason="InvalidSpec", message=message)
             LOOPS.remember(
-                await kube.patch_status(PLURAL, namespace, name, invalid_spec_status(prev, generation, message))
+                await kube.patch_status(
+                    PLURAL,
+                    namespace,
+                    name,
+                    invalid_spec_status(prev, generation, message, "Created", str(TrainingPhase.PENDING)),
+                )
             )
         return None
 

@@ -153,13 +153,3 @@ def _phase(prev: Mapping[str, Any], decision: Decision) -> TrainingPhase:
     if prev.get("phase") == TrainingPhase.RESTARTING:
         return TrainingPhase.RESTARTING
     return TrainingPhase.PENDING
-
-
-def invalid_spec_status(prev: Mapping[str, Any], generation: int, message: str) -> dict[str, Any]:
-    conditions = set_condition(
-        list(prev.get("conditions") or []),
-        Condition(
-            type="Created", status="False", reason="InvalidSpec", message=message, observed_generation=generation
-        ),
-    )
-    return {**prev, "phase": str(TrainingPhase.PENDING), "conditions": conditions, "observedGeneration": generation}

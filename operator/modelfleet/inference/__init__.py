@@ -1,0 +1,1 @@
+"""InferenceService: manifest builders, the autoscaler, load observation, status, and the kopf handlers."""

@@ -1,0 +1,176 @@
+"""Pure builders: an InferenceService in, one Deployment and one Service per region out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from modelfleet.api.common import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    REGION_LABEL,
+    REGION_NAME_LABEL,
+    SERVICE_NAME_LABEL,
+    ZONE_LABEL,
+    owner_reference,
+)
+from modelfleet.api.inference import DEFAULT_SERVING_IMAGE, InferenceServiceSpec, Region
+from modelfleet.training.builders import container_resources, gpu_tolerations
+
+SERVER_CONTAINER = "server"
+DEFAULT_SERVE_COMMAND = ["python", "-m", "modelfleet.runtime.serve"]
+REVISION_ANNOTATION = "modelfleet.dev/revision"
+MODEL_MOUNT_ROOT = "/mnt/models"
+
+
+def region_object_name(service: str, region: str) -> str:
+    return f"{service}-{region}"
+
+
+def service_labels(name: str) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: MANAGED_BY, SERVICE_NAME_LABEL: name}
+
+
+def region_labels(name: str, region: str) -> dict[str, str]:
+    return {**service_labels(name), REGION_NAME_LABEL: region}
+
+
+def selector_string(name: str) -> str:
+    """The label selector of all the service's pods, for the scale subresource."""
+    return ",".join(f"{k}={v}" for k, v in service_labels(name).items())
+
+
+def model_location(uri: str) -> tuple[str, dict[str, Any] | None]:
+    """The path the server loads from, and the PVC volume to mount for a pvc://<claim>/<path> URI."""
+    if uri.startswith("pvc://"):
+        claim, _, path = uri.removeprefix("pvc://").partition("/")
+        volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        return f"{MODEL_MOUNT_ROOT}/{claim}/{path}", volume
+    return uri.removeprefix("file://"), None
+
+
+def server_env(name: str, spec: InferenceServiceSpec, model_path: str) -> list[dict[str, str]]:
+    """Everything the server needs, as env: any image that reads it can serve."""
+    values = {
+        "MODELFLEET_MODEL_PATH": model_path,
+        "MODELFLEET_MODEL_NAME": spec.model.name or name,
+        "MODELFLEET_MODEL_FORMAT": str(spec.model.format),
+        "MODELFLEET_QUANTIZATION": str(spec.model.quantization),
+        "MODELFLEET_MAX_BATCH_SIZE": str(spec.batching.max_batch_size),
+        "MODELFLEET_MAX_DELAY_MS": str(spec.batching.max_delay_ms),
+        "MODELFLEET_PORT": str(spec.port),
+        "MODELFLEET_DEVICE": "cuda" if spec.resources.gpus else "cpu",
+    }
+    user = [e.to_api() for e in spec.env if e.name not in values]
+    return [{"name": k, "value": v} for k, v in values.items()] + user
+
+
+def pod_template(name: str, spec: InferenceServiceSpec, region: str) -> dict[str, Any]:
+    model_path, model_volume = model_location(spec.model.uri)
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3}
+    container: dict[str, Any] = {
+        "name": SERVER_CONTAINER,
+        "image": spec.image or DEFAULT_SERVING_IMAGE,
+        "command": spec.command or DEFAULT_SERVE_COMMAND,
+        "args": spec.args,
+        "env": server_env(name, spec, model_path),
+        "ports": [{"name": "http", "containerPort": spec.port}],
+        "readinessProbe": probe,
+        "startupProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}, "failureThreshold": 300},
+        "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
+        "resources": container_resources(spec.resources.gpus, spec.resources.cpu, spec.resources.memory),
+    }
+    volumes = list(spec.volumes)
+    mounts = list(spec.volume_mounts)
+    if model_volume:
+        volumes.append(model_volume)
+        claim = model_volume["persistentVolumeClaim"]["claimName"]
+        mounts.append({"name": "model", "mountPath": f"{MODEL_MOUNT_ROOT}/{claim}", "readOnly": True})
+    if mounts:
+        container["volumeMounts"] = mounts
+    labels = {**spec.pod_metadata.labels, **region_labels(name, region)}
+    pod_spec: dict[str, Any] = {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": REGION_LABEL, "operator": "In", "values": [region]}]}
+                    ]
+                }
+            }
+        },
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": ZONE_LABEL,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": region_labels(name, region)},
+            }
+        ],
+        "tolerations": gpu_tolerations(spec.resources.gpus),
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "containers": [container],
+    }
+    if volumes:
+        pod_spec["volumes"] = volumes
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    annotations = {
+        **spec.pod_metadata.annotations,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(spec.port),
+        "prometheus.io/path": "/metrics",
+    }
+    template = {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
+    template["metadata"]["annotations"][REVISION_ANNOTATION] = revision_of(template)
+    return template
+
+
+def revision_of(template: Mapping[str, Any]) -> str:
+    """A short hash of the pod template: what a rollout changes."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def deployment(meta: Mapping[str, Any], spec: InferenceServiceSpec, region: Region, replicas: int) -> dict[str, Any]:
+    name = meta["name"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": region_object_name(name, region.name),
+            "namespace": meta["namespace"],
+            "labels": region_labels(name, region.name),
+            "ownerReferences": [owner_reference("InferenceService", meta)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": region_labels(name, region.name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": pod_template(name, spec, region.name),
+        },
+    }
+
+
+def service(meta: Mapping[str, Any], spec: InferenceServiceSpec, region: str) -> dict[str, Any]:
+    name = meta["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": region_object_name(name, region),
+            "namespace": meta["namespace"],
+            "labels": region_labels(name, region),
+            "ownerReferences": [owner_reference("InferenceService", meta)],
+        },
+        "spec": {
+            "selector": region_labels(name, region),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+
+
+def region_url(name: str, namespace: str, region: str) -> str:
+    return f"http://{region_object_name(name, region)}.{namespace}.svc.cluster.local"

@@ -1,0 +1,150 @@
+"""Reading load: scrape each ready replica's Prometheus /metrics (or ask a Prometheus server), then turn the
+samples into the autoscaler's unit, replica-equivalents at target.
+
+Missing metrics follow HPA's rule in the conservative direction: a ready replica whose scrape fails counts as
+exactly at target, and when no replica can be read at all the tick yields no sample (the region holds its size).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelfleet.api.inference import Autoscaling, ScaleMetric
+
+INFLIGHT = "modelfleet_inflight_requests"
+REQUESTS = "modelfleet_requests"  # counter family name (modelfleet_requests_total samples)
+LATENCY = "modelfleet_request_duration_seconds"
+LATENCY_QUANTILE = 0.9
+
+
+@dataclass(frozen=True)
+class ReplicaSample:
+    at: float
+    inflight: float
+    requests: float
+    buckets: tuple[tuple[float, float], ...]
+    """Cumulative latency histogram: (upper bound, count)."""
+
+
+def parse_metrics(text: str, at: float) -> ReplicaSample:
+    inflight = requests = 0.0
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == INFLIGHT:
+                inflight += sample.value
+            elif sample.name == f"{REQUESTS}_total":
+                requests += sample.value
+            elif sample.name == f"{LATENCY}_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return ReplicaSample(at, inflight, requests, tuple(sorted(buckets.items())))
+
+
+def quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile of a cumulative histogram, interpolated inside its bucket (as Prometheus does)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            width = count - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / width if width else 1.0)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def region_load(
+    policy: Autoscaling,
+    current: Mapping[str, ReplicaSample | None],
+    previous: Mapping[str, ReplicaSample],
+) -> tuple[float | None, float | None]:
+    """(load in replica-equivalents at target, raw per-replica metric) for a region's ready replicas.
+
+    `current` maps each ready pod to its sample, or None when its scrape failed.
+    """
+    ok = {pod: s for pod, s in current.items() if s is not None}
+    failed = len(current) - len(ok)
+    if not ok:
+        return None, None
+    if policy.metric == ScaleMetric.CONCURRENCY:
+        total = sum(s.inflight for s in ok.values())
+        return total / policy.target + failed, total / len(ok)
+    if policy.metric == ScaleMetric.RPS:
+        rates = [
+            (s.requests - previous[pod].requests) / (s.at - previous[pod].at)
+            for pod, s in ok.items()
+            if pod in previous and s.at > previous[pod].at and s.requests >= previous[pod].requests
+        ]
+        if not rates:
+            return None, None
+        per_replica = sum(rates) / len(rates)
+        return per_replica * len(ok) / policy.target + failed, per_replica
+    merged: dict[float, float] = {}
+    for pod, s in ok.items():
+        before = dict(previous[pod].buckets) if pod in previous else {}
+        for bound, count in s.buckets:
+            merged[bound] = merged.get(bound, 0.0) + max(0.0, count - before.get(bound, 0.0))
+    p90 = quantile(sorted(merged.items()), LATENCY_QUANTILE)
+    if p90 is None:
+        return 0.0 + failed, 0.0
+    return len(ok) * p90 / policy.target + failed, p90
+
+
+async def scrape(session: aiohttp.ClientSession, url: str, timeout: float = 1.0) -> ReplicaSample | None:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status != 200:
+                return None
+            return parse_metrics(await response.text(), time.monotonic())
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+async def scrape_all(urls: Mapping[str, str], timeout: float = 1.0) -> dict[str, ReplicaSample | None]:
+    """Scrapes every pod at once: pod name -> sample (None on failure)."""
+    if not urls:
+        return {}
+    async with aiohttp.ClientSession() as session:
+        results = await asyncio.gather(*(scrape(session, url, timeout) for url in urls.values()))
+    return dict(zip(urls, results, strict=True))
+
+
+async def prometheus_load(
+    policy: Autoscaling, namespace: str, deployment: str, ready: int, timeout: float = 2.0
+) -> tuple[float | None, float | None]:
+    """The same load, from a Prometheus server's instant queries over the deployment's pods."""
+    pods = f'namespace="{namespace}",pod=~"{deployment}-.*"'
+    window = f"{max(int(policy.panic_window_seconds), 1) * 2}s"
+    queries = {
+        ScaleMetric.CONCURRENCY: f"sum({INFLIGHT}{{{pods}}})",
+        ScaleMetric.RPS: f"sum(rate({REQUESTS}_total{{{pods}}}[{window}]))",
+        ScaleMetric.LATENCY: f"histogram_quantile({LATENCY_QUANTILE}, sum by (le) (rate({LATENCY}_bucket{{{pods}}}[{window}])))",
+    }
+    url = f"{(policy.prometheus_url or '').rstrip('/')}/api/v1/query"
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                url, params={"query": queries[policy.metric]}, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as r,
+        ):
+            body = await r.json()
+        value = float(body["data"]["result"][0]["value"][1])
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError):
+        return None, None
+    if value != value:  # NaN: no traffic in the window
+        value = 0.0
+    if policy.metric == ScaleMetric.LATENCY:
+        return ready * value / policy.target, value
+    per_replica = value / max(ready, 1)
+    return value / policy.target, per_replica
