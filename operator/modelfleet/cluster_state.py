@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelfleet.scheduling.cluster import NodeInfo, build_view, pod_gpu_request, pod_holds_resources, pod_node
+from modelfleet.scheduling.gpus import gpu_type_matches
 
 RESERVATION_TTL = 60.0
 
@@ -72,6 +73,12 @@ class ClusterState:
                 del self.reservations[key]
         pending = [pod for pod, _ in self.reservations.values()]
         return build_view(self.node_list(), [*indexed, *pending], datetime.now(UTC))
+
+    def gpu_products(self, wanted: str) -> list[str]:
+        """The product labels in the cluster that a requested GPU type matches."""
+        return sorted(
+            {n.gpu_type for n in self.nodes_by_name().values() if n.gpu_type and gpu_type_matches(n.gpu_type, wanted)}
+        )
 
     def nodes_by_name(self) -> dict[str, NodeInfo]:
         return {n.name: n for n in build_view(self.node_list(), [], datetime.now(UTC))}

@@ -23,6 +23,7 @@ class ServerProcess:
     def __init__(self, env: dict[str, str], host: str, port: int, log: Path) -> None:
         self.url = f"http://{host}:{port}"
         self.log = log
+        self.ready = False
         server_env = env_with({**env, "MODELFLEET_HOST": host, "MODELFLEET_PORT": str(port)})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modelfleet.runtime.serve"],

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modelfleet.api.common import (
+    GPU_PRODUCT_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     REGION_LABEL,
@@ -67,7 +68,11 @@ def server_env(name: str, spec: InferenceServiceSpec, model_path: str) -> list[d
     return [{"name": k, "value": v} for k, v in values.items()] + user
 
 
-def pod_template(name: str, spec: InferenceServiceSpec, region: str) -> dict[str, Any]:
+def pod_template(
+    name: str, spec: InferenceServiceSpec, region: str, gpu_products: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The server pod: required in `region` and, with a gpuType, on nodes whose product label is one of
+    `gpu_products` (the labels in the cluster that match the type; the type itself when none is known)."""
     model_path, model_volume = model_location(spec.model.uri)
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2, "failureThreshold": 3}
     container: dict[str, Any] = {
@@ -95,9 +100,7 @@ def pod_template(name: str, spec: InferenceServiceSpec, region: str) -> dict[str
         "affinity": {
             "nodeAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {"matchExpressions": [{"key": REGION_LABEL, "operator": "In", "values": [region]}]}
-                    ]
+                    "nodeSelectorTerms": [{"matchExpressions": node_requirements(spec, region, gpu_products)}]
                 }
             }
         },
@@ -129,12 +132,22 @@ def pod_template(name: str, spec: InferenceServiceSpec, region: str) -> dict[str
     return template
 
 
+def node_requirements(spec: InferenceServiceSpec, region: str, gpu_products: Sequence[str]) -> list[dict[str, Any]]:
+    requirements = [{"key": REGION_LABEL, "operator": "In", "values": [region]}]
+    if spec.resources.gpu_type:
+        products = sorted(set(gpu_products)) or [spec.resources.gpu_type]
+        requirements.append({"key": GPU_PRODUCT_LABEL, "operator": "In", "values": products})
+    return requirements
+
+
 def revision_of(template: Mapping[str, Any]) -> str:
     """A short hash of the pod template: what a rollout changes."""
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def deployment(meta: Mapping[str, Any], spec: InferenceServiceSpec, region: Region, replicas: int) -> dict[str, Any]:
+def deployment(
+    meta: Mapping[str, Any], spec: InferenceServiceSpec, region: Region, replicas: int, gpu_products: Sequence[str] = ()
+) -> dict[str, Any]:
     name = meta["name"]
     return {
         "apiVersion": "apps/v1",
@@ -149,7 +162,7 @@ def deployment(meta: Mapping[str, Any], spec: InferenceServiceSpec, region: Regi
             "replicas": replicas,
             "selector": {"matchLabels": region_labels(name, region.name)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": pod_template(name, spec, region.name),
+            "template": pod_template(name, spec, region.name, gpu_products),
         },
     }
 

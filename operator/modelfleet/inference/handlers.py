@@ -22,6 +22,7 @@ from modelfleet.api.common import (
     validation_message,
 )
 from modelfleet.api.inference import InferenceServiceSpec, MetricsSource, Region, ServingPhase
+from modelfleet.cluster_state import CLUSTER
 from modelfleet.inference.autoscaler import RegionScaler, decide, split_replicas
 from modelfleet.inference.builders import REVISION_ANNOTATION, deployment, region_object_name, service
 from modelfleet.inference.observe import ReplicaSample, prometheus_load, region_load, scrape_all
@@ -160,7 +161,8 @@ async def _apply_region(
 ) -> dict[str, Any]:
     """Creates or updates the region's Deployment (replicas and pod template) and Service; returns the Deployment."""
     namespace = meta["namespace"]
-    wanted = deployment(meta, spec, region, replicas)
+    products = CLUSTER.gpu_products(spec.resources.gpu_type) if spec.resources.gpu_type else []
+    wanted = deployment(meta, spec, region, replicas, products)
     if dep is None:
         await kube.create(kube.core().create_namespaced_service, namespace, service(meta, spec, region.name))
         await kube.create(kube.apps().create_namespaced_deployment, namespace, wanted)
@@ -200,7 +202,10 @@ LOOPS = ReconcileLoops("inferenceservice", reconcile)
 
 
 @kopf.on.event("modelfleet.dev", "v1alpha1", PLURAL)
-async def inference_service_event(event: dict[str, Any], **_: Any) -> None:
+async def inference_service_event(
+    event: dict[str, Any], node_index: kopf.Index, gpu_pod_index: kopf.Index, **_: Any
+) -> None:
+    CLUSTER.bind(node_index, gpu_pod_index)
     deleted = event.get("type") == "DELETED"
     if deleted:
         meta = event["object"]["metadata"]
