@@ -1,0 +1,27 @@
+"""Training data: a seeded synthetic set per built-in model, or tensors / CSV from a path. Nothing downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def synthetic(shape: tuple[int, ...], classes: int, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A separable task: the class is the arg-max of fixed random projections of the input."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(samples, *shape, generator=generator)
+    projection = torch.randn(int(torch.tensor(shape).prod()), classes, generator=generator)
+    y = (x.flatten(1) @ projection).argmax(dim=1)
+    return x, y
+
+
+def from_path(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A `.pt` file holding {"x": tensor, "y": tensor}, or a CSV whose last column is the integer label."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        rows = [line.split(",") for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        values = torch.tensor([[float(v) for v in row] for row in rows])
+        return values[:, :-1], values[:, -1].long()
+    blob = torch.load(path, map_location="cpu")
+    return blob["x"].float(), blob["y"].long()
