@@ -1,0 +1,128 @@
+"""TrainingJob builders and lifecycle decisions, without a cluster."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from modelfleet.api.training import TrainingJobSpec, TrainingPhase
+from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.training.builders import headless_service, worker_pod
+from modelfleet.training.lifecycle import decide
+from modelfleet.training.status import Placed, compose_status
+
+META = {"name": "job", "namespace": "ns", "uid": "u1"}
+NODES = (NodeInfo("n0", "r1", "z1", "H100", 8, 8), NodeInfo("n1", "r1", "z1", "A100", 8, 8))
+
+
+def spec(**fields) -> TrainingJobSpec:
+    return TrainingJobSpec.model_validate({"workers": {"replicas": 2}, "resources": {"gpus": 8}, **fields})
+
+
+def pod(index: int, phase: str = "Running", attempt: int = 0, exit_code: int | None = None, gated: bool = False, **kw):
+    p = worker_pod(META, spec(), index, NODES, attempt, gated=gated)
+    p["spec"]["nodeName"] = None if gated else NODES[index].name
+    p["status"] = {"phase": phase}
+    if exit_code is not None:
+        p["status"]["containerStatuses"] = [
+            {"state": {"terminated": {"exitCode": exit_code, "finishedAt": kw.get("at", "")}}}
+        ]
+    return p
+
+
+def test_worker_pod_is_pinned_gated_and_wired() -> None:
+    p = worker_pod(META, spec(), 1, NODES, attempt=2, gated=True)
+    env = {e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]}
+    assert env["RANK"] == "1" and env["WORLD_SIZE"] == "2" and env["MASTER_ADDR"] == "job-worker-0.job"
+    assert env["LOCAL_WORLD_SIZE"] == "8" and env["MODELFLEET_ATTEMPT"] == "2"
+    weights = [float(w) for w in env["MODELFLEET_SHARD_WEIGHTS"].split(",")]
+    assert weights[0] / weights[1] == pytest.approx(2.5, rel=1e-5)
+    assert p["spec"]["schedulingGates"] == [{"name": "modelfleet.dev/gang"}]
+    assert p["metadata"]["labels"]["modelfleet.dev/attempt"] == "2"
+    assert p["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert headless_service(META, spec())["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_user_env_cannot_override_the_rendezvous() -> None:
+    s = spec(env=[{"name": "RANK", "value": "9"}, {"name": "EXTRA", "value": "1"}])
+    env = [e["name"] for e in worker_pod(META, s, 0, NODES, 0, gated=False)["spec"]["containers"][0]["env"]]
+    assert env.count("RANK") == 1 and "EXTRA" in env
+
+
+def test_no_workers_means_place_the_gang() -> None:
+    assert decide(spec(), {}, [], set()).place_gang
+
+
+def test_first_failure_restarts_the_whole_gang_once() -> None:
+    pods = [
+        pod(0, "Failed", exit_code=1, at="2026-01-01T00:00:02Z"),
+        pod(1, "Failed", exit_code=137, at="2026-01-01T00:00:01Z"),
+    ]
+    d = decide(spec(), {"restarts": 0}, pods, set())
+    assert d.restart and d.restart.worker == "job-worker-1" and d.restart.exit_code == 137
+    assert sorted(d.delete) == ["job-worker-0", "job-worker-1"]
+    status = compose_status({"restarts": 0}, spec(), 1, d, pods, {})
+    assert status["restarts"] == 1 and status["phase"] == "Restarting"
+
+
+def test_old_attempt_pods_are_deleted_not_counted() -> None:
+    pods = [pod(0, "Failed", attempt=0, exit_code=1), pod(1, "Failed", attempt=0, exit_code=1)]
+    d = decide(spec(), {"restarts": 1, "phase": "Restarting"}, pods, set())
+    assert not d.restart and sorted(d.delete) == ["job-worker-0", "job-worker-1"] and d.place_gang
+
+
+def test_backoff_and_exit_code_policies() -> None:
+    retried = [pod(0, "Failed", attempt=1, exit_code=3), pod(1, attempt=1)]
+    assert decide(spec(backoffLimit=1), {"restarts": 1}, retried, set()).fail.reason == "BackoffLimitExceeded"
+    failed = [pod(0, "Failed", exit_code=3), pod(1)]
+    d = decide(spec(restartPolicy="ExitCode", retryableExitCodes=[137]), {}, failed, set())
+    assert d.fail.reason == "ExitCodeNotRetryable" and "exited with code 3" in d.fail.message
+    assert decide(spec(restartPolicy="Never"), {}, failed, set()).fail.reason == "RestartPolicyNever"
+
+
+def test_lost_node_is_retryable_even_for_exit_code_policy_and_force_deletes() -> None:
+    d = decide(spec(restartPolicy="ExitCode", retryableExitCodes=[137]), {}, [pod(0), pod(1)], {"n1"})
+    assert d.restart and d.restart.reason == "NodeLost"
+    assert d.force_delete == ["job-worker-1"] and d.delete == ["job-worker-0"]
+
+
+def test_half_created_gated_gang_is_started_again_and_a_whole_one_ungated() -> None:
+    assert decide(spec(), {}, [pod(0, "Pending", gated=True)], set()).delete == ["job-worker-0"]
+    whole = decide(spec(), {}, [pod(0, "Pending", gated=True), pod(1, "Pending", gated=True)], set())
+    assert sorted(whole.ungate) == ["job-worker-0", "job-worker-1"]
+
+
+def test_deleted_worker_of_a_released_gang_is_a_failure() -> None:
+    d = decide(spec(), {}, [pod(0)], set())
+    assert d.restart and d.restart.reason == "WorkerDeleted"
+
+
+def test_success_policies() -> None:
+    assert decide(spec(), {}, [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)], set()).finished
+    assert not decide(spec(), {}, [pod(0, "Succeeded", exit_code=0), pod(1)], set()).finished
+    d = decide(spec(successPolicy="RankZero"), {}, [pod(0, "Succeeded", exit_code=0), pod(1)], set())
+    assert d.finished and d.delete == ["job-worker-1"]
+
+
+def test_deadline_ttl_and_suspend() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    started = (now - timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    d = decide(spec(activeDeadlineSeconds=10), {"startTime": started}, [pod(0), pod(1)], set(), now)
+    assert d.fail.reason == "DeadlineExceeded"
+    done = {"phase": "Succeeded", "completionTime": started}
+    assert decide(spec(ttlSecondsAfterFinished=10), done, [], set(), now).delete_job
+    assert decide(spec(ttlSecondsAfterFinished=60), done, [], set(), now).requeue_after == 30
+    s = decide(spec(suspend=True), {}, [pod(0), pod(1)], set())
+    assert s.phase == TrainingPhase.SUSPENDED and len(s.delete) == 2
+
+
+def test_status_after_placement() -> None:
+    from modelfleet.training.lifecycle import Decision
+
+    placed = Placed(NODES, ("job-worker-0", "job-worker-1"), (0.714286, 0.285714))
+    status = compose_status({}, spec(), 3, Decision(place_gang=True), [], {}, placed)
+    assert status["phase"] == "Pending" and status["gpus"] == 16 and status["region"] == "r1"
+    assert [p["node"] for p in status["placement"]] == ["n0", "n1"] and status["observedGeneration"] == 3
+    scheduled = next(c for c in status["conditions"] if c["type"] == "Scheduled")
+    assert scheduled["reason"] == "GangPlaced" and status["startTime"]
