@@ -133,12 +133,8 @@ def restore_nodes(kube: Kube):
 
 def test_lost_node_leads_to_replacement_on_healthy_nodes(kube: Kube, namespace: str, restore_nodes: None) -> None:
     kube.apply(
-        training_job("survivor", workers=2, gpu_type="A100", regions=("cn-beijing",), placement_policy=None), namespace
+        training_job("survivor", workers=2, gpu_type="A100", regions=("cn-beijing",), policy="Spread"), namespace
     )
-    kube.kubectl(
-        "patch", "trainingjob", "survivor", "-n", namespace, "--type=merge",
-        "-p", '{"spec": {"placement": {"regions": ["cn-beijing"], "policy": "Spread"}}}',
-    )  # fmt: skip
     running = wait_phase(kube, namespace, "survivor", "Running")
     lost = running["placement"][1]["node"]
     kube.kubectl("delete", "node", lost, "--wait=false")

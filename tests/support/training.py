@@ -15,6 +15,7 @@ def training_job(
     regions: tuple[str, ...] = (),
     exit_code: int | None = None,
     run_for: str = "2s",
+    policy: str = "Pack",
     **spec: Any,
 ) -> dict[str, Any]:
     """A TrainingJob whose workers (simulated by KWOK) end with `exit_code` after `run_for`, or run until stopped."""
@@ -31,7 +32,7 @@ def training_job(
         "spec": {
             "workers": workers if isinstance(workers, dict) else {"replicas": workers},
             "resources": resources,
-            "placement": {"regions": list(regions)},
+            "placement": {"regions": list(regions), "policy": policy},
             "podMetadata": {"annotations": annotations},
             **spec,
         },

@@ -28,6 +28,10 @@ def unschedulable_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def _annotation(obj: Mapping[str, Any], key: str) -> str | None:
+    return (obj.get("metadata", {}).get("annotations") or {}).get(key)
+
+
 def region_status(
     name: str,
     namespace: str,
@@ -39,7 +43,6 @@ def region_status(
     last_scale_time: str | None,
 ) -> dict[str, Any]:
     dep_spec = (deployment or {}).get("spec", {})
-    dep_status = (deployment or {}).get("status", {})
     replicas = int(dep_spec.get("replicas") or 0)
     ready = sum(pod_ready(p) for p in pods)
     revision = ((dep_spec.get("template") or {}).get("metadata", {}).get("annotations") or {}).get(REVISION_ANNOTATION)
@@ -49,8 +52,12 @@ def region_status(
         reason, message = "Unschedulable", why
     elif ready == 0:
         reason, message = "Starting", f"0 of {replicas} replicas ready"
-    elif int(dep_status.get("updatedReplicas") or 0) < replicas:
-        reason, message = "RollingOut", f"{dep_status.get('updatedReplicas') or 0} of {replicas} replicas updated"
+    elif outdated := [
+        p
+        for p in pods
+        if _annotation(p, REVISION_ANNOTATION) != revision and not p["metadata"].get("deletionTimestamp")
+    ]:
+        reason, message = "RollingOut", f"{len(outdated)} replicas still on an older revision"
     else:
         reason, message = "Ready", f"{ready} of {replicas} replicas ready"
     entry: dict[str, Any] = {
