@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from prometheus_client import Counter, Histogram
+
 log = logging.getLogger(__name__)
+RECONCILES = Counter("modelfleet_reconcile", "Reconciles by resource kind and result.", ["kind", "result"])
+RECONCILE_SECONDS = Histogram("modelfleet_reconcile_duration_seconds", "Time one reconcile takes.", ["kind"])
 
 Key = tuple[str, str]
 Reconcile = Callable[[dict[str, Any]], Awaitable[float | None]]
@@ -85,13 +90,18 @@ class ReconcileLoops:
             body = self.bodies.get(key)
             if body is None:
                 return
+            started = time.perf_counter()
             try:
                 requeue = await self.reconcile(body)
+                RECONCILES.labels(self.name, "ok").inc()
                 failures = 0
                 delay = min(requeue if requeue is not None else self.resync, self.resync)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                RECONCILES.labels(self.name, "error").inc()
                 failures += 1
                 delay = min(2.0**failures * 0.5, self.max_backoff)
                 log.exception("%s %s/%s: reconcile failed; retrying in %.1fs", self.name, *key, delay)
+            finally:
+                RECONCILE_SECONDS.labels(self.name).observe(time.perf_counter() - started)

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import kopf
+import prometheus_client
 
 from modelfleet.cluster_state import CLUSTER, gpu_pod_entry
 from modelfleet.inference import handlers as inference
@@ -30,6 +31,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelfleet.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelfleet.dev")
     settings.execution.max_workers = int(os.environ.get("MODELFLEET_WORKERS", "64"))
+    if port := int(os.environ.get("MODELFLEET_METRICS_PORT", "0")):
+        prometheus_client.start_http_server(port)
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=settings.execution.max_workers)
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 from collections.abc import Mapping, Sequence
 
 # Relative training throughput per GPU (A100 = 1.0), from published dense BF16/FP16 training figures.
@@ -32,9 +35,15 @@ def gpu_type_matches(node_product: str | None, wanted: str | None) -> bool:
     return product == wanted or wanted in product.split("-")
 
 
+@functools.cache
+def installation_gpu_speeds() -> dict[str, float]:
+    """The installation's table: the defaults, updated by MODELFLEET_GPU_SPEEDS (JSON, the chart's gpuSpeeds)."""
+    return {**DEFAULT_GPU_SPEEDS, **json.loads(os.environ.get("MODELFLEET_GPU_SPEEDS") or "{}")}
+
+
 def gpu_speed(product: str | None, overrides: Mapping[str, float] | None = None) -> float:
     """Speed of a GPU product relative to an A100; unknown products count as 1.0."""
-    table = {**DEFAULT_GPU_SPEEDS, **(overrides or {})}
+    table = {**installation_gpu_speeds(), **(overrides or {})}
     if not product:
         return 1.0
     for name, speed in table.items():

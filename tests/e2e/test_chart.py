@@ -1,0 +1,124 @@
+"""The Helm chart: lint, schema, install on the real control plane, and its RBAC proven by running the operator
+as the chart's ServiceAccount."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.kube import Kube, wait_for
+from tests.support.operator import OperatorProcess
+from tests.support.training import status, training_job, wait_phase
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "modelfleet"
+
+
+def helm(kube: Kube, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(kube.bin_dir / "helm"), "--kubeconfig", str(kube.kubeconfig), *args], capture_output=True, text=True
+    )
+    if check and result.returncode:
+        raise AssertionError(f"helm {' '.join(args)}: {result.stderr}")
+    return result
+
+
+def test_chart_lints_renders_and_refuses_bad_values(kube: Kube) -> None:
+    assert "0 chart(s) failed" in helm(kube, "lint", str(CHART)).stdout
+    rendered = list(yaml.safe_load_all(helm(kube, "template", "mf", str(CHART), "--set", "replicas=2").stdout))
+    kinds = {d["kind"] for d in rendered if d}
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"} <= kinds
+    deployment = next(d for d in rendered if d and d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert any(a.startswith("--peering=") for a in container["args"]), "replicas > 1 use kopf peering"
+    bad = helm(kube, "template", "mf", str(CHART), "--set", "replicas=0", check=False)
+    assert bad.returncode != 0 and "replicas" in bad.stderr
+    bad = helm(kube, "template", "mf", str(CHART), "--set", "gpuSpeeds.H100=fast", check=False)
+    assert bad.returncode != 0 and "gpuSpeeds" in bad.stderr
+
+
+def test_chart_crds_match_the_generated_ones() -> None:
+    for name in ("trainingjobs.yaml", "inferenceservices.yaml"):
+        assert (CHART / "crds" / name).read_text() == (ROOT / "crds" / name).read_text()
+
+
+def service_account_kubeconfig(kube: Kube, namespace: str, account: str, path: Path) -> Path:
+    token = kube.kubectl("create", "token", account, "-n", namespace, "--duration=2h").stdout.strip()
+    admin = yaml.safe_load(kube.kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": account}}],
+        "current-context": "c",
+    }))  # fmt: skip
+    return path
+
+
+def test_operator_runs_as_the_charts_service_account(
+    kube: Kube, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    helm(kube, "upgrade", "--install", "mf", str(CHART), "-n", "modelfleet-system", "--create-namespace")
+    for kind, name in (
+        ("deployment", "mf-modelfleet"),
+        ("serviceaccount", "mf-modelfleet"),
+        ("service", "mf-modelfleet-metrics"),
+    ):
+        kube.kubectl("get", kind, name, "-n", "modelfleet-system")
+    kube.kubectl("get", "clusterrole", "mf-modelfleet")
+    config = service_account_kubeconfig(kube, "modelfleet-system", "mf-modelfleet", tmp_path / "sa.kubeconfig")
+    as_sa = Kube(config, kube.bin_dir)
+    refused = as_sa.kubectl("get", "secrets", "-A", check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower()
+    assert as_sa.kubectl("auth", "can-i", "delete", "nodes", check=False).stdout.strip() == "no"
+    assert as_sa.kubectl("auth", "can-i", "create", "pods", "-n", namespace).stdout.strip() == "yes"
+
+    operator.stop()
+    limited = OperatorProcess(config, tmp_path / "sa-operator.log")
+    limited.start()
+    try:
+        kube.apply(
+            training_job("rbac", workers=2, gpus=1, gpu_type="T4", exit_code=0, ttlSecondsAfterFinished=2), namespace
+        )
+        kube.apply({
+            "apiVersion": "modelfleet.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": "rbac"},
+            "spec": {"model": {"uri": "file:///m.pt"}, "regions": [{"name": "cn-beijing"}, {"name": "us-west-1"}]},
+        }, namespace)  # fmt: skip
+        wait_phase(kube, namespace, "rbac", "Succeeded", timeout=60)
+        wait_for(
+            lambda: (
+                kube.get_json("inferenceservice", "rbac", "-n", namespace).get("status", {}).get("phase") == "Ready"
+            ),
+            what="InferenceService Ready under the chart's RBAC",
+        )
+        kube.kubectl(
+            "patch",
+            "mfis",
+            "rbac",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"spec":{"regions":[{"name":"us-west-1"}]}}',
+        )
+        wait_for(
+            lambda: kube.kubectl("get", "deployment", "rbac-cn-beijing", "-n", namespace, check=False).returncode != 0,
+            what="region removed under the chart's RBAC",
+        )
+        wait_for(
+            lambda: "rbac" not in kube.kubectl("get", "tj", "-n", namespace, "-o", "name").stdout, what="TTL delete"
+        )
+        log = limited.log_tail(200_000)
+        assert "403" not in log and "Forbidden" not in log, log[-3000:]
+    finally:
+        limited.stop()
+        operator.start()
+    assert status is not None
