@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 console = Console()
@@ -50,6 +52,74 @@ def operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_or_apply(manifest: dict, namespace: str, dry_run: bool) -> int:
+    from modelfleet.client import apply
+
+    if dry_run:
+        print(yaml.safe_dump(manifest, sort_keys=False), end="")
+    else:
+        apply(manifest, namespace)
+        console.print(f"[green]{manifest['kind'].lower()}/{manifest['metadata']['name']} applied[/] in {namespace}")
+    return 0
+
+
+def csv(value: str) -> list[str]:
+    return [v for v in value.split(",") if v]
+
+
+def deploy(args: argparse.Namespace) -> int:
+    from modelfleet.client import inference_service_manifest
+
+    manifest = inference_service_manifest(
+        args.model, args.name, csv(args.regions), gpus=args.gpus, gpu_type=args.gpu_type, quantize=args.quantize,
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas, metric=args.metric, target=args.target,
+        max_batch_size=args.max_batch_size,
+    )  # fmt: skip
+    return print_or_apply(manifest, args.namespace, args.dry_run)
+
+
+def train(args: argparse.Namespace) -> int:
+    from modelfleet.client import training_job_manifest
+
+    manifest = training_job_manifest(
+        args.name, args.workers, gpus=args.gpus, gpu_type=args.gpu_type, regions=csv(args.regions),
+        image=args.image, args=args.train_args, policy=args.policy, backoff_limit=args.backoff_limit,
+    )  # fmt: skip
+    return print_or_apply(manifest, args.namespace, args.dry_run)
+
+
+def status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from modelfleet.client import list_objects
+
+    namespace = None if args.all_namespaces else args.namespace
+    jobs = Table(title="TrainingJobs")
+    for column in ("namespace", "name", "phase", "workers", "GPUs", "region", "restarts", "step", "loss"):
+        jobs.add_column(column)
+    for obj in list_objects("TrainingJob", namespace):
+        st, progress = obj.get("status") or {}, (obj.get("status") or {}).get("progress") or {}
+        jobs.add_row(
+            obj["metadata"]["namespace"], obj["metadata"]["name"], st.get("phase", ""), st.get("ready", ""),
+            str(st.get("gpus", "")), st.get("region", ""), str(st.get("restarts", 0)),
+            str(progress.get("step", "")), str(progress.get("loss", "")),
+        )  # fmt: skip
+    services = Table(title="InferenceServices")
+    for column in ("namespace", "name", "phase", "region", "ready/replicas", "desired", "load", "reason"):
+        services.add_column(column)
+    for obj in list_objects("InferenceService", namespace):
+        st = obj.get("status") or {}
+        for region in st.get("regions") or [{}]:
+            services.add_row(
+                obj["metadata"]["namespace"], obj["metadata"]["name"], st.get("phase", ""), region.get("name", ""),
+                f"{region.get('readyReplicas', 0)}/{region.get('replicas', 0)}", str(region.get("desiredReplicas", "")),
+                str(region.get("observedLoad", "")), region.get("reason", ""),
+            )  # fmt: skip
+    console.print(jobs)
+    console.print(services)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelfleet", description="Distributed training and model serving on Kubernetes."
@@ -68,12 +138,63 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=operator)
+
+    dep = commands.add_parser("deploy", help="serve a model: create an InferenceService in one line")
+    dep.add_argument("model", help="model path or URI (file://, pvc://<claim>/<path>)")
+    dep.add_argument("--name", required=True)
+    dep.add_argument("--regions", required=True, help="comma separated, e.g. cn-hangzhou,us-west-1")
+    dep.add_argument("--gpus", type=int, default=0)
+    dep.add_argument("--gpu-type")
+    dep.add_argument("--quantize", default="none", choices=["none", "int8", "fp16", "bf16"])
+    dep.add_argument("--min-replicas", type=int, default=1)
+    dep.add_argument("--max-replicas", type=int, default=3)
+    dep.add_argument("--metric", default="concurrency", choices=["concurrency", "rps", "latency"])
+    dep.add_argument("--target", type=float)
+    dep.add_argument("--max-batch-size", type=int, default=1)
+    dep.add_argument("-n", "--namespace", default="default")
+    dep.add_argument("--dry-run", action="store_true", help="print the manifest as YAML instead of applying it")
+    dep.set_defaults(func=deploy)
+
+    tr = commands.add_parser("train", help="run a distributed training job: create a TrainingJob in one line")
+    tr.add_argument("--name", required=True)
+    tr.add_argument("--workers", type=int, required=True)
+    tr.add_argument("--gpus", type=int, default=0)
+    tr.add_argument("--gpu-type")
+    tr.add_argument("--regions", default="")
+    tr.add_argument("--image")
+    tr.add_argument("--policy", default="Pack", choices=["Pack", "Spread"])
+    tr.add_argument("--backoff-limit", type=int, default=3)
+    tr.add_argument("-n", "--namespace", default="default")
+    tr.add_argument("--dry-run", action="store_true")
+    tr.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: arguments for the training program")
+    tr.set_defaults(func=train)
+
+    st = commands.add_parser("status", help="TrainingJobs and InferenceServices at a glance")
+    st.add_argument("-n", "--namespace", default="default")
+    st.add_argument("-A", "--all-namespaces", action="store_true")
+    st.set_defaults(func=status)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kubernetes.client.exceptions import ApiException
+    from pydantic import ValidationError
+    from rich.markup import escape
+
+    from modelfleet.api.common import validation_message
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if getattr(args, "train_args", None) and args.train_args[0] == "--":
+        args.train_args = args.train_args[1:]
+    try:
+        return args.func(args)
+    except ValidationError as exc:
+        console.print(f"[red]invalid:[/] {escape(validation_message(exc))}")
+        return 2
+    except ApiException as exc:
+        message = json.loads(exc.body).get("message", exc.reason) if exc.body else exc.reason
+        console.print(f"[red]refused by the API server:[/] {escape(str(message))}")
+        return 2
 
 
 if __name__ == "__main__":
