@@ -21,4 +21,4 @@ docker build -f images/operator.Dockerfile -t ghcr.io/modelfleet/operator:0.1.0 
 docker build -f images/runtime.Dockerfile -t ghcr.io/modelfleet/runtime:0.1.0 .
 kind load docker-image --name modelfleet ghcr.io/modelfleet/operator:0.1.0 ghcr.io/modelfleet/runtime:0.1.0
 helm upgrade --install modelfleet charts/modelfleet -n modelfleet-system --create-namespace --wait
-MODELFLEET_E2E_KUBECONFIG="$KUBECONFIG" bash hack/test.sh tests/e2e -m e2e "$@"
+MODELFLEET_E2E_OPERATOR=installed MODELFLEET_E2E_KUBECONFIG="$KUBECONFIG" bash hack/test.sh tests/e2e -m e2e "$@"

@@ -46,11 +46,23 @@ def namespace(kube: Kube) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """modelfleet's operator running as a process against the test cluster for the whole session."""
+    """modelfleet's operator running as a process against the test cluster for the whole session, unless
+    MODELFLEET_E2E_OPERATOR=installed says one already runs in the cluster (the kind run)."""
     proc = OperatorProcess(kube.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    if os.environ.get("MODELFLEET_E2E_OPERATOR") == "installed":
+        yield proc
+        return
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def local_operator(operator: OperatorProcess) -> OperatorProcess:
+    """For tests that kill or replace the operator process."""
+    if operator.proc is None:
+        pytest.skip("the operator runs in the cluster (MODELFLEET_E2E_OPERATOR=installed)")
+    return operator
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -64,7 +64,7 @@ def service_account_kubeconfig(kube: Kube, namespace: str, account: str, path: P
 
 
 def test_operator_runs_as_the_charts_service_account(
-    kube: Kube, namespace: str, operator: OperatorProcess, tmp_path: Path
+    kube: Kube, namespace: str, local_operator: OperatorProcess, tmp_path: Path
 ) -> None:
     helm(kube, "upgrade", "--install", "mf", str(CHART), "-n", "modelfleet-system", "--create-namespace")
     for kind, name in (
@@ -81,7 +81,7 @@ def test_operator_runs_as_the_charts_service_account(
     assert as_sa.kubectl("auth", "can-i", "delete", "nodes", check=False).stdout.strip() == "no"
     assert as_sa.kubectl("auth", "can-i", "create", "pods", "-n", namespace).stdout.strip() == "yes"
 
-    operator.stop()
+    local_operator.stop()
     limited = OperatorProcess(config, tmp_path / "sa-operator.log")
     limited.start()
     try:
@@ -120,5 +120,5 @@ def test_operator_runs_as_the_charts_service_account(
         assert "403" not in log and "Forbidden" not in log, log[-3000:]
     finally:
         limited.stop()
-        operator.start()
+        local_operator.start()
     assert status is not None

@@ -216,7 +216,7 @@ def test_elastic_job_takes_the_most_workers_that_fit(kube: Kube, namespace: str)
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(
-    kube: Kube, namespace: str, operator: OperatorProcess
+    kube: Kube, namespace: str, local_operator: OperatorProcess
 ) -> None:
     names = [f"crash-{i}" for i in range(3)]
     text = yaml.safe_dump_all(
@@ -224,8 +224,8 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     )
     kube.kubectl("apply", "-n", namespace, "-f", "-", stdin=text)
     time.sleep(0.4)
-    operator.kill()
-    operator.start()
+    local_operator.kill()
+    local_operator.start()
     for n in names:
         wait_phase(kube, namespace, n, "Running", timeout=60)
     pods = kube.get_json("pods", "-n", namespace)["items"]
