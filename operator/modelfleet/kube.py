@@ -8,10 +8,12 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
-from modelfleet.api.common import GROUP, VERSION
+from modelfleet.api.common import GROUP, VERSION, invalid_spec_status, validation_message
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,3 +115,18 @@ async def delete_custom(plural: str, namespace: str, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+async def report_invalid_spec(
+    body: dict[str, Any], plural: str, exc: ValidationError, condition_type: str, phase: str
+) -> dict[str, Any] | None:
+    """A spec the schema let through but the operator cannot use: a condition with reason InvalidSpec and a
+    Warning Event, once per generation. Returns the updated object (None when nothing was written)."""
+    meta, prev = body["metadata"], body.get("status") or {}
+    generation = meta.get("generation", 1)
+    if prev.get("observedGeneration") == generation:
+        return None
+    message = validation_message(exc)
+    kopf.warn(body, reason="InvalidSpec", message=message)
+    status = invalid_spec_status(prev, generation, message, condition_type, phase)
+    return await patch_status(plural, meta["namespace"], meta["name"], status)

@@ -31,3 +31,15 @@ def test_set_condition_keeps_transition_time_while_status_is_unchanged() -> None
     third = set_condition(second, Condition(type="Ready", status="True", reason="Up"))
     assert third[0]["lastTransitionTime"] != "t0"
     assert len(third) == 1
+
+
+def test_invalid_spec_status_names_the_field_and_keeps_the_rest() -> None:
+    from modelfleet.api.common import invalid_spec_status, validation_message
+
+    with pytest.raises(ValidationError) as caught:
+        TrainingJobSpec.model_validate({"workers": {"replicas": "many"}})
+    message = validation_message(caught.value)
+    assert message.startswith("workers.replicas:")
+    status = invalid_spec_status({"restarts": 2}, 5, message, "Created", "Pending")
+    assert status["restarts"] == 2 and status["observedGeneration"] == 5 and status["phase"] == "Pending"
+    assert status["conditions"][0]["reason"] == "InvalidSpec" and status["conditions"][0]["status"] == "False"

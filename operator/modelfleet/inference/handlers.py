@@ -17,9 +17,7 @@ from modelfleet.api.common import (
     MANAGED_BY_LABEL,
     REGION_NAME_LABEL,
     SERVICE_NAME_LABEL,
-    invalid_spec_status,
     now_iso,
-    validation_message,
 )
 from modelfleet.api.inference import InferenceServiceSpec, MetricsSource, Region, ServingPhase
 from modelfleet.cluster_state import CLUSTER
@@ -56,17 +54,7 @@ async def reconcile(body: dict[str, Any]) -> float | None:
     try:
         spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
-        message = validation_message(exc)
-        if prev.get("observedGeneration") != generation:
-            kopf.warn(body, reason="InvalidSpec", message=message)
-            LOOPS.remember(
-                await kube.patch_status(
-                    PLURAL,
-                    namespace,
-                    name,
-                    invalid_spec_status(prev, generation, message, "Ready", str(ServingPhase.FAILED)),
-                )
-            )
+        LOOPS.remember(await kube.report_invalid_spec(body, PLURAL, exc, "Ready", str(ServingPhase.FAILED)))
         return None
 
     selector = f"{SERVICE_NAME_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"

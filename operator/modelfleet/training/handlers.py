@@ -10,7 +10,7 @@ import kopf
 from pydantic import ValidationError
 
 from modelfleet import kube
-from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, invalid_spec_status, validation_message
+from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.cluster_state import CLUSTER
 from modelfleet.loops import ReconcileLoops
@@ -39,17 +39,7 @@ async def reconcile(body: dict[str, Any]) -> float | None:
     try:
         spec = TrainingJobSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
-        message = validation_message(exc)
-        if prev.get("observedGeneration") != generation:
-            kopf.warn(body, reason="InvalidSpec", message=message)
-            LOOPS.remember(
-                await kube.patch_status(
-                    PLURAL,
-                    namespace,
-                    name,
-                    invalid_spec_status(prev, generation, message, "Created", str(TrainingPhase.PENDING)),
-                )
-            )
+        LOOPS.remember(await kube.report_invalid_spec(body, PLURAL, exc, "Created", str(TrainingPhase.PENDING)))
         return None
 
     pods = [
