@@ -1,4 +1,4 @@
-.PHONY: demo test unit crds lint cluster-up cluster-down
+.PHONY: demo test unit crds lint cluster-up cluster-down bench
 
 # Brings up the local cluster, installs modelfleet and runs an example.
 demo:
@@ -19,3 +19,7 @@ cluster-up:
 
 cluster-down:
 	bash -c 'source hack/env.sh && modelfleet dev-cluster down'
+
+# Benchmarks (figures and peer ratios; not tests). QUICK=1 for a short run.
+bench:
+	bash -c 'source hack/env.sh && python -m benchmarks $(if $(QUICK),--quick,)'
