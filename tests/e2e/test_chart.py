@@ -38,6 +38,7 @@ def test_chart_lints_renders_and_refuses_bad_values(kube: Kube) -> None:
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     assert any(a.startswith("--peering=") for a in container["args"]), "replicas > 1 use kopf peering"
+    assert "ClusterKopfPeering" in kinds
     bad = helm(kube, "template", "mf", str(CHART), "--set", "replicas=0", check=False)
     assert bad.returncode != 0 and "replicas" in bad.stderr
     bad = helm(kube, "template", "mf", str(CHART), "--set", "gpuSpeeds.H100=fast", check=False)
