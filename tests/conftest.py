@@ -26,9 +26,9 @@ def kube() -> Iterator[Kube]:
     else:
         cluster = DevCluster(Path(tempfile.mkdtemp(prefix="modelfleet-e2e-")), bin_dir=bin_dir).up()
         kube = Kube(cluster.kubeconfig_path, bin_dir)
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    kube.kubectl("wait", "--for", "condition=Established", "crd", "--all", "--timeout=60s")
     try:
+        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        kube.kubectl("wait", "--for", "condition=Established", "crd", "--all", "--timeout=60s")
         yield kube
     finally:
         if cluster and os.environ.get("MODELFLEET_KEEP_CLUSTER"):

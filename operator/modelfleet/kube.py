@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from modelfleet.api.common import GROUP, VERSION, invalid_spec_status, validation_message
@@ -44,7 +45,11 @@ def custom() -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api())
 
 
+API_REQUESTS = Counter("modelfleet_api_requests", "Kubernetes API requests the reconcilers made.", ["call"])
+
+
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    API_REQUESTS.labels(fn.__name__).inc()
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 

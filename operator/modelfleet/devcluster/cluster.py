@@ -93,6 +93,8 @@ class DevCluster:
     workdir: Path
     apiserver_port: int = 0
     bin_dir: Path | None = None
+    nodes: list[dict] | None = None
+    """Node manifests to create; default: the fake GPU inventory of modelfleet.devcluster.nodes."""
     processes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -124,10 +126,18 @@ class DevCluster:
         return all(_alive(pid) for pid in pids.values())
 
     def up(self, timeout: float = 120) -> DevCluster:
-        """Starts every component (if not already running) and creates the fake GPU nodes."""
+        """Starts every component (if not already running) and creates the fake GPU nodes; on failure stops
+        whatever it started."""
         if self.running():
             return self
         self.down()
+        try:
+            return self._start_all(timeout)
+        except BaseException:
+            self.down()
+            raise
+
+    def _start_all(self, timeout: float) -> DevCluster:
         self.bin_dir = self.bin_dir or binaries_dir()
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
@@ -192,8 +202,8 @@ class DevCluster:
         return self
 
     def create_nodes(self) -> None:
-        manifests = fake_nodes(default_inventory())
-        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
+        manifests = self.nodes if self.nodes is not None else fake_nodes(default_inventory())
+        self.kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(manifests))
 
     def _nodes_ready(self) -> bool:
         out = self.kubectl("get", "nodes", "-o", "json", check=False)
@@ -258,16 +268,25 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _terminate(pid: int, grace: float = 10) -> None:
+def _signal(pid: int, sig: int) -> bool:
+    """Signals the process group `pid` leads, or the process alone when it leads none; False when it is gone."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, sig)
     except ProcessLookupError:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+    return True
+
+
+def _terminate(pid: int, grace: float = 10) -> None:
+    if not _signal(pid, signal.SIGTERM):
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.1)
     if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        _signal(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds the peer for benchmarks/scale.py, Kubeflow's training operator, from its Go module (no replace lines,
+# so a plain `go install` works), cached per version. Prints the binary's path; its CRDs are in the module cache.
+set -euo pipefail
+VERSION="${TRAINING_OPERATOR_VERSION:-v1.8.1}"
+CACHE="${MODELFLEET_CACHE:-$HOME/.cache/modelfleet}/bin/training-operator-$VERSION"
+if [[ ! -x "$CACHE/training-operator.v1" ]]; then
+  mkdir -p "$CACHE"
+  GOFLAGS=-buildvcs=false CGO_ENABLED=0 GOBIN="$CACHE" go install -ldflags "-s -w" \
+    "github.com/kubeflow/training-operator/cmd/training-operator.v1@$VERSION" >&2
+fi
+echo "$CACHE/training-operator.v1"
+echo "$(go env GOMODCACHE)/github.com/kubeflow/training-operator@$VERSION/manifests/base/crds/kubeflow.org_pytorchjobs.yaml"
