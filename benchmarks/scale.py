@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -45,6 +46,25 @@ def inventory(nodes: int) -> list[dict[str, Any]]:
 def job_mix(count: int, seed: int) -> list[tuple[str, int, str]]:
     rng = random.Random(seed)
     return [(f"job-{i}", rng.randint(1, 6), rng.choice(REGIONS)) for i in range(count)]
+
+
+# What the peer's install brings besides its CRDs: its namespace, the Secret its certificate rotator fills, and
+# the webhook configuration it injects the CA into. The API server cannot reach the webhook here (no endpoints on
+# this control plane), so the configuration says Ignore: PyTorchJobs go in unvalidated, which only helps the peer.
+PEER_SETUP: list[dict[str, Any]] = [
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kubeflow"}},
+    {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "training-operator-webhook-cert", "namespace": "kubeflow"}},
+    {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "validator.training-operator.kubeflow.org"},
+        "webhooks": [{
+            "name": "validator.pytorchjob.training-operator.kubeflow.org", "admissionReviewVersions": ["v1"],
+            "clientConfig": {"service": {"name": "training-operator", "namespace": "kubeflow", "path": "/validate-kubeflow-org-v1-pytorchjob"}},
+            "failurePolicy": "Ignore", "sideEffects": "None", "timeoutSeconds": 2,
+            "rules": [{"apiGroups": ["kubeflow.org"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pytorchjobs"]}],
+        }],
+    },
+]  # fmt: skip
 
 
 def training_job(name: str, workers: int, region: str) -> dict[str, Any]:
@@ -123,6 +143,20 @@ def run(
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"modelfleet-scale-{system}-"))
     cluster = DevCluster(work, bin_dir=binaries_dir(), nodes=inventory(nodes)).up(timeout=300)
+    try:
+        return measure(system, cluster, work, mix, peer_bin, peer_crd)
+    finally:
+        cluster.down()
+
+
+def measure(
+    system: str,
+    cluster: DevCluster,
+    work: Path,
+    mix: list[tuple[str, int, str]],
+    peer_bin: str | None,
+    peer_crd: str | None,
+) -> dict[str, Any]:
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path)}
     log = (work / "operator.log").open("wb")
     if system == "modelfleet":
@@ -132,6 +166,8 @@ def run(
         group, plural, make, label = "modelfleet.dev", "trainingjobs", training_job, "modelfleet.dev/job-name"
     else:
         cluster.kubectl("apply", "--server-side", "-f", peer_crd)
+        cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(PEER_SETUP))
+        env["KUBEFLOW_NAMESPACE"] = "kubeflow"
         cmd = [
             peer_bin,
             "--enable-scheme=pytorchjob",
@@ -139,6 +175,7 @@ def run(
             "--health-probe-bind-address=127.0.0.1:0",
         ]
         group, plural, make, label = "kubeflow.org", "pytorchjobs", pytorch_job, "training.kubeflow.org/job-name"
+    time.sleep(2)  # a CRD has no status.conditions for a moment after it is created
     cluster.kubectl("wait", "--for", "condition=Established", "crd", "--all", "--timeout=60s")
     cluster.kubectl("create", "namespace", "bench")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -165,7 +202,6 @@ def run(
     sampler.stopped.set()
     proc.terminate()
     proc.wait(timeout=30)
-    cluster.down()
     values = sorted(times.values())
     return {
         "jobs": len(mix), "jobs_running": len(values), "submit_seconds": round(submit_seconds, 1),
