@@ -201,7 +201,10 @@ def measure(
     api_requests = scrape_requests(env.get("MODELFLEET_METRICS_PORT")) if system == "modelfleet" else None
     sampler.stopped.set()
     proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     values = sorted(times.values())
     return {
         "jobs": len(mix), "jobs_running": len(values), "submit_seconds": round(submit_seconds, 1),

@@ -69,6 +69,13 @@ class ReconcileLoops:
         if known is None or _version(body) >= _version(known):
             self.bodies[key] = body
 
+    def stop(self) -> None:
+        """Cancels every loop (operator shutdown)."""
+        for task in self.tasks.values():
+            task.cancel()
+        self.tasks.clear()
+        self.wakeups.clear()
+
     def wake(self, key: Key) -> None:
         if event := self.wakeups.get(key):
             event.set()

@@ -38,6 +38,12 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
 
 
+@kopf.on.cleanup()
+async def stop_loops(**_: Any) -> None:
+    training.LOOPS.stop()
+    inference.LOOPS.stop()
+
+
 @kopf.index("", "v1", "nodes")
 def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
     return {name: {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}}

@@ -20,6 +20,9 @@ class Pending:
 class Batcher:
     """Collects requests until `max_batch_size` rows or `max_delay_ms` after the first, then runs them together.
 
+    Under light load (the last pass held a single request, and no other is queued) a request runs at once:
+    waiting for company that is not coming would only add `max_delay_ms` to its latency.
+
     Each request's rows come back to it alone; if the merged pass fails, each request is run by itself so a bad
     one fails only itself. `on_batch` sees every batch size (for the metrics).
     """
@@ -38,6 +41,7 @@ class Batcher:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.task: asyncio.Task[None] | None = None
+        self.last_batch = 0
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop())
@@ -56,7 +60,11 @@ class Batcher:
         while True:
             batch = [await self.queue.get()]
             rows = batch[0].inputs.shape[0]
-            deadline = time.monotonic() + self.max_delay
+            while rows < self.max_batch_size and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+                rows += batch[-1].inputs.shape[0]
+            delay = self.max_delay if len(batch) > 1 or self.last_batch > 1 else 0.0
+            deadline = time.monotonic() + delay
             while rows < self.max_batch_size:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -71,6 +79,7 @@ class Batcher:
 
     async def _run(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()
+        self.last_batch = len(batch)
         self.on_batch(sum(p.inputs.shape[0] for p in batch))
         try:
             merged = torch.cat([p.inputs for p in batch]) if len(batch) > 1 else batch[0].inputs
