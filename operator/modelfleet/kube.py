@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,7 +15,6 @@ from pydantic import ValidationError
 
 from modelfleet.api.common import GROUP, VERSION, invalid_spec_status, validation_message
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 

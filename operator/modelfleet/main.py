@@ -5,6 +5,7 @@ Run it with `modelfleet operator` (or `kopf run -m modelfleet.main --all-namespa
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
@@ -18,18 +19,13 @@ from modelfleet.inference import handlers as inference
 from modelfleet.scheduling.cluster import node_is_ready
 from modelfleet.training import handlers as training
 
-log = logging.getLogger(__name__)
 __all__ = ["inference", "training"]
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    import asyncio
-
     settings.posting.level = logging.WARNING  # Normal events are posted explicitly with kopf.event
     settings.watching.server_timeout = 300
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelfleet.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelfleet.dev")
     settings.execution.max_workers = int(os.environ.get("MODELFLEET_WORKERS", "64"))
     if port := int(os.environ.get("MODELFLEET_METRICS_PORT", "0")):
         prometheus_client.start_http_server(port)
@@ -45,12 +41,12 @@ async def stop_loops(**_: Any) -> None:
 
 
 @kopf.index("", "v1", "nodes")
-def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+async def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
     return {name: {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}}
 
 
 @kopf.index("", "v1", "pods")
-def gpu_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any]:
+async def gpu_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any]:
     return gpu_pod_entry({"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)})
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -27,7 +26,6 @@ from modelfleet.inference.observe import ReplicaSample, prometheus_load, region_
 from modelfleet.inference.status import compose_status, pod_ready, region_status
 from modelfleet.loops import ReconcileLoops
 
-log = logging.getLogger(__name__)
 PLURAL = "inferenceservices"
 MERGE_PATCH = "application/merge-patch+json"
 

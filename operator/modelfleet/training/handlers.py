@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import kopf
@@ -19,7 +18,6 @@ from modelfleet.training.builders import headless_service, worker_pod, worker_we
 from modelfleet.training.lifecycle import Decision, decide
 from modelfleet.training.status import NotPlaced, Placed, compose_status, desired_workers
 
-log = logging.getLogger(__name__)
 PLURAL = "trainingjobs"
 UNGATE = [{"op": "replace", "path": "/spec/schedulingGates", "value": []}]
 _placement_lock: asyncio.Lock | None = None
