@@ -11,6 +11,7 @@ and (for modelfleet) the API requests its reconcilers made per job.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -179,6 +180,8 @@ def measure(
     cluster.kubectl("wait", "--for", "condition=Established", "crd", "--all", "--timeout=60s")
     cluster.kubectl("create", "namespace", "bench")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if system != "modelfleet":
+        threading.Thread(target=mount_peer_certs, args=(cluster,), daemon=True).start()
     sampler = ProcessSampler(proc.pid)
     sampler.start()
     time.sleep(3)
@@ -214,6 +217,26 @@ def measure(
         "cpu_seconds": round(sampler.cpu_seconds, 1),
         "api_requests_per_job": round(api_requests / len(mix), 1) if api_requests else None,
     }  # fmt: skip
+
+
+PEER_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
+
+
+def mount_peer_certs(cluster: DevCluster, timeout: float = 120) -> None:
+    """Plays the kubelet for the peer: its certificate rotator waits until the Secret it filled appears as files,
+    which in a cluster is the Secret volume's job."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = cluster.kubectl(
+            "get", "secret", "training-operator-webhook-cert", "-n", "kubeflow", "-o", "json", check=False
+        )
+        data = (json.loads(out).get("data") or {}) if out else {}
+        if "tls.crt" in data and "tls.key" in data:
+            PEER_CERT_DIR.mkdir(parents=True, exist_ok=True)
+            for key, value in data.items():
+                (PEER_CERT_DIR / key).write_bytes(base64.b64decode(value))
+            return
+        time.sleep(1)
 
 
 def free_port() -> int:
