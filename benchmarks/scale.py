@@ -171,6 +171,7 @@ def measure(
         env["KUBEFLOW_NAMESPACE"] = "kubeflow"
         cmd = [
             peer_bin,
+            "--namespace=bench",
             "--enable-scheme=pytorchjob",
             "--metrics-bind-address=127.0.0.1:0",
             "--health-probe-bind-address=127.0.0.1:0",
