@@ -5,7 +5,8 @@
 N fake 8-GPU nodes in 3 regions; M TrainingJobs of 1-6 one-GPU workers (seeded) submitted as fast as the API
 takes them; the same mix as PyTorchJobs (a Master and n-1 Workers) for the peer, on a fresh cluster of the same
 shape. Measured: submit -> every worker pod Running (p50, p99, total), the operator's peak RSS and CPU seconds,
-and (for modelfleet) the API requests its reconcilers made per job.
+and (for modelfleet) the API requests its reconcilers made per job. Then 2,000 InferenceServices (300 with
+--quick) on a fresh cluster: time until all are Ready, and what the operator spent.
 """
 
 from __future__ import annotations
@@ -260,44 +261,115 @@ def scrape_requests(port: str | None) -> float | None:
     )
 
 
+def inference_service(name: str, _workers: int, region: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelfleet.dev/v1alpha1", "kind": "InferenceService", "metadata": {"name": name},
+        "spec": {"model": {"uri": "file:///models/m"}, "regions": [{"name": region}], "resources": {"gpus": 1},
+                 "autoscaling": {"enabled": False}},
+    }  # fmt: skip
+
+
+def run_inference(nodes: int, count: int) -> dict[str, Any]:
+    """Time until `count` InferenceServices are all Ready (one GPU replica each), and what the operator spent."""
+    work = Path(tempfile.mkdtemp(prefix="modelfleet-scale-isvc-"))
+    cluster = DevCluster(work, bin_dir=binaries_dir(), nodes=inventory(nodes)).up(timeout=300)
+    try:
+        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        time.sleep(2)
+        cluster.kubectl("wait", "--for", "condition=Established", "crd", "--all", "--timeout=60s")
+        cluster.kubectl("create", "namespace", "bench")
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path), "MODELFLEET_METRICS_PORT": str(free_port())}
+        proc = subprocess.Popen([sys.executable, "-m", "modelfleet.cli", "operator", "--log-level", "warning"], env=env,
+                                stdout=(work / "operator.log").open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+        sampler = ProcessSampler(proc.pid)
+        sampler.start()
+        time.sleep(3)
+        custom = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cluster.kubeconfig_path)))
+        start = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda item: custom.create_namespaced_custom_object(
+                "modelfleet.dev", "v1alpha1", "bench", "inferenceservices", inference_service(*item)),
+                job_mix(count, seed=12)))  # fmt: skip
+        ready, deadline = 0, time.monotonic() + 900
+        while ready < count and time.monotonic() < deadline:
+            items = custom.list_namespaced_custom_object("modelfleet.dev", "v1alpha1", "bench", "inferenceservices")[
+                "items"
+            ]
+            ready = sum((i.get("status") or {}).get("phase") == "Ready" for i in items)
+            time.sleep(1)
+        total = time.monotonic() - start
+        requests = scrape_requests(env["MODELFLEET_METRICS_PORT"])
+        sampler.stopped.set()
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return {
+            "services": count, "services_ready": ready, "all_ready_seconds": round(total, 1),
+            "peak_rss_mb": round(sampler.peak_rss_mb, 1), "cpu_seconds": round(sampler.cpu_seconds, 1),
+            "api_requests_per_service": round(requests / count, 1) if requests else None,
+        }  # fmt: skip
+    finally:
+        cluster.down()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--part", choices=["jobs", "services", "all"], default="all")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     args = parser.parse_args()
     nodes, jobs = (120, 200) if args.quick else (500, 1000)
-    mix = job_mix(jobs, seed=11)
-    results = {"modelfleet": run("modelfleet", nodes, mix, None, None)}
-    if not args.no_peer:
-        out = subprocess.run(
-            ["bash", str(ROOT / "benchmarks" / "build_training_operator.sh")],
-            capture_output=True,
-            text=True,
-            check=True,
+    results: dict[str, Any] = {}
+    if args.part in ("jobs", "all"):
+        mix = job_mix(jobs, seed=11)
+        results["modelfleet"] = run("modelfleet", nodes, mix, None, None)
+        if not args.no_peer:
+            out = subprocess.run(
+                ["bash", str(ROOT / "benchmarks" / "build_training_operator.sh")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            peer_bin, peer_crd = out.stdout.split()[-2:]
+            results["training-operator"] = run("training-operator", nodes, mix, peer_bin, peer_crd)
+        table = Table(
+            title=f"Operator at scale: {jobs} jobs of 1-6 GPU workers on {nodes // 12 * 12} KWOK nodes (lower is better)"
         )
-        peer_bin, peer_crd = out.stdout.split()[-2:]
-        results["training-operator"] = run("training-operator", nodes, mix, peer_bin, peer_crd)
-    table = Table(
-        title=f"Operator at scale: {jobs} jobs of 1-6 GPU workers on {nodes // 12 * 12} KWOK nodes (lower is better)"
-    )
-    table.add_column("figure")
-    for system in results:
-        table.add_column(system, justify="right")
-    if len(results) > 1:
-        table.add_column("ratio", justify="right")
-    for key in results["modelfleet"]:
-        values = [results[s][key] for s in results]
-        ratio = (
-            [f"{values[0] / values[1]:.2f}"]
-            if len(values) > 1 and values[0] and values[1]
-            else (["-"] if len(values) > 1 else [])
-        )
-        table.add_row(key, *map(str, values), *ratio)
-    Console(width=140).print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
-    print(f"raw figures: {args.out}")
+        table.add_column("figure")
+        for system in results:
+            table.add_column(system, justify="right")
+        if len(results) > 1:
+            table.add_column("ratio", justify="right")
+        for key in results["modelfleet"]:
+            values = [results[s][key] for s in results]
+            ratio = (
+                [f"{values[0] / values[1]:.2f}"]
+                if len(values) > 1 and values[0] and values[1]
+                else (["-"] if len(values) > 1 else [])
+            )
+            table.add_row(key, *map(str, values), *ratio)
+        Console(width=140).print(table)
+    if args.part == "jobs":
+        write(args.out, results)
+        return
+    services = run_inference(nodes, 300 if args.quick else 2000)
+    isvc = Table(title="InferenceServices reconciled to Ready (one GPU replica each, autoscaling off)")
+    isvc.add_column("figure")
+    isvc.add_column("modelfleet", justify="right")
+    for key, value in services.items():
+        isvc.add_row(key, str(value))
+    Console(width=140).print(isvc)
+    results["inference-services"] = services
+    write(args.out, results)
+
+
+def write(out: Path, results: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"raw figures: {out}")
 
 
 if __name__ == "__main__":
