@@ -19,6 +19,7 @@ from modelfleet.training.lifecycle import Decision, decide
 from modelfleet.training.status import NotPlaced, Placed, compose_status, desired_workers
 
 PLURAL = "trainingjobs"
+UNSCHEDULABLE_RETRY_SECONDS = 3.0
 UNGATE = [{"op": "replace", "path": "/spec/schedulingGates", "value": []}]
 _placement_lock: asyncio.Lock | None = None
 
@@ -65,6 +66,8 @@ async def reconcile(body: dict[str, Any]) -> float | None:
             body, type="Normal", reason="TTLExpired", message="deleting the finished job (ttlSecondsAfterFinished)"
         )
         await kube.delete_custom(PLURAL, namespace, name)
+    if isinstance(outcome, NotPlaced):
+        return UNSCHEDULABLE_RETRY_SECONDS
     if outcome is not None or decision.ungate or decision.delete or decision.force_delete:
         return 1.0  # look again soon: the pods we touched are moving
     return decision.requeue_after
