@@ -30,6 +30,7 @@ class Worker:
     gated: bool
     deleting: bool
     world_size: int
+    shard_weight: float
     exit_code: int | None
     reason: str
     finished_at: str
@@ -45,6 +46,14 @@ def _env_value(pod: Mapping[str, Any], name: str) -> str | None:
             if env.get("name") == name:
                 return env.get("value")
     return None
+
+
+def _own_weight(weights: str | None, index: int) -> float:
+    values = (weights or "").split(",")
+    try:
+        return float(values[index])
+    except (IndexError, ValueError):
+        return 0.0
 
 
 def worker_of(pod: Mapping[str, Any]) -> Worker:
@@ -68,6 +77,9 @@ def worker_of(pod: Mapping[str, Any]) -> Worker:
         gated=any(g.get("name") == GANG_SCHEDULING_GATE for g in spec.get("schedulingGates") or []),
         deleting=bool(meta.get("deletionTimestamp")),
         world_size=int(_env_value(pod, "WORLD_SIZE") or 0),
+        shard_weight=_own_weight(
+            _env_value(pod, "MODELFLEET_SHARD_WEIGHTS"), int(labels.get(REPLICA_INDEX_LABEL, "0"))
+        ),
         exit_code=exit_code,
         reason=reason,
         finished_at=finished_at,

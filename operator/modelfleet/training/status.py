@@ -29,20 +29,6 @@ def desired_workers(spec: TrainingJobSpec) -> int:
     return spec.workers.replicas or spec.workers.max_replicas or 0
 
 
-def _weights_from_pods(pods: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    weights: dict[str, float] = {}
-    for pod in pods:
-        labels = pod["metadata"].get("labels") or {}
-        for container in pod["spec"].get("containers", []):
-            for env in container.get("env") or []:
-                if env.get("name") == "MODELFLEET_SHARD_WEIGHTS" and env.get("value"):
-                    values = [float(v) for v in env["value"].split(",")]
-                    index = int(labels.get("modelfleet.dev/replica-index", "0"))
-                    if index < len(values):
-                        weights[pod["metadata"]["name"]] = values[index]
-    return weights
-
-
 def compose_status(
     prev: Mapping[str, Any],
     spec: TrainingJobSpec,
@@ -102,7 +88,6 @@ def compose_status(
     if isinstance(outcome, Placed):
         placement = placement_record(outcome.pod_names, outcome.nodes, outcome.weights)
     elif current:
-        weights = _weights_from_pods([by_name[w.name] for w in current if w.name in by_name])
         placement = [
             {
                 "worker": w.name,
@@ -110,7 +95,7 @@ def compose_status(
                 "region": nodes[w.node].region if w.node in nodes else "",
                 "zone": nodes[w.node].zone if w.node in nodes else "",
                 "gpuType": (nodes[w.node].gpu_type or "") if w.node in nodes else "",
-                "shardWeight": round(weights.get(w.name, 0.0), 6),
+                "shardWeight": round(w.shard_weight, 6),
             }
             for w in sorted(current, key=lambda w: w.index)
         ]
