@@ -11,7 +11,7 @@ import yaml
 
 from tests.support.kube import Kube, wait_for
 from tests.support.operator import OperatorProcess
-from tests.support.training import status, training_job, wait_phase
+from tests.support.training import training_job, wait_phase
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,4 +122,3 @@ def test_operator_runs_as_the_charts_service_account(
     finally:
         limited.stop()
         local_operator.start()
-    assert status is not None
