@@ -204,12 +204,7 @@ def measure(
     times = running_times(core, "bench", {n: w for n, w, _ in mix}, label, submitted, timeout=600)
     total = time.monotonic() - start
     api_requests = scrape_requests(env.get("MODELFLEET_METRICS_PORT")) if system == "modelfleet" else None
-    sampler.stopped.set()
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc, sampler)
     values = sorted(times.values())
     return {
         "jobs": len(mix), "jobs_running": len(values), "submit_seconds": round(submit_seconds, 1),
@@ -239,6 +234,16 @@ def mount_peer_certs(cluster: DevCluster, timeout: float = 120) -> None:
                 (PEER_CERT_DIR / key).write_bytes(base64.b64decode(value))
             return
         time.sleep(1)
+
+
+def stop(proc: subprocess.Popen, sampler: ProcessSampler) -> None:
+    """Stops the operator under test; one that will not stop in 30 s is killed."""
+    sampler.stopped.set()
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def free_port() -> int:
@@ -299,12 +304,7 @@ def run_inference(nodes: int, count: int) -> dict[str, Any]:
             time.sleep(1)
         total = time.monotonic() - start
         requests = scrape_requests(env["MODELFLEET_METRICS_PORT"])
-        sampler.stopped.set()
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, sampler)
         return {
             "services": count, "services_ready": ready, "all_ready_seconds": round(total, 1),
             "peak_rss_mb": round(sampler.peak_rss_mb, 1), "cpu_seconds": round(sampler.cpu_seconds, 1),
