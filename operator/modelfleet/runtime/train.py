@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     reexec_under_torchrun()
     metrics = train(parse_args(argv))
     print(json.dumps({"final": metrics}), flush=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Done and saved: leave now. Letting the interpreter tear down gloo's threads can abort the process
+        # ("terminate called without an active exception") after a successful run.
+        logging.shutdown()
+        os._exit(0)
 
 
 if __name__ == "__main__":
