@@ -55,7 +55,6 @@ class PodServers:
                     server = ServerProcess(
                         env, pod["status"]["podIP"], int(env["MODELFLEET_PORT"]), self.logs / f"{name}.log"
                     )
-                    server.ready = False
                     with self.lock:
                         self.servers[name] = server
                     threading.Thread(target=self._mark_ready, args=(server,), daemon=True).start()
