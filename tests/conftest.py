@@ -47,8 +47,9 @@ def namespace(kube: Kube) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """modelfleet's operator running as a process against the test cluster for the whole session, unless
-    MODELFLEET_E2E_OPERATOR=installed says one already runs in the cluster (the kind run)."""
-    proc = OperatorProcess(kube.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    MODELFLEET_E2E_OPERATOR=installed says one already runs in the cluster (the kind run). A fixed identity lets a
+    restarted process (after a test's kill -9) take its own unexpired Lease back at once."""
+    proc = OperatorProcess(kube.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", "e2e-operator")
     if os.environ.get("MODELFLEET_E2E_OPERATOR") == "installed":
         yield proc
         return

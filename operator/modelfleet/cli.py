@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 
 import yaml
@@ -42,13 +43,30 @@ def operator(args: argparse.Namespace) -> int:
     )
     if args.log_level != "debug":
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per handled watch event otherwise
-    kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace or (),
-        standalone=not args.peering,
-        peering_name=args.peering or None,
-        liveness_endpoint=args.liveness or None,
+        logging.getLogger("leaderelection").setLevel(logging.WARNING)  # one line per retry otherwise
+
+    def run_kopf() -> None:
+        kopf.run(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace or (),
+            standalone=True,
+            liveness_endpoint=args.liveness or None,
+        )
+
+    if not args.leader_elect:
+        run_kopf()
+        return 0
+    from modelfleet import kube, leader
+
+    lease = leader.Lease(
+        name=args.lease_name,
+        namespace=args.lease_namespace or leader.default_namespace(os.environ, leader.kubeconfig_namespace()),
+        identity=args.identity or leader.default_identity(os.environ, socket.gethostname(), os.getpid()),
+        duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
     )
+    leader.lead(run_kopf, lease, kube.api(), liveness=args.liveness or None)
     return 0
 
 
@@ -134,7 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("operator", help="run the operator (kopf) against the current kubeconfig")
     run.add_argument("--namespace", action="append", help="watch only this namespace (repeatable); default: all")
-    run.add_argument("--peering", default="", help="kopf peering name for several replicas (default: standalone)")
+    run.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="act only while holding a Lease, so that one of several replicas is active (default: on)",
+    )
+    run.add_argument("--lease-name", default="modelfleet-operator", help="the Lease's name (default: %(default)s)")
+    run.add_argument(
+        "--lease-namespace", help="the Lease's namespace (default: $POD_NAMESPACE, else the kubeconfig's, else default)"
+    )
+    run.add_argument("--identity", help="this replica's name in the Lease (default: $POD_NAME, else <hostname>-<pid>)")
+    run.add_argument("--lease-duration", type=int, default=15, help="seconds (default: %(default)s)")
+    run.add_argument("--renew-deadline", type=float, default=10, help="seconds (default: %(default)s)")
+    run.add_argument("--retry-period", type=float, default=2, help="seconds (default: %(default)s)")
     run.add_argument("--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=operator)

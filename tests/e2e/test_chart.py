@@ -37,12 +37,19 @@ def test_chart_lints_renders_and_refuses_bad_values(kube: Kube) -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-    assert any(a.startswith("--peering=") for a in container["args"]), "replicas > 1 use kopf peering"
-    assert "ClusterKopfPeering" in kinds
+    assert "--lease-name=mf-modelfleet" in container["args"], "replicas campaign for the release's Lease"
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container["env"]}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert {"Role", "RoleBinding"} <= kinds and "ClusterKopfPeering" not in kinds
+    cluster_role = next(d for d in rendered if d and d["kind"] == "ClusterRole")
+    assert all("coordination.k8s.io" not in rule["apiGroups"] for rule in cluster_role["rules"]), "Leases: one Role"
     bad = helm(kube, "template", "mf", str(CHART), "--set", "replicas=0", check=False)
     assert bad.returncode != 0 and "replicas" in bad.stderr
     bad = helm(kube, "template", "mf", str(CHART), "--set", "gpuSpeeds.H100=fast", check=False)
     assert bad.returncode != 0 and "gpuSpeeds" in bad.stderr
+    bad = helm(kube, "template", "mf", str(CHART), "--set", "leaderElection.retryPeriod=0", check=False)
+    assert bad.returncode != 0 and "retryPeriod" in bad.stderr
 
 
 def test_chart_crds_match_the_generated_ones() -> None:
@@ -82,10 +89,24 @@ def test_operator_runs_as_the_charts_service_account(
     assert as_sa.kubectl("auth", "can-i", "delete", "nodes", check=False).stdout.strip() == "no"
     assert as_sa.kubectl("auth", "can-i", "create", "pods", "-n", namespace).stdout.strip() == "yes"
 
+    def can_i(verb: str, resource: str, ns: str) -> str:
+        return as_sa.kubectl("auth", "can-i", verb, resource, "-n", ns, check=False).stdout.strip()
+
+    for verb in ("create", "update"):  # the Lease: in the release's namespace, and only there
+        assert can_i(verb, "leases/mf-modelfleet", "modelfleet-system") == "yes"
+        assert can_i(verb, "leases", namespace) == "no"
+    assert can_i("update", "leases/other", "modelfleet-system") == "no"
+
     local_operator.stop()
-    limited = OperatorProcess(config, tmp_path / "sa-operator.log")
+    limited = OperatorProcess(
+        config,
+        tmp_path / "sa-operator.log",
+        "sa-operator",
+        ["--lease-namespace=modelfleet-system", "--lease-name=mf-modelfleet"],
+    )
     limited.start()
     try:
+        wait_for(lambda: "leads (lease modelfleet-system/mf-modelfleet)" in limited.log_tail(), what="the lease taken")
         kube.apply(
             training_job("rbac", workers=2, gpus=1, gpu_type="T4", exit_code=0, ttlSecondsAfterFinished=2), namespace
         )

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 import modelfleet
-from modelfleet.cli import main
+from modelfleet.cli import build_parser, main
 
 
 def test_deploy_dry_run_prints_a_valid_inference_service(capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,3 +72,12 @@ def test_python_api_one_liner() -> None:
     assert manifest["spec"]["resources"] == {"gpus": 1, "gpuType": "T4"}
     job = modelfleet.train(name="j", workers=2, regions=["us-west-1"], dry_run=True)
     assert job["spec"]["placement"]["regions"] == ["us-west-1"]
+
+
+def test_operator_elects_a_leader_by_default() -> None:
+    args = build_parser().parse_args(["operator"])
+    assert args.leader_elect and args.lease_name == "modelfleet-operator" and args.lease_namespace is None
+    assert (args.lease_duration, args.renew_deadline, args.retry_period) == (15, 10, 2)
+    assert not build_parser().parse_args(["operator", "--no-leader-elect"]).leader_elect
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["operator", "--peering", "mf"])
