@@ -124,3 +124,20 @@ def test_a_leader_restarted_in_place_takes_its_lease_back_at_once(kube: Kube, na
     time.sleep(3)
     assert_stands_by(b, namespace)
     assert holder(kube, namespace) == "ha-a"
+
+
+def test_a_leader_that_sees_another_holder_exits_at_once(kube: Kube, namespace: str, start: Start) -> None:
+    a = start("ha-a")
+    wait_leads(a)
+    patch = '{"spec": {"holderIdentity": "intruder"}}'
+    kube.kubectl("patch", "lease", "ha", "-n", namespace, "--type=merge", "-p", patch)
+    began = time.monotonic()
+    wait_for(lambda: "is held by intruder: exiting" in log(a), timeout=10, interval=0.1, what="the leader exits")
+    took = time.monotonic() - began
+    print(f"\nexit after the lease changed hands: {took:.1f}s")
+    assert took < 5, "at its next renewal, not after the renew deadline"
+    restarted = "starting it again"  # what OperatorProcess writes when it restarts the process, as a kubelet would
+    wait_for(lambda: a.restarts == 1 and "campaigns" in log(a).split(restarted)[-1], what="restarted as a standby")
+    time.sleep(3)
+    after = log(a).split(restarted)[-1]
+    assert LEADS not in after and not KOPF_LINE.search(after), after[-3000:]
