@@ -13,14 +13,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from modelfleet.api import inference, training
 from modelfleet.api.common import GROUP, VERSION
 from modelfleet.api.inference import InferenceServiceSpec, InferenceServiceStatus
 from modelfleet.api.training import TrainingJobSpec, TrainingJobStatus
 
 KEPT_KEYWORDS = {
     "type", "description", "default", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-    "minLength", "maxLength", "pattern", "minItems", "maxItems", "items", "properties", "required",
-    "additionalProperties", "format", "nullable",
+    "minLength", "maxLength", "pattern", "minItems", "maxItems", "maxProperties", "items", "properties",
+    "required", "additionalProperties", "format", "nullable",
 }  # fmt: skip
 
 
@@ -93,8 +94,10 @@ def crd(
     status: type[BaseModel],
     description: str,
     printer_columns: list[dict[str, Any]],
+    name_rules: list[dict[str, str]],
     scale: bool = False,
 ) -> dict[str, Any]:
+    """One CRD; `name_rules` are CEL rules at the root, the only place where metadata.name is visible."""
     subresources: dict[str, Any] = {"status": {}}
     if scale:
         subresources["scale"] = {
@@ -129,10 +132,12 @@ def crd(
                             "type": "object",
                             "description": description,
                             "required": ["spec"],
+                            "x-kubernetes-validations": name_rules,
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                # declared so that `name_rules` may point at it (fieldPath)
+                                "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
                                 "spec": model_schema(spec),
                                 "status": model_schema(status),
                             },
@@ -172,6 +177,7 @@ def training_job_crd() -> dict[str, Any]:
             column("Loss", ".status.progress.loss", "number", priority=1),
             AGE,
         ],
+        name_rules=training.NAME_RULES,
     )
 
 
@@ -191,6 +197,7 @@ def inference_service_crd() -> dict[str, Any]:
             column("URL", ".status.url"),
             AGE,
         ],
+        name_rules=inference.NAME_RULES,
         scale=True,
     )
 

@@ -67,3 +67,19 @@ def test_structural_unwraps_optional_and_inlines_refs() -> None:
     }  # fmt: skip
     assert "default" not in out["properties"]["maybe"]
     assert out["properties"]["q"] == {"x-kubernetes-int-or-string": True}
+
+
+@pytest.mark.parametrize("name", ["trainingjobs.yaml", "inferenceservices.yaml"])
+def test_the_name_is_checked_at_the_root(name: str) -> None:
+    root = yaml.safe_load(render_all()[name])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    rules = [r["rule"] for r in root["x-kubernetes-validations"]]
+    assert len(rules) == 2 and all("self.metadata.name" in r for r in rules)
+
+
+@pytest.mark.parametrize("name", ["trainingjobs.yaml", "inferenceservices.yaml"])
+def test_maps_that_cel_iterates_are_bounded(name: str) -> None:
+    """Without maxProperties the CEL cost estimate of `self.all(k, k.matches(...))` is too high for the apiserver."""
+    spec = yaml.safe_load(render_all()[name])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for path, node in walk(spec, ".spec"):
+        if any(r["rule"].startswith("self.all(") for r in node.get("x-kubernetes-validations", [])):
+            assert "maxProperties" in node, path

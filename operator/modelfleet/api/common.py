@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, with_config
 from pydantic.alias_generators import to_camel
+from typing_extensions import TypedDict
 
 GROUP = "modelfleet.dev"
 VERSION = "v1alpha1"
@@ -19,23 +21,18 @@ REGION_LABEL = "topology.kubernetes.io/region"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 
+# Patterns that CEL rules embed are written without backslashes, so a CEL string literal holds them as they are.
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-
-Quantity = Annotated[
-    str | int,
-    Field(
-        json_schema_extra={
-            "x-kubernetes-int-or-string": True,
-            "x-kubernetes-validations": [
-                {
-                    "rule": "type(self) == int || isQuantity(self)",
-                    "message": "must be a quantity such as 4, 500m or 16Gi",
-                }
-            ],
-        },
-        union_mode="left_to_right",
-    ),
-]
+DNS_1035_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+DNS_SUBDOMAIN_PATTERN = f"^{DNS_SUBDOMAIN}$"
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
+NON_EMPTY_LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+QUALIFIED_NAME_PATTERN = rf"^({DNS_SUBDOMAIN}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+QUANTITY_PATTERN = r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+IMAGE_PATTERN = r"^\S+$"
+MAX_METADATA_ENTRIES = 64
 
 
 def rule(expression: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -44,6 +41,54 @@ def rule(expression: str, message: str, field_path: str | None = None) -> dict[s
     if field_path:
         entry["fieldPath"] = field_path
     return entry
+
+
+def check_quantity(value: str | int) -> str | int:
+    if isinstance(value, str) and not re.fullmatch(QUANTITY_PATTERN, value):
+        raise ValueError("must be a quantity such as 4, 500m or 16Gi")
+    if str(value).startswith("-"):
+        raise ValueError("must not be negative")
+    return value
+
+
+Quantity = Annotated[
+    str | int,
+    Field(
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                rule("type(self) == int || isQuantity(self)", "must be a quantity such as 4, 500m or 16Gi"),
+                rule(
+                    "type(self) == int ? self >= 0 : !self.startsWith('-')",
+                    "must not be negative",
+                ),
+            ],
+        },
+        union_mode="left_to_right",
+    ),
+    AfterValidator(check_quantity),
+]
+
+RegionName = Annotated[str, Field(min_length=1, max_length=40, pattern=DNS_LABEL_PATTERN)]
+Image = Annotated[str, Field(min_length=1, pattern=IMAGE_PATTERN)]
+ServiceAccountName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+
+QUALIFIED_NAME_MESSAGE = (
+    "keys must be qualified names: an optional DNS subdomain prefix of at most 253 characters and '/', "
+    "then a name of at most 63 letters, digits, '-', '_' or '.' that starts and ends with a letter or digit"
+)
+
+
+def check_qualified_name(key: str) -> str:
+    if not re.fullmatch(QUALIFIED_NAME_PATTERN, key) or key.find("/") > 253:
+        raise ValueError(QUALIFIED_NAME_MESSAGE)
+    return key
+
+
+QualifiedName = Annotated[str, AfterValidator(check_qualified_name)]
+QUALIFIED_KEYS_RULE = rule(
+    f"self.all(k, k.matches('{QUALIFIED_NAME_PATTERN}') && k.indexOf('/') <= 253)", QUALIFIED_NAME_MESSAGE
+)
 
 
 class ApiModel(BaseModel):
@@ -57,7 +102,11 @@ class ApiModel(BaseModel):
 
 
 class EnvVar(ApiModel):
-    name: str = Field(min_length=1, description="Name of the environment variable.")
+    name: str = Field(
+        min_length=1,
+        pattern=ENV_NAME_PATTERN,
+        description="Name of the environment variable: letters, digits, '_', '-' or '.', not starting with a digit.",
+    )
     value: str = Field(default="", description="Value of the environment variable.")
 
 
@@ -76,8 +125,10 @@ class Resources(ApiModel):
     gpu_type: str | None = Field(
         default=None,
         min_length=1,
+        max_length=63,
+        pattern=NON_EMPTY_LABEL_VALUE_PATTERN,
         description="Required GPU product, matched against the node label nvidia.com/gpu.product "
-        "(for example H100, A100, T4).",
+        "(for example H100, A100, T4), so a valid label value.",
     )
     cpu: Quantity | None = Field(default=None, description="CPU request and limit for each pod, e.g. 4 or 500m.")
     memory: Quantity | None = Field(default=None, description="Memory request and limit for each pod, e.g. 16Gi.")
@@ -125,15 +176,55 @@ def set_condition(conditions: list[dict[str, Any]], new: Condition) -> list[dict
     return result
 
 
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+
+
 class PodMetadata(ApiModel):
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every pod.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on every pod.")
+    labels: dict[QualifiedName, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MAX_METADATA_ENTRIES,
+        json_schema_extra={"x-kubernetes-validations": [QUALIFIED_KEYS_RULE]},
+        description="Extra labels on every pod. Values: at most 63 letters, digits, '-', '_' or '.', "
+        "starting and ending with a letter or digit, or empty.",
+    )
+    annotations: dict[QualifiedName, str] = Field(
+        default_factory=dict,
+        max_length=MAX_METADATA_ENTRIES,
+        json_schema_extra={"x-kubernetes-validations": [QUALIFIED_KEYS_RULE]},
+        description="Extra annotations on every pod.",
+    )
 
 
-Volume = Annotated[
-    dict[str, Any],
-    Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
+VolumeName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the volume: a DNS-1123 label (lowercase letters, digits and '-').",
+    ),
 ]
+
+
+@with_config(ConfigDict(extra="allow"))
+class Volume(TypedDict):
+    """A core/v1 Volume: the name is checked here, the volume source by the API server when the pod is created."""
+
+    name: VolumeName
+
+
+@with_config(ConfigDict(extra="allow"))
+class VolumeMount(TypedDict):
+    """A core/v1 VolumeMount of one of the volumes."""
+
+    name: VolumeName
+    mountPath: Annotated[str, Field(min_length=1, description="Path in the container; unique among the mounts.")]
+
+
+MAX_VOLUMES = 64
+VOLUMES_BY_NAME = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+MOUNTS_BY_PATH = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["mountPath"]}
+
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "modelfleet"

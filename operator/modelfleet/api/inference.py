@@ -6,10 +6,45 @@ from enum import StrEnum
 
 from pydantic import ConfigDict, Field
 
-from modelfleet.api.common import DNS_LABEL_PATTERN, ApiModel, Condition, EnvVar, PodMetadata, Resources, Volume, rule
+from modelfleet.api.common import (
+    DNS_1035_LABEL_PATTERN,
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN,
+    MAX_VOLUMES,
+    MOUNTS_BY_PATH,
+    VOLUMES_BY_NAME,
+    ApiModel,
+    Condition,
+    EnvVar,
+    Image,
+    PodMetadata,
+    RegionName,
+    Resources,
+    ServiceAccountName,
+    Volume,
+    VolumeMount,
+    rule,
+)
 
 DEFAULT_SERVING_IMAGE = "ghcr.io/modelfleet/runtime:0.1.0"
 DEFAULT_SERVING_PORT = 8080
+MODEL_URI_PATTERN = rf"^((file://|/)\S+|pvc://{DNS_SUBDOMAIN}/\S+)$"
+MODEL_VOLUME = "model"  # the volume the operator adds for a pvc:// model
+
+NAME_RULES = [
+    rule(
+        f"self.metadata.name.matches('{DNS_1035_LABEL_PATTERN}')",
+        "must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter and ending with a letter "
+        "or digit (each region's Service is named <name>-<region>)",
+        ".metadata.name",
+    ),
+    rule(
+        "self.spec.regions.all(r, size(self.metadata.name) + 1 + size(r.name) <= 63)",
+        "too long for a region: <name>-<region>, the name of the region's Deployment and Service, "
+        "must fit in 63 characters",
+        ".metadata.name",
+    ),
+]
 
 
 class ModelFormat(StrEnum):
@@ -45,8 +80,9 @@ class ServingPhase(StrEnum):
 class Model(ApiModel):
     uri: str = Field(
         min_length=1,
-        pattern=r"^(file://|/|pvc://)\S+$",
-        description="Where the model artifact is: file:///path, /path, or pvc://<claim>/<path>.",
+        pattern=MODEL_URI_PATTERN,
+        description="Where the model artifact is: file:///path, /path, or pvc://<claim>/<path> "
+        "(the claim's name is a DNS-1123 subdomain).",
     )
     format: ModelFormat = Field(default=ModelFormat.TORCHSCRIPT, description="torchscript or pytorch (pickled).")
     name: str | None = Field(
@@ -71,8 +107,8 @@ class Region(ApiModel):
         }
     )
 
-    name: str = Field(
-        min_length=1, max_length=40, pattern=DNS_LABEL_PATTERN, description="Region (topology.kubernetes.io/region)."
+    name: RegionName = Field(
+        description="Region (topology.kubernetes.io/region): a DNS-1123 label of at most 40 characters."
     )
     min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas in this region.")
     max_replicas: int = Field(default=3, ge=1, le=1000, description="Most replicas in this region.")
@@ -161,6 +197,19 @@ class InferenceServiceSpec(ApiModel):
                     "at least one region needs a weight above 0",
                     ".regions",
                 ),
+                rule(
+                    f"!self.model.uri.startsWith('pvc://') || !has(self.volumes) "
+                    f"|| !self.volumes.exists(v, v.name == '{MODEL_VOLUME}')",
+                    f"the volume name '{MODEL_VOLUME}' is taken by the model's PVC (model.uri pvc://...)",
+                    ".volumes",
+                ),
+                rule(
+                    "!has(self.volumeMounts) || self.volumeMounts.all(m, "
+                    "(has(self.volumes) && self.volumes.exists(v, v.name == m.name)) "
+                    f"|| (m.name == '{MODEL_VOLUME}' && self.model.uri.startsWith('pvc://')))",
+                    "each volumeMounts[].name must be the name of one of spec.volumes",
+                    ".volumeMounts",
+                ),
             ]
         }
     )
@@ -178,7 +227,7 @@ class InferenceServiceSpec(ApiModel):
         description="Total replicas when autoscaling is off (split across regions by weight); "
         "the scale subresource sets it.",
     )
-    image: str | None = Field(default=None, min_length=1, description="Server image. Default: modelfleet's runtime.")
+    image: Image | None = Field(default=None, description="Server image (no spaces). Default: modelfleet's runtime.")
     command: list[str] = Field(
         default_factory=list, description="Entrypoint. Default: python -m modelfleet.runtime.serve."
     )
@@ -189,9 +238,21 @@ class InferenceServiceSpec(ApiModel):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="How replicas follow load.")
     batching: Batching = Field(default_factory=Batching, description="Dynamic batching in the server.")
     pod_metadata: PodMetadata = Field(default_factory=PodMetadata, description="Labels and annotations for replicas.")
-    service_account_name: str | None = Field(default=None, min_length=1, description="ServiceAccount of the replicas.")
-    volumes: list[Volume] = Field(default_factory=list, description="Extra pod volumes (core/v1 Volume).")
-    volume_mounts: list[Volume] = Field(default_factory=list, description="Extra mounts in the server container.")
+    service_account_name: ServiceAccountName | None = Field(
+        default=None, description="ServiceAccount of the replicas (a DNS-1123 subdomain)."
+    )
+    volumes: list[Volume] = Field(
+        default_factory=list,
+        max_length=MAX_VOLUMES,
+        json_schema_extra=VOLUMES_BY_NAME,
+        description="Extra pod volumes (core/v1 Volume); names are unique.",
+    )
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list,
+        max_length=MAX_VOLUMES,
+        json_schema_extra=MOUNTS_BY_PATH,
+        description="Extra mounts in the server container (core/v1 VolumeMount); mount paths are unique.",
+    )
 
 
 class RegionStatus(ApiModel):

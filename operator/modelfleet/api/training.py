@@ -3,13 +3,48 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import ConfigDict, Field
 
-from modelfleet.api.common import ApiModel, Condition, EnvVar, PodMetadata, Resources, Volume, rule
+from modelfleet.api.common import (
+    DNS_1035_LABEL_PATTERN,
+    MAX_VOLUMES,
+    MOUNTS_BY_PATH,
+    VOLUMES_BY_NAME,
+    ApiModel,
+    Condition,
+    EnvVar,
+    Image,
+    PodMetadata,
+    RegionName,
+    Resources,
+    ServiceAccountName,
+    Volume,
+    VolumeMount,
+    rule,
+)
 
 DEFAULT_TRAINING_IMAGE = "ghcr.io/modelfleet/runtime:0.1.0"
 DEFAULT_MASTER_PORT = 29500
+MAX_WORKERS = 1024
+# the worker pods' hostname `<job>-worker-<index>` is a DNS label of at most 63 characters
+MAX_NAME_LENGTH = 63 - len("-worker-") - len(str(MAX_WORKERS - 1))
+
+NAME_RULES = [
+    rule(
+        f"self.metadata.name.matches('{DNS_1035_LABEL_PATTERN}')",
+        "must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter and ending with a letter "
+        "or digit (the job's headless Service takes this name)",
+        ".metadata.name",
+    ),
+    rule(
+        f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+        f"must be at most {MAX_NAME_LENGTH} characters, so that the worker hostnames <name>-worker-<index> "
+        "stay within 63",
+        ".metadata.name",
+    ),
+]
 
 
 class PlacementPolicy(StrEnum):
@@ -65,12 +100,12 @@ class Workers(ApiModel):
         }
     )
 
-    replicas: int | None = Field(default=None, ge=1, le=1024, description="Number of workers (fixed size).")
+    replicas: int | None = Field(default=None, ge=1, le=MAX_WORKERS, description="Number of workers (fixed size).")
     min_replicas: int | None = Field(
-        default=None, ge=1, le=1024, description="Elastic: fewest workers the job runs with."
+        default=None, ge=1, le=MAX_WORKERS, description="Elastic: fewest workers the job runs with."
     )
     max_replicas: int | None = Field(
-        default=None, ge=1, le=1024, description="Elastic: most workers the job runs with."
+        default=None, ge=1, le=MAX_WORKERS, description="Elastic: most workers the job runs with."
     )
     nproc_per_node: int | None = Field(
         default=None,
@@ -81,12 +116,12 @@ class Workers(ApiModel):
 
 
 class Placement(ApiModel):
-    regions: list[str] = Field(
+    regions: list[RegionName] = Field(
         default_factory=list,
         max_length=32,
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Regions the job may run in (topology.kubernetes.io/region); the whole gang stays in one. "
-        "Empty: any region.",
+        "Empty: any region. Each is a DNS-1123 label of at most 40 characters.",
     )
     policy: PlacementPolicy = Field(
         default=PlacementPolicy.PACK,
@@ -100,9 +135,10 @@ class Dataset(ApiModel):
         default=ShardingMode.WEIGHTED,
         description="Weighted: each worker's share of every batch follows its GPU's speed. Equal: same share each.",
     )
-    gpu_speeds: dict[str, float] = Field(
+    gpu_speeds: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict,
-        description="Relative speed per GPU product, overriding the operator's table (e.g. {H100: 3, A100: 1.5}).",
+        description="Relative speed per GPU product, overriding the operator's table (e.g. {H100: 3, A100: 1.5}); "
+        "each above 0.",
     )
 
 
@@ -140,11 +176,17 @@ class TrainingJobSpec(ApiModel):
                     "image, command, args, workers, resources and placement can only change while the job is "
                     "suspended (set spec.suspend: true first)",
                 ),
+                rule(
+                    "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) "
+                    "&& self.volumes.exists(v, v.name == m.name))",
+                    "each volumeMounts[].name must be the name of one of spec.volumes",
+                    ".volumeMounts",
+                ),
             ]
         }
     )
 
-    image: str = Field(default=DEFAULT_TRAINING_IMAGE, min_length=1, description="Container image of every worker.")
+    image: Image = Field(default=DEFAULT_TRAINING_IMAGE, description="Container image of every worker (no spaces).")
     command: list[str] = Field(
         default_factory=list,
         description="Entrypoint. Default: python -m modelfleet.runtime.train.",
@@ -180,10 +222,20 @@ class TrainingJobSpec(ApiModel):
     dataset: Dataset = Field(default_factory=Dataset, description="How the data is split among workers.")
     checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Where and how often to checkpoint.")
     pod_metadata: PodMetadata = Field(default_factory=PodMetadata, description="Labels and annotations for workers.")
-    service_account_name: str | None = Field(default=None, min_length=1, description="ServiceAccount of the workers.")
-    volumes: list[Volume] = Field(default_factory=list, description="Pod volumes (core/v1 Volume), e.g. a PVC.")
-    volume_mounts: list[Volume] = Field(
-        default_factory=list, description="Where the worker container mounts them (core/v1 VolumeMount)."
+    service_account_name: ServiceAccountName | None = Field(
+        default=None, description="ServiceAccount of the workers (a DNS-1123 subdomain)."
+    )
+    volumes: list[Volume] = Field(
+        default_factory=list,
+        max_length=MAX_VOLUMES,
+        json_schema_extra=VOLUMES_BY_NAME,
+        description="Pod volumes (core/v1 Volume), e.g. a PVC; names are unique.",
+    )
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list,
+        max_length=MAX_VOLUMES,
+        json_schema_extra=MOUNTS_BY_PATH,
+        description="Where the worker container mounts them (core/v1 VolumeMount); mount paths are unique.",
     )
     output_path: str | None = Field(
         default=None, min_length=1, description="Where the final model artifact is written (a mounted volume)."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -211,7 +212,10 @@ def placement_record(pod_names: Sequence[str], nodes: Sequence[NodeInfo], weight
 
 
 def progress_of(pod: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Rank 0's progress report from its pod annotation, or None when absent or malformed."""
+    """Rank 0's progress report from its pod annotation, or None when absent or malformed.
+
+    A NaN or infinite number (a diverged loss) is left out: JSON has no such value and the API would refuse the
+    status patch that carried it."""
     raw = (pod.get("metadata", {}).get("annotations") or {}).get(PROGRESS_ANNOTATION)
     if not raw:
         return None
@@ -219,4 +223,6 @@ def progress_of(pod: Mapping[str, Any]) -> dict[str, Any] | None:
         value = json.loads(raw)
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    return {k: v for k, v in value.items() if not (isinstance(v, float) and not math.isfinite(v))}
