@@ -89,12 +89,16 @@ def apply(manifest: dict[str, Any], namespace: str = "default") -> dict[str, Any
     plural = PLURALS[manifest["kind"]]
     api = kube.custom()
     try:
-        return api.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, manifest)
+        return api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, manifest, _request_timeout=kube.REQUEST_TIMEOUT
+        )
     except ApiException as exc:
         if exc.status != 409:
             raise
     name = manifest["metadata"]["name"]
-    return api.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, {"spec": manifest["spec"]})
+    return api.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, name, {"spec": manifest["spec"]}, _request_timeout=kube.REQUEST_TIMEOUT
+    )
 
 
 def deploy(
@@ -119,5 +123,7 @@ def list_objects(kind: str, namespace: str | None) -> list[dict[str, Any]]:
     api = kube.custom()
     plural = PLURALS[kind]
     if namespace:
-        return api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]
-    return api.list_cluster_custom_object(GROUP, VERSION, plural)["items"]
+        return api.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, _request_timeout=kube.REQUEST_TIMEOUT
+        )["items"]
+    return api.list_cluster_custom_object(GROUP, VERSION, plural, _request_timeout=kube.REQUEST_TIMEOUT)["items"]

@@ -1,78 +1,131 @@
-"""The operator's view of GPU capacity: kopf indexes of nodes and GPU pods, plus placements in flight."""
+"""The operator's view of GPU capacity: watch-fed stores of nodes and GPU pods, plus placements in flight.
+
+The stores heal: kopf re-lists after a watch gap (410 Gone) but emits no deletion for an object that went away
+during the gap, so after every re-list (and every few minutes) `resync` compares each store with a fresh list and
+drops what the list no longer holds. A ghost node never looks Ready and a deleted pod never holds GPUs for ever.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from modelfleet.api.common import GANG_ATTEMPT_LABEL
 from modelfleet.scheduling.cluster import NodeInfo, build_view, pod_gpu_request, pod_holds_resources, pod_node
 from modelfleet.scheduling.gpus import gpu_type_matches
 
 RESERVATION_TTL = 60.0
+Slim = Callable[[Mapping[str, Any]], dict[str, Any] | None]
 
 
 def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """Only what capacity accounting needs, to keep the index small."""
+    """Only what capacity accounting needs, to keep the store small."""
     containers = [{"resources": c.get("resources") or {}} for c in pod.get("spec", {}).get("containers", [])]
     spec = {"containers": containers}
     if node := pod_node(pod):
         spec["nodeName"] = node
     meta = pod.get("metadata", {})
+    attempt = (meta.get("labels") or {}).get(GANG_ATTEMPT_LABEL)
     return {
-        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "attempt": attempt},
         "spec": spec,
         "status": {"phase": pod.get("status", {}).get("phase")},
     }
 
 
-def gpu_pod_entry(pod: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Index entry {node: slim pod} for a live pod that holds GPUs on a known node, else {}.
+def gpu_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The slim pod when it is live, holds GPUs and has a node (bound or pinned); else None (not stored)."""
+    if pod_node(pod) and pod_holds_resources(pod) and pod_gpu_request(pod) > 0:
+        return slim_pod(pod)
+    return None
 
-    Never None: kopf keeps an object's previous entry when its index function returns None.
-    """
-    node = pod_node(pod)
-    if node and pod_holds_resources(pod) and pod_gpu_request(pod) > 0:
-        return {node: slim_pod(pod)}
-    return {}
+
+def plain_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: dict(node.get(key) or {}) for key in ("metadata", "spec", "status")}
+
+
+def _version(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(obj.get("metadata", {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+class ObjectStore:
+    """One kind of object by uid, fed by watch events, pruned against a fresh list after a watch gap."""
+
+    def __init__(self, slim: Slim) -> None:
+        self.slim = slim
+        self.entries: dict[str, tuple[dict[str, Any], int, float]] = {}
+        """uid -> (slim value, resourceVersion, when it was last seen: monotonic)."""
+
+    def observe(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
+        uid = obj.get("metadata", {}).get("uid")
+        if not uid:
+            return
+        value = None if deleted else self.slim(obj)
+        if value is None:
+            self.entries.pop(uid, None)
+        else:
+            self.entries[uid] = (value, _version(obj), time.monotonic())
+
+    def replace(self, listed: Iterable[Mapping[str, Any]], listed_at: float) -> int:
+        """Takes a fresh list made at `listed_at`: adds or updates what it holds (unless the watch already brought
+        a newer version) and drops what it lacks (unless a watch event came after the list started).
+        Returns how many entries were dropped."""
+        present = set()
+        for obj in listed:
+            uid = obj["metadata"]["uid"]
+            present.add(uid)
+            known = self.entries.get(uid)
+            if known is None or _version(obj) >= known[1]:
+                self.observe(obj)
+        stale = [uid for uid, (_, _, seen) in self.entries.items() if uid not in present and seen < listed_at]
+        for uid in stale:
+            del self.entries[uid]
+        return len(stale)
+
+    def values(self) -> list[dict[str, Any]]:
+        return [value for value, _, _ in self.entries.values()]
+
+
+def reservation_key(pod: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    """Namespace, name and gang attempt: an old pod of the same name never stands for a new one."""
+    meta = pod["metadata"]
+    attempt = meta.get("attempt", (meta.get("labels") or {}).get(GANG_ATTEMPT_LABEL))
+    return meta["namespace"], meta["name"], attempt
 
 
 @dataclass
 class ClusterState:
-    nodes: Mapping[str, Iterable[dict[str, Any]]] = field(default_factory=dict)
-    """kopf index: node name -> [node]."""
-    gpu_pods: Mapping[str, Iterable[dict[str, Any]]] = field(default_factory=dict)
-    """kopf index: node name -> [slim pod]."""
-    reservations: dict[tuple[str, str], tuple[dict[str, Any], float]] = field(default_factory=dict)
-
-    def bind(self, nodes: Mapping[str, Any], gpu_pods: Mapping[str, Any]) -> None:
-        self.nodes, self.gpu_pods = nodes, gpu_pods
+    nodes: ObjectStore = field(default_factory=lambda: ObjectStore(plain_node))
+    gpu_pods: ObjectStore = field(default_factory=lambda: ObjectStore(gpu_pod))
+    reservations: dict[tuple[str, str, str | None], tuple[dict[str, Any], float]] = field(default_factory=dict)
 
     def reserve(self, pods: Iterable[dict[str, Any]]) -> None:
         """Counts freshly created pods until the watch delivers them, so two plans never share GPUs."""
         expires = time.monotonic() + RESERVATION_TTL
         for pod in pods:
-            meta = pod["metadata"]
-            self.reservations[(meta["namespace"], meta["name"])] = (slim_pod(pod), expires)
+            self.reservations[reservation_key(pod)] = (slim_pod(pod), expires)
 
     def release(self, namespace: str, names: Iterable[str]) -> None:
-        for name in names:
-            self.reservations.pop((namespace, name), None)
-
-    def node_list(self) -> list[dict[str, Any]]:
-        return [node for store in self.nodes.values() for node in store]
+        """Drops the reservations of these pods, whatever their attempt (they were deleted or never made)."""
+        doomed = {(namespace, name) for name in names}
+        for key in [k for k in self.reservations if k[:2] in doomed]:
+            del self.reservations[key]
 
     def view(self) -> list[NodeInfo]:
-        indexed = [pod for store in self.gpu_pods.values() for pod in store]
-        seen = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in indexed}
+        indexed = self.gpu_pods.values()
+        seen = {reservation_key(p) for p in indexed}
         now = time.monotonic()
         for key, (_, expires) in list(self.reservations.items()):
             if key in seen or expires < now:
                 del self.reservations[key]
         pending = [pod for pod, _ in self.reservations.values()]
-        return build_view(self.node_list(), [*indexed, *pending], datetime.now(UTC))
+        return build_view(self.nodes.values(), [*indexed, *pending], datetime.now(UTC))
 
     def gpu_products(self, wanted: str) -> list[str]:
         """The product labels in the cluster that a requested GPU type matches."""
@@ -81,7 +134,7 @@ class ClusterState:
         )
 
     def nodes_by_name(self) -> dict[str, NodeInfo]:
-        return {n.name: n for n in build_view(self.node_list(), [], datetime.now(UTC))}
+        return {n.name: n for n in build_view(self.nodes.values(), [], datetime.now(UTC))}
 
 
 CLUSTER = ClusterState()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -44,21 +45,57 @@ def custom() -> client.CustomObjectsApi:
 
 
 API_REQUESTS = Counter("modelfleet_api_requests", "Kubernetes API requests the reconcilers made.", ["call"])
+REQUEST_TIMEOUT = (5.0, 30.0)
+"""(connect, read) seconds for every request: a hung apiserver connection never stalls a reconcile for ever."""
+
+
+class Refused(Exception):
+    """The API server refused an object the operator built from the spec (a 4xx other than 404/409)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def refusal(exc: ApiException) -> Refused | None:
+    """A refusal that retrying will not fix: InvalidSpec (400, 422) or CreateFailed (403 and other 4xx);
+    None for 404, 409, 429 and server errors, which are transient or handled by the caller."""
+    if exc.status is None or not 400 <= exc.status < 500 or exc.status in (404, 409, 429):
+        return None
+    try:
+        message = json.loads(exc.body or "{}").get("message") or exc.reason
+    except ValueError:
+        message = exc.body or exc.reason
+    return Refused("InvalidSpec" if exc.status in (400, 422) else "CreateFailed", str(message))
+
+
+def client_refusal(exc: ValidationError) -> Refused:
+    """The client's own check of an object's shape (it validates request bodies) refused it: InvalidSpec."""
+    fields = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'][1:])}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
+    return Refused("InvalidSpec", f"the operator's Kubernetes client refused the object: {fields}")
 
 
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     API_REQUESTS.labels(fn.__name__).inc()
+    kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-async def create(fn: Callable[..., Any], namespace: str, body: dict[str, Any]) -> bool:
-    """Creates the object; False when it already exists (a retried reconcile finds what it made)."""
+async def create(fn: Callable[..., Any], namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """Creates the object and returns it; None when one of that name exists already (a retried reconcile finds
+    what it made). Raises Refused when the API refuses the object itself."""
     try:
-        await call(fn, namespace, body)
-        return True
+        return api().sanitize_for_serialization(await call(fn, namespace, body))
+    except ValidationError as exc:
+        raise client_refusal(exc) from exc
     except ApiException as exc:
         if exc.status == 409:
-            return False
+            return None
+        if refused := refusal(exc):
+            raise refused from exc
         raise
 
 
@@ -72,11 +109,12 @@ async def delete_pod(namespace: str, name: str, force: bool = False) -> None:
             raise
 
 
-async def patch_pod(namespace: str, name: str, patch: dict[str, Any]) -> None:
+async def patch_pod(namespace: str, name: str, patch: Any, ignore: tuple[int, ...] = (404,)) -> None:
+    """Patches a pod (a list is a JSON patch); the statuses in `ignore` are fine (404: gone already)."""
     try:
         await call(core().patch_namespaced_pod, name, namespace, patch)
     except ApiException as exc:
-        if exc.status != 404:
+        if exc.status not in ignore:
             raise
 
 
@@ -86,18 +124,36 @@ async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     return [api().sanitize_for_serialization(p) for p in result.items]
 
 
-async def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
-    """Merge-patches the status subresource; returns the updated object (None when the object is gone)."""
+class Conflict(Exception):
+    """The object changed since the version a decision was based on."""
+
+
+async def patch_status(
+    plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+) -> dict[str, Any] | None:
+    """Merge-patches the status subresource; returns the updated object (None when the object is gone).
+
+    With `resource_version`, the write applies only to that version of the object (else Conflict): a decision
+    made on a stale body, or on a deleted and re-created object of the same name, is never written."""
+    patch: dict[str, Any] = {"status": status}
+    if resource_version:
+        patch["metadata"] = {"resourceVersion": resource_version}
     try:
         return await call(
-            custom().patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            {"status": status},
+            custom().patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name, patch
         )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        if exc.status == 409:
+            raise Conflict(f"{plural} {namespace}/{name} changed since resourceVersion {resource_version}") from exc
+        raise
+
+
+async def get_custom(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """A fresh read of one custom object; None when it is gone."""
+    try:
+        return await call(custom().get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -132,4 +188,46 @@ async def report_invalid_spec(
     message = validation_message(exc)
     kopf.warn(body, reason="InvalidSpec", message=message)
     status = invalid_spec_status(prev, generation, message, condition_type, phase)
+    return await patch_status(plural, meta["namespace"], meta["name"], status)
+
+
+FIELD_MANAGER = "modelfleet"
+
+
+async def apply(fn: Callable[..., Any], body: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply of `body` (apiVersion and kind included) through a patch_namespaced_* call, as the one
+    field manager `modelfleet`, taking over conflicts: a field modelfleet set before and `body` leaves out is
+    removed, fields other managers set are kept. Returns the object as stored; raises Refused when the API
+    refuses it."""
+    meta = body["metadata"]
+    try:
+        result = await call(
+            fn,
+            meta["name"],
+            meta["namespace"],
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+    except ApiException as exc:
+        if refused := refusal(exc):
+            raise refused from exc
+        raise
+    return api().sanitize_for_serialization(result)
+
+
+async def report_refused(
+    body: dict[str, Any], plural: str, refused: Refused, condition_type: str, phase: str
+) -> dict[str, Any] | None:
+    """An object the API refused: the condition (reason InvalidSpec or CreateFailed) with the API's message, and a
+    Warning Event, written only when they change. Returns the updated object (None when nothing was written)."""
+    meta, prev = body["metadata"], body.get("status") or {}
+    status = invalid_spec_status(prev, meta.get("generation", 1), refused.message, condition_type, phase)
+    status["conditions"] = [
+        {**c, "reason": refused.reason} if c["type"] == condition_type else c for c in status["conditions"]
+    ]
+    if all(prev.get(k) == v for k, v in status.items()):
+        return None
+    kopf.warn(body, reason=refused.reason, message=refused.message)
     return await patch_status(plural, meta["namespace"], meta["name"], status)

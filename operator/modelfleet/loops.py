@@ -3,6 +3,9 @@
 kopf's daemons and timers put a finalizer on every object, so a job could not be deleted while the operator is
 down. Instead, silent kopf event handlers feed this registry: the latest body of each object, a wake-up on any
 change of it or of its children, a periodic resync, and an exponential back-off after errors.
+
+A loop ends when its object is deleted (the watch says so), when a reconcile finds it gone (ObjectGone: a
+deletion the watch missed during a gap), or when a fresh list no longer holds it (`prune`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ RECONCILE_SECONDS = Histogram("modelfleet_reconcile_duration_seconds", "Time one
 
 Key = tuple[str, str]
 Reconcile = Callable[[dict[str, Any]], Awaitable[float | None]]
+
+
+class ObjectGone(Exception):
+    """Raised by a reconcile that found its object deleted: the loop stops instead of acting on a stale body."""
 
 
 def key_of(body: dict[str, Any]) -> Key:
@@ -44,15 +51,14 @@ class ReconcileLoops:
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.wakeups: dict[Key, asyncio.Event] = {}
         self.tasks: dict[Key, asyncio.Task[None]] = {}
+        self.seen: dict[Key, float] = {}
+        """When each body last came from the API (monotonic), for `prune`."""
 
     def observe(self, body: dict[str, Any], deleted: bool = False) -> None:
         """Takes a watch event's object: remembers it (if newer) and wakes its loop, or stops the loop."""
         key = key_of(body)
         if deleted:
-            self.bodies.pop(key, None)
-            self.wakeups.pop(key, None)
-            if task := self.tasks.pop(key, None):
-                task.cancel()
+            self.forget(key)
             return
         self.remember(body)
         if key not in self.tasks or self.tasks[key].done():
@@ -68,6 +74,24 @@ class ReconcileLoops:
         known = self.bodies.get(key)
         if known is None or _version(body) >= _version(known):
             self.bodies[key] = body
+            self.seen[key] = time.monotonic()
+
+    def forget(self, key: Key) -> None:
+        """Stops the object's loop and drops what is known of it."""
+        self.bodies.pop(key, None)
+        self.seen.pop(key, None)
+        self.wakeups.pop(key, None)
+        task = self.tasks.pop(key, None)
+        if task and task is not asyncio.current_task():
+            task.cancel()
+
+    def prune(self, present: set[Key], listed_at: float) -> list[Key]:
+        """After a fresh list made at `listed_at` (monotonic): stops the loops of objects it no longer holds,
+        unless a watch event about them came after the list started. Returns the keys dropped."""
+        gone = [key for key in self.bodies if key not in present and self.seen.get(key, 0.0) < listed_at]
+        for key in gone:
+            self.forget(key)
+        return gone
 
     def stop(self) -> None:
         """Cancels every loop (operator shutdown)."""
@@ -102,9 +126,14 @@ class ReconcileLoops:
                 requeue = await self.reconcile(body)
                 RECONCILES.labels(self.name, "ok").inc()
                 failures = 0
-                delay = min(requeue if requeue is not None else self.resync, self.resync)
+                delay = requeue if requeue is not None else self.resync
             except asyncio.CancelledError:
                 raise
+            except ObjectGone:
+                RECONCILES.labels(self.name, "gone").inc()
+                log.info("%s %s/%s is gone; its loop stops", self.name, *key)
+                self.forget(key)
+                return
             except Exception:
                 RECONCILES.labels(self.name, "error").inc()
                 failures += 1

@@ -14,8 +14,9 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from modelfleet.cluster_state import CLUSTER, gpu_pod_entry
+from modelfleet.cluster_state import CLUSTER
 from modelfleet.inference import handlers as inference
+from modelfleet.resync import RESYNC
 from modelfleet.scheduling.cluster import node_is_ready
 from modelfleet.training import handlers as training
 
@@ -23,36 +24,47 @@ __all__ = ["inference", "training"]
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # Normal events are posted explicitly with kopf.event
-    settings.watching.server_timeout = 300
+    # A watch lasts a minute and a silent connection is dropped after 90 s, so a vanished apiserver is noticed.
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
     settings.execution.max_workers = int(os.environ.get("MODELFLEET_WORKERS", "64"))
     if port := int(os.environ.get("MODELFLEET_METRICS_PORT", "0")):
         prometheus_client.start_http_server(port)
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=settings.execution.max_workers)
     )
+    RESYNC.loops = {training.PLURAL: training.LOOPS, inference.PLURAL: inference.LOOPS}
+    await RESYNC.run()  # nodes and GPU pods known before the first placement
+    memo.resync_task = asyncio.create_task(RESYNC.keep_healed(), name="resync")
 
 
 @kopf.on.cleanup()
-async def stop_loops(**_: Any) -> None:
+async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
+    if task := memo.get("resync_task"):
+        task.cancel()
     training.LOOPS.stop()
     inference.LOOPS.stop()
 
 
-@kopf.index("", "v1", "nodes")
-async def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return {name: {"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)}}
-
-
-@kopf.index("", "v1", "pods")
-async def gpu_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return gpu_pod_entry({"metadata": dict(body.metadata), "spec": dict(body.spec), "status": dict(body.status)})
-
-
 @kopf.on.event("", "v1", "nodes")
-async def node_event(event: dict[str, Any], node_index: kopf.Index, gpu_pod_index: kopf.Index, **_: Any) -> None:
-    """Binds the indexes for the reconcile loops, and wakes every job when a node goes away or not ready."""
-    CLUSTER.bind(node_index, gpu_pod_index)
-    if event.get("type") == "DELETED" or not node_is_ready(event["object"]):
+async def node_event(event: dict[str, Any], **_: Any) -> None:
+    """Keeps the node store, and wakes every job when a node goes away or not ready."""
+    node = event["object"]
+    if event.get("type") is None:
+        RESYNC.request()
+    deleted = event.get("type") == "DELETED"
+    CLUSTER.nodes.observe(node, deleted=deleted)
+    if deleted or not node_is_ready(node):
         training.LOOPS.wake_all()
+
+
+@kopf.on.event("", "v1", "pods")
+async def pod_event(event: dict[str, Any], **_: Any) -> None:
+    """Keeps the store of pods that hold GPUs (anyone's: the capacity they hold is not free)."""
+    if event.get("type") is None:
+        RESYNC.request()
+    CLUSTER.gpu_pods.observe(event["object"], deleted=event.get("type") == "DELETED")

@@ -9,8 +9,8 @@ import pytest
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.training.builders import headless_service, worker_pod
-from modelfleet.training.lifecycle import decide
-from modelfleet.training.status import Placed, compose_status
+from modelfleet.training.lifecycle import TERMINATION_POLL_SECONDS, Decision, decide
+from modelfleet.training.status import CreateRefused, Placed, compose_status
 
 META = {"name": "job", "namespace": "ns", "uid": "u1"}
 NODES = (NodeInfo("n0", "r1", "z1", "H100", 8, 8), NodeInfo("n1", "r1", "z1", "A100", 8, 8))
@@ -28,6 +28,11 @@ def pod(index: int, phase: str = "Running", attempt: int = 0, exit_code: int | N
         p["status"]["containerStatuses"] = [
             {"state": {"terminated": {"exitCode": exit_code, "finishedAt": kw.get("at", "")}}}
         ]
+    return p
+
+
+def terminating_pod(p: dict) -> dict:
+    p["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:30Z"
     return p
 
 
@@ -66,10 +71,47 @@ def test_first_failure_restarts_the_whole_gang_once() -> None:
     assert status["restarts"] == 1 and status["phase"] == "Restarting"
 
 
-def test_old_attempt_pods_are_deleted_not_counted() -> None:
+def test_old_attempt_pods_are_deleted_not_counted_and_the_next_attempt_waits_for_them() -> None:
     pods = [pod(0, "Failed", attempt=0, exit_code=1), pod(1, "Failed", attempt=0, exit_code=1)]
     d = decide(spec(), {"restarts": 1, "phase": "Restarting"}, pods, set())
-    assert not d.restart and sorted(d.delete) == ["job-worker-0", "job-worker-1"] and d.place_gang
+    assert not d.restart and sorted(d.delete) == ["job-worker-0", "job-worker-1"] and not d.place_gang
+    assert d.requeue_after == TERMINATION_POLL_SECONDS
+    assert decide(spec(), {"restarts": 1, "phase": "Restarting"}, [], set()).place_gang
+
+
+def test_terminating_pods_of_any_attempt_hold_the_names_and_are_not_deleted_twice() -> None:
+    terminating = [terminating_pod(pod(0, attempt=0)), terminating_pod(pod(1, attempt=1))]
+    d = decide(spec(), {"restarts": 1, "phase": "Restarting"}, terminating, set())
+    assert not d.place_gang and not d.delete and not d.force_delete and not d.restart
+    assert d.phase is None  # still Restarting: compose_status keeps the phase
+
+
+def test_terminating_pods_on_a_lost_node_are_force_deleted() -> None:
+    stuck = [terminating_pod(pod(0, attempt=0)), pod(1, attempt=0)]
+    d = decide(spec(), {"restarts": 1, "phase": "Restarting"}, stuck, {"n0", "n1"})
+    assert sorted(d.force_delete) == ["job-worker-0", "job-worker-1"] and not d.place_gang
+
+
+def test_refused_workers_hold_placement_until_the_spec_changes() -> None:
+    refused = {"conditions": [{"type": "Created", "status": "False", "reason": "InvalidSpec", "observedGeneration": 2}]}
+    held = decide(spec(), refused, [], set(), generation=2)
+    assert held.held_by_refusal and not held.place_gang
+    assert decide(spec(), refused, [], set(), generation=3).place_gang
+    forbidden = {"conditions": [{**refused["conditions"][0], "reason": "CreateFailed"}]}
+    retried = decide(spec(), forbidden, [], set(), generation=2)
+    assert retried.held_by_refusal and retried.place_gang, "CreateFailed is retried (the handler paces it)"
+    kept = compose_status(forbidden, spec(), 2, retried, [], {})
+    assert next(c for c in kept["conditions"] if c["type"] == "Created")["reason"] == "CreateFailed"
+
+
+def test_refusal_and_placement_set_the_created_condition() -> None:
+    d = decide(spec(), {}, [], set())
+    status = compose_status({}, spec(), 1, d, [], {}, CreateRefused("InvalidSpec", 'Pod "x" is invalid'))
+    created = next(c for c in status["conditions"] if c["type"] == "Created")
+    assert created["status"] == "False" and created["message"] == 'Pod "x" is invalid' and status["phase"] == "Pending"
+    placed = Placed(NODES, ("job-worker-0", "job-worker-1"), (0.5, 0.5))
+    healed = compose_status(status, spec(), 2, Decision(place_gang=True, held_by_refusal=True), [], {}, placed)
+    assert next(c for c in healed["conditions"] if c["type"] == "Created")["status"] == "True"
 
 
 def test_backoff_and_exit_code_policies() -> None:
@@ -90,7 +132,7 @@ def test_lost_node_is_retryable_even_for_exit_code_policy_and_force_deletes() ->
 def test_half_created_gated_gang_is_started_again_and_a_whole_one_ungated() -> None:
     assert decide(spec(), {}, [pod(0, "Pending", gated=True)], set()).delete == ["job-worker-0"]
     whole = decide(spec(), {}, [pod(0, "Pending", gated=True), pod(1, "Pending", gated=True)], set())
-    assert sorted(whole.ungate) == ["job-worker-0", "job-worker-1"]
+    assert sorted(w.name for w in whole.ungate) == ["job-worker-0", "job-worker-1"]
 
 
 def test_deleted_worker_of_a_released_gang_is_a_failure() -> None:
@@ -118,8 +160,6 @@ def test_deadline_ttl_and_suspend() -> None:
 
 
 def test_status_after_placement() -> None:
-    from modelfleet.training.lifecycle import Decision
-
     placed = Placed(NODES, ("job-worker-0", "job-worker-1"), (0.714286, 0.285714))
     status = compose_status({}, spec(), 3, Decision(place_gang=True), [], {}, placed)
     assert status["phase"] == "Pending" and status["gpus"] == 16 and status["region"] == "r1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import kopf
@@ -12,16 +13,20 @@ from modelfleet import kube
 from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.cluster_state import CLUSTER
-from modelfleet.loops import ReconcileLoops
+from modelfleet.loops import ObjectGone, ReconcileLoops
+from modelfleet.resync import RESYNC
+from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.scheduling.planner import GangDemand, Unschedulable, plan_gang
 from modelfleet.training.builders import headless_service, worker_pod, worker_weights
 from modelfleet.training.lifecycle import Decision, decide
-from modelfleet.training.status import NotPlaced, Placed, compose_status, desired_workers
+from modelfleet.training.status import CreateRefused, NotPlaced, Outcome, Placed, compose_status, desired_workers
 
 PLURAL = "trainingjobs"
 UNSCHEDULABLE_RETRY_SECONDS = 3.0
-UNGATE = [{"op": "replace", "path": "/spec/schedulingGates", "value": []}]
+CREATE_FAILED_RETRY_SECONDS = 60.0
 _placement_lock: asyncio.Lock | None = None
+_create_retry_at: dict[tuple[str, str], float] = {}
+"""Jobs whose workers the API refused for a reason outside the spec (403): when to try again (monotonic)."""
 
 
 def placement_lock() -> asyncio.Lock:
@@ -32,8 +37,23 @@ def placement_lock() -> asyncio.Lock:
     return _placement_lock
 
 
+def ungate_patch(uid: str) -> list[dict[str, Any]]:
+    """Removes the scheduling gates of exactly the pod with this uid (the test fails on a same-named other)."""
+    return [
+        {"op": "test", "path": "/metadata/uid", "value": uid},
+        {"op": "replace", "path": "/spec/schedulingGates", "value": []},
+    ]
+
+
 async def reconcile(body: dict[str, Any]) -> float | None:
-    meta, prev = body["metadata"], body.get("status") or {}
+    try:
+        return await _reconcile(body)
+    except kube.Conflict:
+        return 0.0  # the job changed under the decision: decide again at once on the fresh one
+
+
+async def _reconcile(body: dict[str, Any]) -> float | None:
+    meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation", 1)
     try:
         spec = TrainingJobSpec.model_validate(body.get("spec") or {})
@@ -48,19 +68,20 @@ async def reconcile(body: dict[str, Any]) -> float | None:
     ]
     nodes = CLUSTER.nodes_by_name()
     lost = {node for p in pods if (node := p["spec"].get("nodeName")) and (node not in nodes or not nodes[node].ready)}
-    decision = decide(spec, prev, pods, lost)
+    decision = decide(spec, body.get("status") or {}, pods, lost, generation=generation)
+    # What the decision means for status is written first: a crash after it never loses a restart or a failure.
+    body = await _write_status(body, spec, decision, pods, nodes)
     await _delete_workers(namespace, decision)
 
-    outcome: Placed | NotPlaced | None = None
+    outcome: Outcome | None = None
     if decision.place_gang:
-        outcome = await place_gang(meta, spec, int(prev.get("restarts") or 0))
+        if (wait := _create_retry_at.get((namespace, name), 0.0) - time.monotonic()) > 0:
+            return wait
+        outcome = await place_gang(meta, spec, int(body["status"].get("restarts") or 0))
+        await _write_status(body, spec, decision, pods, nodes, outcome)
     if decision.ungate:
-        await asyncio.gather(*(kube.patch_pod(namespace, pod, UNGATE) for pod in decision.ungate))
+        await asyncio.gather(*(_ungate(namespace, w.name, w.uid) for w in decision.ungate))
 
-    status = compose_status(prev, spec, generation, decision, pods, nodes, outcome)
-    if _changed(prev, status):
-        _announce(body, prev, status, decision, outcome)
-        LOOPS.remember(await kube.patch_status(PLURAL, namespace, name, status))
     if decision.delete_job:
         kopf.event(
             body, type="Normal", reason="TTLExpired", message="deleting the finished job (ttlSecondsAfterFinished)"
@@ -68,9 +89,41 @@ async def reconcile(body: dict[str, Any]) -> float | None:
         await kube.delete_custom(PLURAL, namespace, name)
     if isinstance(outcome, NotPlaced):
         return UNSCHEDULABLE_RETRY_SECONDS
+    if isinstance(outcome, CreateRefused):
+        if outcome.reason == "InvalidSpec":
+            return None  # nothing to retry until the spec changes (a new generation wakes the loop)
+        _create_retry_at[(namespace, name)] = time.monotonic() + CREATE_FAILED_RETRY_SECONDS
+        return CREATE_FAILED_RETRY_SECONDS
+    _create_retry_at.pop((namespace, name), None)
     if outcome is not None or decision.ungate or decision.delete or decision.force_delete:
         return 1.0  # look again soon: the pods we touched are moving
     return decision.requeue_after
+
+
+async def _write_status(
+    body: dict[str, Any],
+    spec: TrainingJobSpec,
+    decision: Decision,
+    pods: list[dict[str, Any]],
+    nodes: dict[str, NodeInfo],
+    outcome: Outcome | None = None,
+) -> dict[str, Any]:
+    """Writes the status that follows from the decision, if it changed, on exactly the version of the job it was
+    decided on; returns the job as it now is. ObjectGone when the job was deleted meanwhile."""
+    meta, prev = body["metadata"], body.get("status") or {}
+    status = compose_status(prev, spec, meta.get("generation", 1), decision, pods, nodes, outcome)
+    if not _changed(prev, status):
+        return {**body, "status": prev}
+    try:
+        updated = await kube.patch_status(PLURAL, meta["namespace"], meta["name"], status, meta.get("resourceVersion"))
+    except kube.Conflict:
+        LOOPS.remember(await kube.get_custom(PLURAL, meta["namespace"], meta["name"]))
+        raise
+    if updated is None or updated["metadata"]["uid"] != meta["uid"]:
+        raise ObjectGone(f"{meta['namespace']}/{meta['name']}")
+    _announce(body, prev, status, decision, outcome)
+    LOOPS.remember(updated)
+    return updated
 
 
 async def _delete_workers(namespace: str, decision: Decision) -> None:
@@ -80,9 +133,17 @@ async def _delete_workers(namespace: str, decision: Decision) -> None:
     CLUSTER.release(namespace, [*decision.delete, *decision.force_delete])
 
 
-async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int) -> Placed | NotPlaced:
-    """Plans the whole gang and creates every worker gated; the gates go only when all exist."""
+async def _ungate(namespace: str, name: str, uid: str) -> None:
+    """Ungates that pod; a pod of that name with another uid (a failed test op: 422) or none (404) is left be."""
+    await kube.patch_pod(namespace, name, ungate_patch(uid), ignore=(404, 422))
+
+
+async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int) -> Outcome:
+    """Plans the whole gang and creates every worker gated; the gates go only when all exist and all are ours."""
     namespace = meta["namespace"]
+    fresh = await kube.get_custom(PLURAL, namespace, meta["name"])
+    if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
+        raise ObjectGone(f"{namespace}/{meta['name']}")  # deleted while a watch gap hid it: make nothing
     demand = GangDemand(
         workers=desired_workers(spec),
         gpus_per_worker=spec.resources.gpus,
@@ -99,12 +160,25 @@ async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int) 
             worker_pod(meta, spec, i, plan.nodes, attempt, gated=spec.placement.gang) for i in range(len(plan.nodes))
         ]
         CLUSTER.reserve(pods)
-    await kube.create(kube.core().create_namespaced_service, namespace, headless_service(meta, spec))
-    await asyncio.gather(*(kube.create(kube.core().create_namespaced_pod, namespace, pod) for pod in pods))
-    names = tuple(p["metadata"]["name"] for p in pods)
-    if spec.placement.gang:
-        await asyncio.gather(*(kube.patch_pod(namespace, pod, UNGATE) for pod in names))
-    return Placed(plan.nodes, names, tuple(worker_weights(spec, plan.nodes)))
+    names = [p["metadata"]["name"] for p in pods]
+    results = await asyncio.gather(
+        kube.create(kube.core().create_namespaced_service, namespace, headless_service(meta, spec)),
+        *(kube.create(kube.core().create_namespaced_pod, namespace, pod) for pod in pods),
+        return_exceptions=True,
+    )
+    created = [r for r in results[1:] if isinstance(r, dict)]
+    refused = next((r for r in results if isinstance(r, kube.Refused)), None)
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        # Half a gang must not stay: delete what this pass made (still gated, so it never ran) and free the GPUs.
+        await asyncio.gather(*(kube.delete_pod(namespace, p["metadata"]["name"], force=True) for p in created))
+        CLUSTER.release(namespace, names)
+        if refused is not None:
+            return CreateRefused(refused.reason, refused.message)
+        raise failed
+    if spec.placement.gang and len(created) == len(pods):
+        await asyncio.gather(*(_ungate(namespace, p["metadata"]["name"], p["metadata"]["uid"]) for p in created))
+    return Placed(plan.nodes, tuple(names), tuple(worker_weights(spec, plan.nodes)))
 
 
 def _changed(prev: dict[str, Any], status: dict[str, Any]) -> bool:
@@ -115,7 +189,9 @@ def _announce(
     body: dict[str, Any], prev: dict[str, Any], status: dict[str, Any], decision: Decision, outcome: Any
 ) -> None:
     """An Event for every transition a user wants to see in `kubectl describe`."""
-    if isinstance(outcome, NotPlaced):
+    if isinstance(outcome, CreateRefused):
+        kopf.warn(body, reason=outcome.reason, message=outcome.message)
+    elif isinstance(outcome, NotPlaced):
         previous = next((c for c in prev.get("conditions") or [] if c.get("type") == "Scheduled"), {})
         if previous.get("message") != outcome.reason:
             kopf.warn(body, reason="Unschedulable", message=outcome.reason)
@@ -138,10 +214,9 @@ LOOPS = ReconcileLoops("trainingjob", reconcile)
 
 
 @kopf.on.event("modelfleet.dev", "v1alpha1", PLURAL)
-async def training_job_event(
-    event: dict[str, Any], node_index: kopf.Index, gpu_pod_index: kopf.Index, **_: Any
-) -> None:
-    CLUSTER.bind(node_index, gpu_pod_index)
+async def training_job_event(event: dict[str, Any], **_: Any) -> None:
+    if event.get("type") is None:
+        RESYNC.request()
     LOOPS.observe(event["object"], deleted=event.get("type") == "DELETED")
 
 

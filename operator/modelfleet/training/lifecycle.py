@@ -3,7 +3,9 @@
 The gang is the unit: every worker pod carries the gang attempt (`modelfleet.dev/attempt`, equal to
 `status.restarts` when it was made). The first failure of any worker of the current attempt fails the attempt:
 the job either restarts the whole gang (attempt + 1, every worker deleted and re-placed) or fails.
-Pods of older attempts are deleted on sight, so a restart counts once however many ranks fail with it.
+Pods of older attempts are deleted on sight, so a restart counts once however many ranks fail with it, and the
+next attempt is placed only when every pod of the previous one is gone: on a real cluster a deleted pod runs on
+for its grace period, and a new worker of the same name cannot exist beside it.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from modelfleet.api.training import RestartPolicy, SuccessPolicy, TrainingJobSpe
 from modelfleet.scheduling.cluster import pod_node
 
 FINISHED = (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED)
+TERMINATION_POLL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
 class Worker:
     name: str
+    uid: str
     index: int
     attempt: int
     phase: str
@@ -70,6 +74,7 @@ def worker_of(pod: Mapping[str, Any]) -> Worker:
                 break
     return Worker(
         name=meta["name"],
+        uid=meta.get("uid", ""),
         index=int(labels.get(REPLICA_INDEX_LABEL, "0")),
         attempt=int(labels.get(GANG_ATTEMPT_LABEL, "0")),
         phase=status.get("phase") or "Pending",
@@ -103,7 +108,10 @@ class Decision:
     delete: list[str] = field(default_factory=list)
     force_delete: list[str] = field(default_factory=list)
     place_gang: bool = False
-    ungate: list[str] = field(default_factory=list)
+    ungate: list[Worker] = field(default_factory=list)
+    held_by_refusal: bool = False
+    """The API refused this generation's workers (Created=False): the condition stays until a placement works.
+    Nothing is placed again for InvalidSpec until the spec changes; CreateFailed is retried (slowly)."""
     phase: TrainingPhase | None = None
     reason: str = ""
     message: str = ""
@@ -162,12 +170,21 @@ def succeeded(spec: TrainingJobSpec, current: Sequence[Worker]) -> bool:
     return world > 0 and len(current) == world and all(w.phase == "Succeeded" for w in current)
 
 
+def refusal(status: Mapping[str, Any], generation: int) -> str | None:
+    """Why the API refused this generation's workers (the reason of Created=False), if it did."""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Created" and cond.get("status") == "False":
+            return cond.get("reason") if cond.get("observedGeneration") == generation else None
+    return None
+
+
 def decide(
     spec: TrainingJobSpec,
     status: Mapping[str, Any],
     pods: Sequence[Mapping[str, Any]],
     lost_nodes: set[str],
     now: datetime | None = None,
+    generation: int = 1,
 ) -> Decision:
     now = now or datetime.now(UTC)
     attempt = int(status.get("restarts") or 0)
@@ -202,7 +219,11 @@ def decide(
             return decision
         decision.requeue_after = (deadline - now).total_seconds()
 
-    decision.delete = [w.name for w in workers if w.attempt != attempt and not w.deleting]
+    for w in workers:
+        if w.node in lost_nodes and (w.deleting or w.attempt != attempt):
+            decision.force_delete.append(w.name)  # no kubelet will ever confirm its end
+        elif w.attempt != attempt and not w.deleting:
+            decision.delete.append(w.name)
     current = [w for w in workers if w.attempt == attempt and not w.deleting]
     decision.current = current
 
@@ -226,11 +247,16 @@ def decide(
         return decision
 
     if not current:
-        decision.place_gang = True
+        if workers:  # pods of the previous attempt (or deleted ones) still exist: their names are not free yet
+            decision.requeue_after = min(decision.requeue_after or TERMINATION_POLL_SECONDS, TERMINATION_POLL_SECONDS)
+        else:
+            refused = refusal(status, generation)
+            decision.held_by_refusal = refused is not None
+            decision.place_gang = refused in (None, "CreateFailed")
         return decision
 
     world = max(w.world_size for w in current)
-    gated = [w.name for w in current if w.gated]
+    gated = [w for w in current if w.gated]
     if gated and len(current) == world:
         decision.ungate = gated
     elif gated:  # placement was interrupted half way: start it again from nothing

@@ -25,6 +25,17 @@ class NotPlaced:
     reason: str
 
 
+@dataclass(frozen=True)
+class CreateRefused:
+    """The API refused the gang's objects: reason InvalidSpec (the spec must change) or CreateFailed."""
+
+    reason: str
+    message: str
+
+
+Outcome = Placed | NotPlaced | CreateRefused
+
+
 def desired_workers(spec: TrainingJobSpec) -> int:
     return spec.workers.replicas or spec.workers.max_replicas or 0
 
@@ -36,7 +47,7 @@ def compose_status(
     decision: Decision,
     pods: Sequence[Mapping[str, Any]],
     nodes: Mapping[str, NodeInfo],
-    outcome: Placed | NotPlaced | None = None,
+    outcome: Outcome | None = None,
 ) -> dict[str, Any]:
     """The new status: phase, conditions, counts, placement, times and progress."""
     status: dict[str, Any] = {k: v for k, v in prev.items() if k in ("startTime", "completionTime", "progress")}
@@ -60,7 +71,10 @@ def compose_status(
             ),
         )
 
-    cond("Created", True, "JobCreated", "the job was accepted")
+    if isinstance(outcome, CreateRefused):
+        cond("Created", False, outcome.reason, outcome.message)
+    elif isinstance(outcome, Placed) or not decision.held_by_refusal:
+        cond("Created", True, "JobCreated", "the job was accepted")
     if isinstance(outcome, NotPlaced):
         cond("Scheduled", False, "Unschedulable", outcome.reason)
     elif isinstance(outcome, Placed):

@@ -1,0 +1,106 @@
+"""Fresh lists that heal the operator's watch-fed state.
+
+A kopf watch that gets 410 Gone lists again, but an object deleted during the gap never produces a DELETED
+event: its node would stay Ready, its pod would hold GPUs, its job's loop would go on. So the listing that kopf
+does after a gap (seen as events of type None) requests a resync here, and one also runs every few minutes:
+each store and loop registry is compared with a fresh list and what the list lacks is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from modelfleet import kube
+from modelfleet.api.common import GROUP, VERSION
+from modelfleet.cluster_state import CLUSTER
+from modelfleet.loops import ReconcileLoops, key_of
+
+log = logging.getLogger(__name__)
+PERIOD = 300.0
+SETTLE = 3.0
+"""Seconds to let a re-list finish before comparing: kopf yields the listed objects one by one."""
+PAGE = 500
+
+
+class Resync:
+    def __init__(self) -> None:
+        self.namespaces: tuple[str, ...] = ()
+        """The namespaces the operator watches; empty: the whole cluster."""
+        self.loops: dict[str, ReconcileLoops] = {}
+        """Loop registries by the plural of their custom resource."""
+        self.requested = asyncio.Event()
+        self.quiet_until = 0.0
+
+    def request(self) -> None:
+        """Called on every listed object (watch event of type None) after the start: a watch was re-listed."""
+        if time.monotonic() >= self.quiet_until:
+            self.requested.set()
+
+    async def run(self) -> dict[str, int]:
+        """One pass: fresh lists of nodes, pods and each custom resource; returns what was dropped, by kind."""
+        started = time.monotonic()
+        nodes = await _list_all(kube.core().list_node)
+        dropped = {"nodes": CLUSTER.nodes.replace(nodes, started)}
+        pods = await self._list(kube.core().list_pod_for_all_namespaces, kube.core().list_namespaced_pod)
+        dropped["pods"] = CLUSTER.gpu_pods.replace(pods, started)
+        custom = kube.custom()
+        for plural, loops in self.loops.items():
+            items = await self._list(
+                custom.list_cluster_custom_object,
+                custom.list_namespaced_custom_object,
+                group=GROUP,
+                version=VERSION,
+                plural=plural,
+            )
+            dropped[plural] = len(loops.prune({key_of(item) for item in items}, started))
+        if any(dropped.values()):
+            log.warning("resync dropped what a watch gap hid: %s", dropped)
+        return dropped
+
+    async def _list(
+        self, cluster_wide: Callable[..., Any], namespaced: Callable[..., Any], **args: str
+    ) -> list[dict[str, Any]]:
+        if not self.namespaces:
+            return await _list_all(cluster_wide, **args)
+        found: list[dict[str, Any]] = []
+        for namespace in self.namespaces:
+            found += await _list_all(namespaced, namespace=namespace, **args)
+        return found
+
+    async def keep_healed(self, period: float = PERIOD) -> None:
+        """Runs a pass after every re-list and every `period` seconds, for the operator's lifetime."""
+        self.quiet_until = time.monotonic() + 30.0  # the first listing of every watch is not a gap
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.requested.wait(), timeout=period)
+            await asyncio.sleep(SETTLE)
+            self.requested.clear()
+            try:
+                await self.run()
+            except Exception:
+                log.exception("resync failed; the next one runs in %.0fs or after the next re-list", period)
+
+
+async def _list_all(fn: Callable[..., Any], **args: str) -> list[dict[str, Any]]:
+    """Every item of a paginated list, as plain dicts (raw JSON: the client's models are slow to build)."""
+    items: list[dict[str, Any]] = []
+    token = None
+    while True:
+        kwargs: dict[str, Any] = {**args, "limit": PAGE, "_preload_content": False}
+        if token:
+            kwargs["_continue"] = token
+        response = await kube.call(fn, **kwargs)
+        page = json.loads(response.data)
+        items += page.get("items") or []
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return items
+
+
+RESYNC = Resync()
