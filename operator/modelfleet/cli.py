@@ -37,6 +37,9 @@ def operator(args: argparse.Namespace) -> int:
     import kopf
 
     import modelfleet.main  # noqa: F401 - registers the handlers
+    from modelfleet.resync import RESYNC
+
+    RESYNC.namespaces = tuple(args.namespace or ())
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
