@@ -4,10 +4,13 @@ the leader is killed (after the lease expires) or stopped (at once: the lease is
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.support.kube import Kube, wait_for
@@ -27,12 +30,12 @@ def start(kube: Kube, namespace: str, local_operator: OperatorProcess, tmp_path:
     session's operator, which comes back afterwards."""
     started: list[OperatorProcess] = []
 
-    def start_one(identity: str, log: str = "") -> OperatorProcess:
+    def start_one(identity: str, *extra: str, log: str = "") -> OperatorProcess:
         proc = OperatorProcess(
             kube.kubeconfig,
             tmp_path / f"{log or identity}.log",
             identity,
-            ["--lease-namespace", namespace, "--lease-name", "ha", "--log-level", "debug"],
+            ["--lease-namespace", namespace, "--lease-name", "ha", "--log-level", "debug", *extra],
         )
         proc.start()
         started.append(proc)
@@ -94,11 +97,27 @@ def test_one_acts_and_a_standby_takes_over_after_kill_9(kube: Kube, namespace: s
     wait_phase(kube, namespace, "after", "Running")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def probe(url: str) -> dict[str, Any] | None:
+    """The liveness endpoint's JSON answer, None while nothing answers."""
+    try:
+        response = httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
 def test_sigterm_hands_the_lease_over_at_once(kube: Kube, namespace: str, start: Start) -> None:
     a = start("ha-a")
     wait_leads(a)
-    b = start("ha-b")
-    wait_for(lambda: "campaigns for lease" in log(b), what="b campaigns")
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    b = start("ha-b", f"--liveness={liveness}")
+    assert wait_for(lambda: probe(liveness), what="the standby's liveness answer") == {"standby": True}
     began = time.monotonic()
     a.stop()
     assert a.proc is not None and a.proc.returncode == 0, log(a)[-3000:]
@@ -108,6 +127,7 @@ def test_sigterm_hands_the_lease_over_at_once(kube: Kube, namespace: str, start:
     print(f"\nhandover on SIGTERM of the leader: {took:.1f}s")
     assert took < 10, "a released lease is taken at the next retry, not after it expires"
     assert holder(kube, namespace) == "ha-b"
+    wait_for(lambda: (answer := probe(liveness)) is not None and "standby" not in answer, what="kopf's liveness answer")
     kube.apply(training_job("after-stop", workers=2, gpus=1, gpu_type="T4"), namespace)
     wait_phase(kube, namespace, "after-stop", "Running")
 
