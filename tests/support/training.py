@@ -16,12 +16,22 @@ def training_job(
     exit_code: int | None = None,
     run_for: str = "2s",
     policy: str = "Pack",
+    termination_delay: str | None = "2s",
+    fail_attempts: int = 0,
     **spec: Any,
 ) -> dict[str, Any]:
-    """A TrainingJob whose workers (simulated by KWOK) end with `exit_code` after `run_for`, or run until stopped."""
-    annotations = {}
+    """A TrainingJob whose workers (simulated by KWOK) end with `exit_code` after `run_for`, or run until stopped.
+
+    A deleted worker stays Terminating for `termination_delay` (None: until its grace period ends, 30 s by
+    default), so every restart meets the old gang still terminating. With `fail_attempts` = f, the gang's
+    attempts 0..f-1 fail (exit code 1) before attempt f ends with `exit_code`."""
+    annotations: dict[str, str] = {}
     if exit_code is not None:
         annotations = {"sim.modelfleet.dev/exit-code": str(exit_code), "sim.modelfleet.dev/run-duration": run_for}
+    if termination_delay is not None:
+        annotations["sim.modelfleet.dev/termination-delay"] = termination_delay
+    if fail_attempts:
+        annotations["sim.modelfleet.dev/fail-attempts"] = str(fail_attempts)
     resources: dict[str, Any] = {"gpus": gpus}
     if gpu_type:
         resources["gpuType"] = gpu_type
