@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from modelfleet.devcluster import DevCluster, binaries_dir
 from tests.support.kube import Kube
 from tests.support.operator import OperatorProcess
 
@@ -16,25 +17,38 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def kube() -> Iterator[Kube]:
-    from modelfleet.devcluster import DevCluster, binaries_dir
-
-    bin_dir = binaries_dir()
-    cluster = None
-    if external := os.environ.get("KUBECONFIG"):
-        kube = Kube(Path(external), bin_dir)
-    else:
-        cluster = DevCluster(Path(tempfile.mkdtemp(prefix="modelfleet-e2e-")), bin_dir=bin_dir).up()
-        kube = Kube(cluster.kubeconfig_path, bin_dir)
+def local_cluster() -> Iterator[DevCluster | None]:
+    """The session's local control plane; None when KUBECONFIG names a cluster to use instead."""
+    if os.environ.get("KUBECONFIG"):
+        yield None
+        return
+    cluster = DevCluster(Path(tempfile.mkdtemp(prefix="modelfleet-e2e-")), bin_dir=binaries_dir()).up()
     try:
-        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        kube.kubectl("wait", "--for", "condition=Established", "crd", "--all", "--timeout=60s")
-        yield kube
+        yield cluster
     finally:
-        if cluster and os.environ.get("MODELFLEET_KEEP_CLUSTER"):
+        if os.environ.get("MODELFLEET_KEEP_CLUSTER"):
             print(f"\nkeeping the test cluster: KUBECONFIG={cluster.kubeconfig_path}")
-        elif cluster:
+        else:
             cluster.down()
+
+
+@pytest.fixture(scope="session")
+def kube(local_cluster: DevCluster | None) -> Kube:
+    if local_cluster and local_cluster.bin_dir:
+        kube = Kube(local_cluster.kubeconfig_path, local_cluster.bin_dir)
+    else:
+        kube = Kube(Path(os.environ["KUBECONFIG"]), binaries_dir())
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    kube.kubectl("wait", "--for", "condition=Established", "crd", "--all", "--timeout=60s")
+    return kube
+
+
+@pytest.fixture
+def cluster(local_cluster: DevCluster | None) -> DevCluster:
+    """The local control plane, for tests that restart, stop or pause its components."""
+    if local_cluster is None:
+        pytest.skip("the session uses an external cluster (KUBECONFIG)")
+    return local_cluster
 
 
 @pytest.fixture

@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
+import ssl
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +37,21 @@ class ClusterError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range: a component restarted on it cannot find it taken as the
+    local port of some client's connection (nor a client connect to itself there while the server is down)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(min(20000, low // 2), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError(f"no free port below {low}")
 
 
 def binaries_dir() -> Path:
@@ -96,6 +111,8 @@ class DevCluster:
     nodes: list[dict] | None = None
     """Node manifests to create; default: the fake GPU inventory of modelfleet.devcluster.nodes."""
     processes: dict[str, int] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)
+    """Each component's arguments as started, so that restart() starts it again the same way."""
 
     @property
     def kubeconfig_path(self) -> Path:
@@ -108,6 +125,10 @@ class DevCluster:
     @property
     def pids_path(self) -> Path:
         return self.workdir / "pids.json"
+
+    @property
+    def argv_path(self) -> Path:
+        return self.workdir / "argv.json"
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         bin_dir = self.bin_dir or binaries_dir()
@@ -170,7 +191,7 @@ class DevCluster:
             "--max-requests-inflight", "0", "--max-mutating-requests-inflight", "0",
             "--enable-priority-and-fairness=false",
         ])  # fmt: skip
-        self._wait(lambda: self.kubectl("get", "--raw", "/readyz", check=False) == "ok", timeout, "kube-apiserver")
+        self._wait(self._apiserver_ready, timeout, "kube-apiserver")
         self._start("kube-controller-manager", [
             "--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
             "--bind-address", "127.0.0.1", "--secure-port", str(free_port()),
@@ -229,10 +250,79 @@ class DevCluster:
             if pid := pids.get(name):
                 _terminate(pid)
         self.processes = {}
+        self.argv = {}
         self.pids_path.unlink(missing_ok=True)
+        self.argv_path.unlink(missing_ok=True)
         etcd_data = self.workdir / "etcd"
         if etcd_data.exists():
             subprocess.run(["rm", "-rf", str(etcd_data)], check=False)
+
+    def restart(self, component: str, down_for: float = 0, kill: bool = False, timeout: float = 120) -> None:
+        """Stops one component (SIGTERM, or SIGKILL with `kill`), leaves it down for `down_for` seconds, then
+        starts it again with the same arguments (etcd keeps its data, the apiserver its port) and waits until it
+        is healthy, and for etcd and the apiserver until the apiserver is ready again."""
+        self.stop_component(component, kill=kill)
+        time.sleep(down_for)
+        self.start_component(component, timeout)
+
+    def stop_component(self, component: str, kill: bool = False) -> None:
+        """Stops one component and waits until it has exited; it stays down until start_component()."""
+        self._load_state()
+        pid = self.processes.pop(component)
+        if kill:
+            _signal(pid, signal.SIGKILL)
+            _wait_exit(pid, 10)
+        else:
+            _terminate(pid)
+        self.pids_path.write_text(json.dumps(self.processes))
+
+    def start_component(self, component: str, timeout: float = 120) -> None:
+        """Starts a stopped component with its original arguments and waits until it is healthy."""
+        self._load_state()
+        if component in self.processes:
+            raise ClusterError(f"{component} is running (pid {self.processes[component]})")
+        self.bin_dir = self.bin_dir or binaries_dir()
+        self._start(component, self.argv[component])
+        self._wait(lambda: self._healthy(component), timeout, f"{component} healthy")
+        if component in ("etcd", "kube-apiserver"):
+            self._wait(self._apiserver_ready, timeout, "kube-apiserver ready")
+
+    def pause(self, component: str) -> None:
+        """SIGSTOP: the component stays in memory, its connections open, and answers nothing until resume()."""
+        self._load_state()
+        _signal(self.processes[component], signal.SIGSTOP)
+
+    def resume(self, component: str) -> None:
+        self._load_state()
+        _signal(self.processes[component], signal.SIGCONT)
+
+    def _load_state(self) -> None:
+        """Pids and arguments from the workdir, for a DevCluster object made after another one ran up()."""
+        if not self.processes and self.pids_path.exists():
+            self.processes = json.loads(self.pids_path.read_text())
+        if not self.argv and self.argv_path.exists():
+            self.argv = json.loads(self.argv_path.read_text())
+
+    def _apiserver_ready(self) -> bool:
+        return self.kubectl("get", "--raw", "/readyz", check=False) == "ok"
+
+    def _healthy(self, component: str) -> bool:
+        if component == "kube-apiserver":
+            return self._apiserver_ready()
+        args = self.argv[component]
+        if component == "etcd":
+            url = args[args.index("--listen-client-urls") + 1] + "/health"
+        elif component == "kwok":
+            url = f"http://{args[args.index('--server-address') + 1]}/healthz"
+        else:
+            url = f"https://127.0.0.1:{args[args.index('--secure-port') + 1]}/healthz"
+        insecure = ssl.create_default_context()
+        insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=insecure) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     def _start(self, name: str, args: list[str]) -> None:
         assert self.bin_dir is not None
@@ -241,7 +331,9 @@ class DevCluster:
             [str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.processes[name] = proc.pid
+        self.argv[name] = args
         self.pids_path.write_text(json.dumps(self.processes))
+        self.argv_path.write_text(json.dumps(self.argv))
 
     def _wait(self, ready: object, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -280,13 +372,20 @@ def _signal(pid: int, sig: int) -> bool:
     return True
 
 
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """Waits until `pid` has exited (reaping it when it is our child); False when it still runs after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return not _alive(pid)
+
+
 def _terminate(pid: int, grace: float = 10) -> None:
     if not _signal(pid, signal.SIGTERM):
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.1)
-    if _alive(pid):
+    _signal(pid, signal.SIGCONT)  # a paused process acts on SIGTERM only once it runs
+    if not _wait_exit(pid, grace):
         _signal(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+        _wait_exit(pid, grace)
