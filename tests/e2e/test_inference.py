@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,83 @@ def test_scale_subresource_drives_replicas_when_autoscaling_is_off(kube: Kube, n
     assert region(st, "cn-hangzhou")["replicas"] == 3 and region(st, "us-west-1")["replicas"] == 1
     scale = kube.get_json("inferenceservice", "manual", "-n", namespace, "--subresource=scale")
     assert scale["status"]["replicas"] == 4 and "modelfleet.dev/service-name=manual" in scale["status"]["selector"]
+
+
+def test_fields_removed_from_the_spec_leave_the_deployment_and_a_deleted_service_comes_back(
+    kube: Kube, namespace: str
+) -> None:
+    extras = {
+        "serviceAccountName": "default",
+        "volumes": [{"name": "scratch", "emptyDir": {}}],
+        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+        "podMetadata": {"labels": {"team": "search", "tier": "gold"}},
+    }
+    regions = [{"name": "cn-hangzhou"}]
+    kube.apply(inference_service("drift", regions, autoscaling={"enabled": False}, **extras), namespace)
+    wait_for(lambda: status(kube, namespace, "drift").get("phase") == "Ready", what="Ready")
+    dep = kube.get_json("deployment", "drift-cn-hangzhou", "-n", namespace, "--show-managed-fields")
+    managers = {(m["manager"], m["operation"]) for m in dep["metadata"]["managedFields"]}
+    assert ("modelfleet", "Apply") in managers, managers
+    kube.kubectl("annotate", "deployment", "drift-cn-hangzhou", "-n", namespace, "example.com/owner=ops")
+
+    old = kube.get_json("service", "drift-cn-hangzhou", "-n", namespace)["metadata"]["uid"]
+    kube.kubectl("delete", "service", "drift-cn-hangzhou", "-n", namespace)
+    back = wait_for(
+        lambda: kube.get_json("service", "drift-cn-hangzhou", "-n", namespace)["metadata"]["uid"] != old,
+        timeout=30,
+        what="deleted region Service recreated",
+    )
+    assert back
+
+    kube.apply(
+        inference_service("drift", regions, autoscaling={"enabled": False}, podMetadata={"labels": {"team": "search"}}),
+        namespace,
+    )
+
+    def cleaned() -> dict[str, Any] | None:
+        dep = deployment(kube, namespace, "drift-cn-hangzhou")
+        pod = dep["spec"]["template"]["spec"]
+        left = {"serviceAccountName", "serviceAccount", "volumes"} & pod.keys()
+        if left or "volumeMounts" in pod["containers"][0] or "tier" in dep["spec"]["template"]["metadata"]["labels"]:
+            return None
+        return dep
+
+    dep = wait_for(cleaned, what="removed fields gone from the Deployment")
+    assert dep["spec"]["template"]["metadata"]["labels"]["team"] == "search"
+    assert dep["metadata"]["annotations"]["example.com/owner"] == "ops", "another manager's field is left alone"
+
+
+def test_spec_only_the_api_refuses_ends_invalid_spec_without_retrying_and_heals(kube: Kube, namespace: str) -> None:
+    two_sources = {"name": "scratch", "emptyDir": {}, "hostPath": {"path": "/tmp"}}
+    mounts = [{"name": "scratch", "mountPath": "/scratch"}]
+    regions = [{"name": "cn-hangzhou"}]
+    kube.apply(inference_service("refused", regions, volumes=[two_sources], volumeMounts=mounts), namespace)
+
+    def refused() -> dict[str, Any] | None:
+        st = status(kube, namespace, "refused")
+        ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), {})
+        return ready if st.get("phase") == "Failed" and ready.get("reason") == "InvalidSpec" else None
+
+    ready = wait_for(refused, what="Ready=False, reason InvalidSpec")
+    assert ready["status"] == "False" and "spec.template.spec.volumes[0]" in ready["message"], ready
+    assert kube.kubectl("get", "deployment", "refused-cn-hangzhou", "-n", namespace, check=False).returncode != 0
+
+    def warnings() -> list[dict[str, Any]]:
+        events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=refused")["items"]
+        return [e for e in events if e["type"] == "Warning" and e["reason"] == "InvalidSpec"]
+
+    assert wait_for(warnings, what="a Warning Event")[0]["message"] == ready["message"]
+    version = kube.get_json("inferenceservice", "refused", "-n", namespace)["metadata"]["resourceVersion"]
+    time.sleep(12)  # longer than the loop's resync: a refused generation is not retried
+    assert kube.get_json("inferenceservice", "refused", "-n", namespace)["metadata"]["resourceVersion"] == version
+    assert len(warnings()) == 1
+
+    kube.apply(
+        inference_service("refused", regions, volumes=[{"name": "scratch", "emptyDir": {}}], volumeMounts=mounts),
+        namespace,
+    )
+    healed = wait_for(lambda: (s := status(kube, namespace, "refused")).get("phase") == "Ready" and s, what="healed")
+    assert next(c for c in healed["conditions"] if c["type"] == "Ready")["status"] == "True"
 
 
 @pytest.fixture(scope="module")

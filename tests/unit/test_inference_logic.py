@@ -6,8 +6,10 @@ import pytest
 
 from modelfleet.api.inference import Autoscaling, InferenceServiceSpec, Region
 from modelfleet.inference.autoscaler import split_replicas
-from modelfleet.inference.builders import deployment, model_location
+from modelfleet.inference.builders import covers, deployment, model_location, service
+from modelfleet.inference.handlers import CREATE_FAILED_RETRY_SECONDS, Hold
 from modelfleet.inference.observe import ReplicaSample, parse_metrics, quantile, region_load
+from modelfleet.kube import Refused
 
 META = {"name": "svc", "namespace": "ns", "uid": "u"}
 METRICS = """
@@ -93,3 +95,33 @@ def test_split_replicas_by_weight_within_bounds() -> None:
     assert split_replicas(4, regions) == {"a": 3, "b": 1, "c": 1}
     assert split_replicas(None, regions) == {"a": 1, "b": 1, "c": 1}
     assert split_replicas(100, regions)["a"] == 10
+
+
+def test_service_account_name_sets_the_deprecated_alias_too() -> None:
+    pod = deployment(META, spec(serviceAccountName="reader"), Region(name="r1"), 1)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == pod["serviceAccount"] == "reader"
+    bare = deployment(META, spec(), Region(name="r1"), 1)["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in bare and "serviceAccount" not in bare
+
+
+def test_covers_ignores_defaulted_fields_but_not_changed_or_missing_ones() -> None:
+    wanted = service(META, spec(), "r1")["spec"]
+    live = {**wanted, "clusterIP": "10.0.0.1", "ports": [{**wanted["ports"][0], "protocol": "TCP"}]}
+    assert covers(live, wanted)
+    assert not covers({**live, "selector": {"a": "b"}}, wanted)
+    assert not covers({**live, "ports": live["ports"] * 2}, wanted)
+    assert not covers({k: v for k, v in live.items() if k != "ports"}, wanted)
+    assert not covers(None, wanted)
+
+
+def test_hold_after_invalid_spec_lasts_until_the_generation_changes() -> None:
+    hold = Hold.after(Refused("InvalidSpec", "bad"), generation=3, now=100.0)
+    assert hold.wait(3, 100.0) == hold.wait(3, 1e9) == float("inf")
+    assert hold.wait(4, 100.0) is None
+
+
+def test_hold_after_create_failed_retries_slowly() -> None:
+    hold = Hold.after(Refused("CreateFailed", "forbidden"), generation=3, now=100.0)
+    assert hold.wait(3, 110.0) == pytest.approx(CREATE_FAILED_RETRY_SECONDS - 10)
+    assert hold.wait(3, 100.0 + CREATE_FAILED_RETRY_SECONDS) is None
+    assert hold.wait(4, 110.0) is None

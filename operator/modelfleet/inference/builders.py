@@ -120,7 +120,9 @@ def pod_template(
     if volumes:
         pod_spec["volumes"] = volumes
     if spec.service_account_name:
-        pod_spec["serviceAccountName"] = spec.service_account_name
+        # Set the deprecated alias too: the API copies one into the other, so a field left only in the alias would
+        # bring serviceAccountName back when the spec drops it (kubernetes/kubernetes#108208).
+        pod_spec["serviceAccountName"] = pod_spec["serviceAccount"] = spec.service_account_name
     annotations = {
         **spec.pod_metadata.annotations,
         "prometheus.io/scrape": "true",
@@ -183,6 +185,16 @@ def service(meta: Mapping[str, Any], spec: InferenceServiceSpec, region: str) ->
             "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
         },
     }
+
+
+def covers(live: Any, wanted: Any) -> bool:
+    """Whether the live object already has every field of `wanted` with the same value (fields the API defaulted
+    or other managers set may be added; lists must match item by item)."""
+    if isinstance(wanted, Mapping):
+        return isinstance(live, Mapping) and all(k in live and covers(live[k], v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return isinstance(live, list) and len(live) == len(wanted) and all(map(covers, live, wanted))
+    return bool(live == wanted)
 
 
 def region_url(name: str, namespace: str, region: str) -> str:

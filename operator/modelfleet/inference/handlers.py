@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -21,24 +23,48 @@ from modelfleet.api.common import (
 from modelfleet.api.inference import InferenceServiceSpec, MetricsSource, Region, ServingPhase
 from modelfleet.cluster_state import CLUSTER
 from modelfleet.inference.autoscaler import RegionScaler, decide, split_replicas
-from modelfleet.inference.builders import REVISION_ANNOTATION, deployment, region_object_name, service
+from modelfleet.inference.builders import REVISION_ANNOTATION, covers, deployment, region_object_name, service
 from modelfleet.inference.observe import ReplicaSample, prometheus_load, region_load, scrape_all
 from modelfleet.inference.status import compose_status, pod_ready, region_status
 from modelfleet.loops import ReconcileLoops
+from modelfleet.resync import RESYNC
 
 PLURAL = "inferenceservices"
-MERGE_PATCH = "application/merge-patch+json"
+CREATE_FAILED_RETRY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """No writes after the API refused an object built from this generation of the spec: until the spec changes
+    (InvalidSpec), or until `until` on the monotonic clock (CreateFailed: the cause may lie outside the spec)."""
+
+    generation: int
+    until: float | None
+
+    @classmethod
+    def after(cls, refused: kube.Refused, generation: int, now: float) -> Hold:
+        return cls(generation, None if refused.reason == "InvalidSpec" else now + CREATE_FAILED_RETRY_SECONDS)
+
+    def wait(self, generation: int, now: float) -> float | None:
+        """Seconds still to wait (inf: until the spec changes); None when a retry is due."""
+        if generation != self.generation:
+            return None
+        if self.until is None:
+            return float("inf")
+        return self.until - now if now < self.until else None
 
 
 class Memory:
-    """What the autoscaler keeps between ticks, per service and region (lost on restart, rebuilt in a window)."""
+    """What the autoscaler keeps between ticks, per service and region (lost on restart, rebuilt in a window),
+    and the services on hold after a refusal."""
 
     def __init__(self) -> None:
         self.scalers: dict[tuple[str, str, str], RegionScaler] = defaultdict(RegionScaler)
         self.samples: dict[tuple[str, str, str], dict[str, ReplicaSample]] = defaultdict(dict)
+        self.holds: dict[tuple[str, str], Hold] = {}
 
     def forget(self, namespace: str, name: str) -> None:
-        for store in (self.scalers, self.samples):
+        for store in (self.scalers, self.samples, self.holds):
             for key in [k for k in store if k[:2] == (namespace, name)]:
                 del store[key]
 
@@ -54,21 +80,22 @@ async def reconcile(body: dict[str, Any]) -> float | None:
     except ValidationError as exc:
         LOOPS.remember(await kube.report_invalid_spec(body, PLURAL, exc, "Ready", str(ServingPhase.FAILED)))
         return None
+    if hold := MEMORY.holds.get((namespace, name)):
+        wait = hold.wait(generation, time.monotonic())
+        if wait is not None:
+            return None if wait == float("inf") else wait
+        del MEMORY.holds[(namespace, name)]
 
     selector = f"{SERVICE_NAME_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"
-    deployments = {
-        d["metadata"]["labels"].get(REGION_NAME_LABEL): d
-        for d in await _list_deployments(namespace, selector)
-        if _owned(d, meta["uid"])
-    }
+    deployments = await _owned_by_region(kube.apps().list_namespaced_deployment, namespace, selector, meta["uid"])
+    services = await _owned_by_region(kube.core().list_namespaced_service, namespace, selector, meta["uid"])
     pods_by_region: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for pod in await kube.list_pods(namespace, selector):
         pods_by_region[pod["metadata"]["labels"].get(REGION_NAME_LABEL, "")].append(pod)
 
     wanted = {r.name for r in spec.regions}
-    for region, dep in deployments.items():
-        if region not in wanted:
-            await _remove_region(body, namespace, dep["metadata"]["name"], region)
+    for gone in sorted((deployments.keys() | services.keys()) - wanted):
+        await _remove_region(body, namespace, region_object_name(name, gone), gone)
     manual = split_replicas(spec.replicas, spec.regions)
     previous_regions = {r["name"]: r for r in prev.get("regions") or []}
     regions_status = []
@@ -87,7 +114,12 @@ async def reconcile(body: dict[str, Any]) -> float | None:
                 reason=direction,
                 message=f"{region.name}: {current} -> {desired} replicas ({reason})",
             )
-        dep = await _apply_region(meta, spec, region, dep, desired)
+        try:
+            dep = await _apply_region(meta, spec, region, dep, services.get(region.name), desired)
+        except kube.Refused as refused:
+            MEMORY.holds[(namespace, name)] = Hold.after(refused, generation, time.monotonic())
+            LOOPS.remember(await kube.report_refused(body, PLURAL, refused, "Ready", str(ServingPhase.FAILED)))
+            return None
         regions_status.append(region_status(name, namespace, region.name, dep, pods, desired, load, last_scale))
     status = compose_status(prev, spec, name, generation, regions_status)
     if any(prev.get(k) != v for k, v in status.items()):
@@ -101,9 +133,13 @@ def _owned(obj: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
 
 
-async def _list_deployments(namespace: str, selector: str) -> list[dict[str, Any]]:
-    result = await kube.call(kube.apps().list_namespaced_deployment, namespace, label_selector=selector)
-    return [kube.api().sanitize_for_serialization(d) for d in result.items]
+async def _owned_by_region(
+    list_fn: Callable[..., Any], namespace: str, selector: str, uid: str
+) -> dict[str, dict[str, Any]]:
+    """The objects `list_fn` finds with the selector and owned by `uid`, by region."""
+    result = await kube.call(list_fn, namespace, label_selector=selector)
+    objects = (kube.api().sanitize_for_serialization(o) for o in result.items)
+    return {o["metadata"]["labels"].get(REGION_NAME_LABEL, ""): o for o in objects if _owned(o, uid)}
 
 
 async def _desired_replicas(
@@ -143,35 +179,27 @@ async def _desired_replicas(
 
 
 async def _apply_region(
-    meta: dict[str, Any], spec: InferenceServiceSpec, region: Region, dep: dict[str, Any] | None, replicas: int
+    meta: dict[str, Any],
+    spec: InferenceServiceSpec,
+    region: Region,
+    dep: dict[str, Any] | None,
+    svc: dict[str, Any] | None,
+    replicas: int,
 ) -> dict[str, Any]:
-    """Creates or updates the region's Deployment (replicas and pod template) and Service; returns the Deployment."""
-    namespace = meta["namespace"]
+    """Applies the region's Service when it is missing or differs, and its Deployment when missing or when the
+    pod template's revision or the replicas differ; returns the Deployment. Raises kube.Refused."""
+    wanted_service = service(meta, spec, region.name)
+    if svc is None or not covers(svc, {k: wanted_service[k] for k in ("metadata", "spec")}):
+        await kube.apply(kube.core().patch_namespaced_service, wanted_service)
     products = CLUSTER.gpu_products(spec.resources.gpu_type) if spec.resources.gpu_type else []
     wanted = deployment(meta, spec, region, replicas, products)
-    if dep is None:
-        await kube.create(kube.core().create_namespaced_service, namespace, service(meta, spec, region.name))
-        await kube.create(kube.apps().create_namespaced_deployment, namespace, wanted)
-        return wanted
-    current_revision = dep["spec"]["template"]["metadata"].get("annotations", {}).get(REVISION_ANNOTATION)
-    wanted_revision = wanted["spec"]["template"]["metadata"]["annotations"][REVISION_ANNOTATION]
-    if current_revision == wanted_revision and dep["spec"].get("replicas") == replicas:
+    if dep is not None and _revision(dep) == _revision(wanted) and dep["spec"].get("replicas") == replicas:
         return dep
-    patch = {"spec": {"replicas": replicas, "template": wanted["spec"]["template"]}}
-    try:
-        return kube.api().sanitize_for_serialization(
-            await kube.call(
-                kube.apps().patch_namespaced_deployment,
-                wanted["metadata"]["name"],
-                namespace,
-                patch,
-                _content_type=MERGE_PATCH,
-            )
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            return dep
-        raise
+    return await kube.apply(kube.apps().patch_namespaced_deployment, wanted)
+
+
+def _revision(dep: dict[str, Any]) -> str | None:
+    return (dep["spec"]["template"]["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION)
 
 
 async def _remove_region(body: dict[str, Any], namespace: str, object_name: str, region: str) -> None:
@@ -188,10 +216,9 @@ LOOPS = ReconcileLoops("inferenceservice", reconcile)
 
 
 @kopf.on.event("modelfleet.dev", "v1alpha1", PLURAL)
-async def inference_service_event(
-    event: dict[str, Any], node_index: kopf.Index, gpu_pod_index: kopf.Index, **_: Any
-) -> None:
-    CLUSTER.bind(node_index, gpu_pod_index)
+async def inference_service_event(event: dict[str, Any], **_: Any) -> None:
+    if event.get("type") is None:
+        RESYNC.request()
     deleted = event.get("type") == "DELETED"
     if deleted:
         meta = event["object"]["metadata"]
@@ -200,6 +227,8 @@ async def inference_service_event(
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY, SERVICE_NAME_LABEL: kopf.PRESENT})
-async def region_deployment_event(event: dict[str, Any], **_: Any) -> None:
+@kopf.on.event("", "v1", "services", labels={MANAGED_BY_LABEL: MANAGED_BY, SERVICE_NAME_LABEL: kopf.PRESENT})
+async def region_object_event(event: dict[str, Any], **_: Any) -> None:
+    """A region's Deployment or Service changed or went: the service's loop looks again at once."""
     meta = event["object"]["metadata"]
     LOOPS.wake((meta["namespace"], meta["labels"][SERVICE_NAME_LABEL]))
