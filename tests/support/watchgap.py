@@ -53,6 +53,9 @@ def watch_gap(
 ) -> WatchGap:
     """Stops the operator, restarts kube-apiserver (down for `down_for` s), calls `during()` while the operator is
     still stopped, resumes the operator; returns what a watch from before the gap gets afterwards."""
+    deadline = time.monotonic() + 15  # it may be between two runs (it restarts itself after a lost lease)
+    while (operator.proc is None or operator.proc.poll() is not None) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert operator.proc is not None and operator.proc.poll() is None, "the operator must run as a local process"
     core = client.CoreV1Api(kube.api_client())
     pid = operator.proc.pid
