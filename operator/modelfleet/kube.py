@@ -60,8 +60,8 @@ class Refused(Exception):
 
 def refusal(exc: ApiException) -> Refused | None:
     """A refusal that retrying will not fix: InvalidSpec (400, 422) or CreateFailed (403 and other 4xx);
-    None for 404, 409, 429 and server errors, which are transient or handled by the caller."""
-    if exc.status is None or not 400 <= exc.status < 500 or exc.status in (404, 409, 429):
+    None for 404, 408, 409, 429 and server errors, which are transient or handled by the caller."""
+    if exc.status is None or not 400 <= exc.status < 500 or exc.status in (404, 408, 409, 429):
         return None
     try:
         message = json.loads(exc.body or "{}").get("message") or exc.reason

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
+import yaml
 
+from modelfleet.devcluster import DevCluster
+from modelfleet.devcluster.nodes import default_inventory, fake_nodes
 from tests.support.kube import Kube, wait_for
+from tests.support.operator import OperatorProcess
 from tests.support.training import condition, events_of, status, training_job, wait_phase, workers
+from tests.support.watchgap import watch_gap
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator")]
 
@@ -145,3 +151,47 @@ def test_a_nan_loss_never_blocks_the_status(kube: Kube, namespace: str) -> None:
     kube.kubectl("annotate", "pod", "diverged-worker-0", "-n", namespace, f"modelfleet.dev/progress={report}")
     done = wait_phase(kube, namespace, "diverged", "Succeeded", timeout=30)
     assert done.get("progress", {}).get("step") == 7 and "loss" not in done["progress"]
+
+
+def test_a_job_deleted_in_a_watch_gap_stops_and_frees_its_gpus(
+    kube: Kube, namespace: str, cluster: DevCluster, local_operator: OperatorProcess
+) -> None:
+    """The job and its workers vanish while the operator's watches are broken: the re-list brings no DELETED
+    event, yet its loop must stop (no worker made again for a dead owner) and its GPUs must count as free."""
+    hog = training_job("hog", workers=2, gpus=8, gpu_type="H100", regions=("us-west-1",))
+    kube.apply(hog, namespace)
+    wait_phase(kube, namespace, "hog", "Running")
+
+    def delete_hog_and_its_workers() -> None:
+        kube.kubectl("delete", "trainingjob", "hog", "-n", namespace, "--wait=false")
+        kube.kubectl("delete", "pods", "-n", namespace, "-l", "modelfleet.dev/job-name=hog", "--grace-period=0",
+                     "--force", "--wait=false")  # fmt: skip
+
+    gap = watch_gap(cluster, kube, local_operator, during=delete_hog_and_its_workers)
+    assert gap.gone, "the operator's watches resumed without a 410: no gap was made"
+    kube.apply(training_job("next", workers=2, gpus=8, gpu_type="H100", regions=("us-west-1",)), namespace)
+    wait_phase(kube, namespace, "next", "Running", timeout=90)
+    time.sleep(5)
+    assert workers(kube, namespace, "hog") == [], "workers made again for a deleted job"
+
+
+@pytest.fixture
+def restore_nodes(kube: Kube) -> Iterator[None]:
+    yield
+    kube.apply(yaml.safe_dump_all(fake_nodes(default_inventory())))
+
+
+def test_a_node_deleted_in_a_watch_gap_is_never_planned_on(
+    kube: Kube, namespace: str, cluster: DevCluster, local_operator: OperatorProcess, restore_nodes: None
+) -> None:
+    lost = "us-west-1b-h100-0"
+    gap = watch_gap(cluster, kube, local_operator, during=lambda: kube.kubectl("delete", "node", lost))
+    assert gap.gone
+    kube.apply(training_job("wide", workers=2, gpus=8, gpu_type="H100", regions=("us-west-1",)), namespace)
+    pending = wait_for(
+        lambda: (s := status(kube, namespace, "wide")) and condition(s, "Scheduled").get("reason") == "Unschedulable"
+        and "at most 1 fit" in condition(s, "Scheduled")["message"] and s,
+        timeout=60,
+        what="Unschedulable on the one H100 node left",
+    )  # fmt: skip
+    assert pending["phase"] == "Pending" and workers(kube, namespace, "wide") == []
