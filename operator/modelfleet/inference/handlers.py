@@ -26,7 +26,7 @@ from modelfleet.inference.autoscaler import RegionScaler, decide, split_replicas
 from modelfleet.inference.builders import REVISION_ANNOTATION, covers, deployment, region_object_name, service
 from modelfleet.inference.observe import ReplicaSample, prometheus_load, region_load, scrape_all
 from modelfleet.inference.status import compose_status, pod_ready, region_status
-from modelfleet.loops import ReconcileLoops
+from modelfleet.loops import ObjectGone, ReconcileLoops
 from modelfleet.resync import RESYNC
 
 PLURAL = "inferenceservices"
@@ -125,7 +125,9 @@ async def reconcile(body: dict[str, Any]) -> float | None:
     if any(prev.get(k) != v for k, v in status.items()):
         if status["phase"] != prev.get("phase"):
             kopf.event(body, type="Normal", reason=status["phase"], message=f"service is {status['phase']}")
-        LOOPS.remember(await kube.patch_status(PLURAL, namespace, name, status))
+        if (updated := await kube.patch_status(PLURAL, namespace, name, status)) is None:
+            raise ObjectGone(f"{namespace}/{name}")
+        LOOPS.remember(updated)
     return spec.autoscaling.interval_seconds if spec.autoscaling.enabled else None
 
 
