@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import kopf
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
@@ -68,6 +69,13 @@ def refusal(exc: ApiException) -> Refused | None:
     except ValueError:
         message = exc.body or exc.reason
     return Refused("InvalidSpec" if exc.status in (400, 422) else "CreateFailed", str(message))
+
+
+def transient(exc: BaseException) -> bool:
+    """An error of the connection or of an apiserver that is restarting or overloaded: retrying will do."""
+    if isinstance(exc, ApiException):
+        return exc.status is None or exc.status >= 500 or exc.status in (408, 429)
+    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
 
 def client_refusal(exc: ValidationError) -> Refused:

@@ -19,6 +19,8 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from modelfleet.kube import transient
+
 log = logging.getLogger(__name__)
 RECONCILES = Counter("modelfleet_reconcile", "Reconciles by resource kind and result.", ["kind", "result"])
 RECONCILE_SECONDS = Histogram("modelfleet_reconcile_duration_seconds", "Time one reconcile takes.", ["kind"])
@@ -134,10 +136,13 @@ class ReconcileLoops:
                 log.info("%s %s/%s is gone; its loop stops", self.name, *key)
                 self.forget(key)
                 return
-            except Exception:
+            except Exception as exc:
                 RECONCILES.labels(self.name, "error").inc()
                 failures += 1
                 delay = min(2.0**failures * 0.5, self.max_backoff)
-                log.exception("%s %s/%s: reconcile failed; retrying in %.1fs", self.name, *key, delay)
+                if transient(exc):  # the apiserver restarting: one line, not a traceback per object
+                    log.warning("%s %s/%s: %s; retrying in %.1fs", self.name, *key, type(exc).__name__, delay)
+                else:
+                    log.exception("%s %s/%s: reconcile failed; retrying in %.1fs", self.name, *key, delay)
             finally:
                 RECONCILE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
