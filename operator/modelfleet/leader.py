@@ -149,21 +149,14 @@ def _campaign(election: leaderelection.LeaderElection) -> None:
 def _fence(lock: FencedLeaseLock, leading: threading.Event, lease: Lease) -> None:
     """Ends the process once the leader has not renewed for the renew deadline, even when a renewal hangs.
 
-    Time the whole process stood frozen (SIGSTOP, a paused VM: this thread missed its ticks) does not count: the
-    process did nothing in it, and on waking its next renewal either succeeds or finds another holder and exits.
+    A process that stood frozen (SIGSTOP, a paused VM) past the deadline ends at its first tick after waking: a
+    standby may hold the lease by then, so it must not act on it.
     """
     leading.wait()
-    tick = lease.retry_period / 4
-    seen, frozen, last = lock.written_at, 0.0, time.monotonic()
     while True:
-        time.sleep(tick)
-        now = time.monotonic()
-        if now - last > 4 * tick:
-            frozen += now - last
-        last = now
-        if lock.written_at != seen:
-            seen, frozen = lock.written_at, 0.0
-        if seen is not None and not lock.released and now - seen - frozen > lease.renew_deadline:
+        time.sleep(lease.retry_period / 4)
+        written = lock.written_at
+        if written is not None and not lock.released and time.monotonic() - written > lease.renew_deadline:
             _exit(f"lease {lease.namespace}/{lease.name} not renewed for {lease.renew_deadline:g}s")
 
 
