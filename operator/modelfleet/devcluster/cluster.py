@@ -7,7 +7,6 @@ to 127.0.0.1 and kwok hands out pod IPs from a loopback range, so no test traffi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -349,13 +348,16 @@ class DevCluster:
 
 
 def _alive(pid: int) -> bool:
+    """Whether any thread of the process still runs: a multi-threaded process whose main thread has exited shows
+    as a zombie while its other threads still hold its sockets (a restart on its port would then fail)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
+            zombie = stat.read().split()[2] == "Z"
+        return not zombie or len(os.listdir(f"/proc/{pid}/task")) > 1
     except OSError:
         return True
 
@@ -373,13 +375,19 @@ def _signal(pid: int, sig: int) -> bool:
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:
-    """Waits until `pid` has exited (reaping it when it is our child); False when it still runs after `timeout`."""
+    """Waits until `pid` has exited, every thread of it (reaping it when it is our child: the kernel reports a
+    child's exit only when its whole thread group is gone); False when it still runs after `timeout`."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:  # not our child, or reaped already
+            if not _alive(pid):
+                return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.1)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    return not _alive(pid)
 
 
 def _terminate(pid: int, grace: float = 10) -> None:
