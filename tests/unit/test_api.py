@@ -119,6 +119,11 @@ def test_the_client_refuses_a_bad_region_name_before_the_api_does() -> None:
         ("resources", {"cpu": "lots"}, "resources.cpu"),
         ("resources", {"cpu": "-500m"}, "resources.cpu"),
         ("resources", {"memory": -5}, "resources.memory"),
+        ("securityContext", {"runAsUser": -1}, "securityContext.runAsUser"),
+        ("securityContext", {"seccompProfile": {"type": "Permissive"}}, "securityContext.seccompProfile.type"),
+        ("securityContext", {"hostPID": True}, "securityContext.hostPID"),
+        ("containerSecurityContext", {"privileged": "maybe"}, "containerSecurityContext.privileged"),
+        ("containerSecurityContext", {"capabilities": {"add": [""]}}, "containerSecurityContext.capabilities.add.0"),
     ],
 )
 def test_what_the_api_would_refuse_on_the_pod_is_refused_on_the_spec(
@@ -142,6 +147,32 @@ def test_good_pod_fields_pass_and_volumes_stay_plain_dicts(model: type, base: di
     assert spec.to_api()["volumeMounts"] == [{"name": "data", "mountPath": "/data", "readOnly": True}]
     for quantity in (4, "4", "0.5", "1e3", "128Mi", "+2"):
         model.model_validate({**base, "resources": {"cpu": quantity}})
+
+
+@BOTH
+def test_security_contexts_take_the_core_v1_shapes(model: type, base: dict) -> None:
+    pod = {
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 2000,
+        "fsGroupChangePolicy": "Always",
+        "runAsNonRoot": True,
+        "supplementalGroups": [3000],
+        "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/train.json"},
+    }
+    container = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+        "privileged": False,
+        "readOnlyRootFilesystem": False,
+        "runAsUser": 1001,
+        "runAsGroup": 1001,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    spec = model.model_validate({**base, "securityContext": pod, "containerSecurityContext": container})
+    assert spec.to_api()["securityContext"] == pod and spec.to_api()["containerSecurityContext"] == container
+    assert "securityContext" not in model.model_validate(base).to_api()
 
 
 def test_the_longest_job_name_leaves_worker_hostnames_within_63() -> None:

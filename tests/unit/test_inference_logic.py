@@ -48,8 +48,30 @@ def test_deployment_pins_region_and_gpu_type_and_mounts_the_claim() -> None:
         env["MODELFLEET_MODEL_PATH"] == "/mnt/models/models/mlp/model.pt" and env["MODELFLEET_QUANTIZATION"] == "bf16"
     )
     assert env["MODELFLEET_DEVICE"] == "cuda"
-    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "models"
+    assert {v["name"]: v for v in pod["volumes"]}["model"]["persistentVolumeClaim"]["claimName"] == "models"
     assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_server_pod_is_restricted_by_default_and_takes_the_user_fields() -> None:
+    pod = deployment(META, spec(), Region(name="r1"), 1)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"modelfleet-tmp": "/tmp", "model": "/mnt/models/models"}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TMPDIR"] == env["HOME"] == "/tmp"
+
+    relaxed = spec(securityContext={"runAsUser": 0, "runAsNonRoot": False}, containerSecurityContext={"runAsGroup": 7})
+    pod = deployment(META, relaxed, Region(name="r1"), 1)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 0 and pod["securityContext"]["runAsNonRoot"] is False
+    assert pod["containers"][0]["securityContext"]["runAsGroup"] == 7
+    assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
 
 
 def test_revision_changes_with_the_model_only() -> None:

@@ -55,6 +55,57 @@ def test_user_env_cannot_override_the_rendezvous() -> None:
     assert env.count("RANK") == 1 and "EXTRA" in env
 
 
+def test_worker_pod_is_restricted_by_default_with_a_writable_tmp() -> None:
+    p = worker_pod(META, spec(), 0, NODES, 0, gated=False)["spec"]
+    assert p["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = p["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+    assert p["volumes"] == [{"name": "modelfleet-tmp", "emptyDir": {}}]
+    assert container["volumeMounts"] == [{"name": "modelfleet-tmp", "mountPath": "/tmp"}]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TMPDIR"] == env["HOME"] == "/tmp"
+
+
+def test_user_security_fields_are_merged_over_the_defaults() -> None:
+    s = spec(
+        securityContext={"runAsUser": 1000, "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}},
+        containerSecurityContext={"capabilities": {"add": ["NET_BIND_SERVICE"]}, "readOnlyRootFilesystem": False},
+        env=[{"name": "HOME", "value": "/home/app"}],
+        volumes=[{"name": "scratch", "emptyDir": {"medium": "Memory"}}],
+        volumeMounts=[{"name": "scratch", "mountPath": "/tmp/"}],
+    )
+    p = worker_pod(META, s, 0, NODES, 0, gated=False)["spec"]
+    assert p["securityContext"]["runAsUser"] == 1000 and p["securityContext"]["runAsNonRoot"] is True
+    assert p["securityContext"]["seccompProfile"] == {"type": "Localhost", "localhostProfile": "p.json"}
+    container = p["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+        "readOnlyRootFilesystem": False,
+    }
+    assert [v["name"] for v in p["volumes"]] == ["scratch"], "the user's own /tmp replaces the operator's"
+    env = [(e["name"], e.get("value")) for e in container["env"]]
+    assert ("HOME", "/home/app") in env and ("HOME", "/tmp") not in env and ("TMPDIR", "/tmp") in env
+
+
+def test_a_privileged_container_is_not_also_told_not_to_escalate() -> None:
+    """The API refuses privileged: true beside allowPrivilegeEscalation: false; the namespace's Pod Security decides."""
+    s = spec(containerSecurityContext={"privileged": True})
+    context = worker_pod(META, s, 0, NODES, 0, gated=False)["spec"]["containers"][0]["securityContext"]
+    assert context == {"privileged": True, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True}
+
+
 def test_no_workers_means_place_the_gang() -> None:
     assert decide(spec(), {}, [], set()).place_gang
 

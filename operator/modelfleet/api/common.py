@@ -226,6 +226,138 @@ VOLUMES_BY_NAME = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys"
 MOUNTS_BY_PATH = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["mountPath"]}
 
 
+SCRATCH_VOLUME = (
+    "modelfleet-tmp"  # the emptyDir at /tmp the operator gives every pod (its root filesystem is read-only)
+)
+SCRATCH_VOLUME_RULE = rule(
+    f"!has(self.volumes) || !self.volumes.exists(v, v.name == '{SCRATCH_VOLUME}')",
+    f"the volume name '{SCRATCH_VOLUME}' is taken by the operator's emptyDir at /tmp",
+    ".volumes",
+)
+ROOT_NEEDS_RUN_AS_NON_ROOT_FALSE = rule(
+    "!has(self.runAsUser) || self.runAsUser != 0 || (has(self.runAsNonRoot) && !self.runAsNonRoot)",
+    "runAsUser 0 (root) needs runAsNonRoot: false beside it: with the default runAsNonRoot: true the container "
+    "would not start",
+    ".runAsUser",
+)
+UserId = Annotated[int, Field(ge=0, le=2147483647)]
+
+
+class SeccompProfile(ApiModel):
+    """A core/v1 SeccompProfile."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                rule(
+                    "self.type == 'Localhost' ? has(self.localhostProfile) : !has(self.localhostProfile)",
+                    "localhostProfile is set exactly when type is Localhost",
+                    ".localhostProfile",
+                )
+            ]
+        }
+    )
+
+    type: Literal["RuntimeDefault", "Localhost", "Unconfined"] = Field(
+        description="RuntimeDefault (the container runtime's profile; the default), Localhost (a profile file on "
+        "the node) or Unconfined (no seccomp filter; refused by the Pod Security levels baseline and restricted)."
+    )
+    localhost_profile: str | None = Field(
+        default=None,
+        min_length=1,
+        description="With type Localhost: the profile's path relative to the kubelet's seccomp directory.",
+    )
+
+
+class PodSecurityContext(ApiModel):
+    """The pod-level securityContext (a subset of core/v1 PodSecurityContext), merged over the operator's
+    restricted defaults: runAsNonRoot true, runAsUser, runAsGroup and fsGroup 65532, seccomp RuntimeDefault."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [ROOT_NEEDS_RUN_AS_NON_ROOT_FALSE]})
+
+    run_as_user: UserId | None = Field(
+        default=None, description="UID the containers run as. Default 65532; 0 (root) needs runAsNonRoot: false."
+    )
+    run_as_group: UserId | None = Field(default=None, description="Primary GID of the containers. Default 65532.")
+    run_as_non_root: bool | None = Field(
+        default=None,
+        description="Refuse to start a container that would run as root. Default true; false is refused by the "
+        "Pod Security level restricted.",
+    )
+    fs_group: UserId | None = Field(
+        default=None,
+        description="Group that owns the pod's volumes (so the containers can write to a PVC). Default 65532.",
+    )
+    fs_group_change_policy: Literal["OnRootMismatch", "Always"] | None = Field(
+        default=None,
+        description="When volume ownership is changed to fsGroup: OnRootMismatch (the default: only when the "
+        "volume's root differs, fast on large volumes) or Always.",
+    )
+    supplemental_groups: list[UserId] | None = Field(
+        default=None,
+        max_length=32,
+        description="Extra GIDs of the first process of each container, e.g. the group of a shared data volume.",
+    )
+    seccomp_profile: SeccompProfile | None = Field(
+        default=None, description="Seccomp profile of the containers. Default RuntimeDefault."
+    )
+
+
+class Capabilities(ApiModel):
+    """Linux capabilities to add to and drop from the container runtime's defaults."""
+
+    add: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None,
+        max_length=64,
+        description="Capabilities to add, e.g. NET_BIND_SERVICE (the only one the Pod Security level restricted "
+        "allows) or SYS_PTRACE.",
+    )
+    drop: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None,
+        max_length=64,
+        description="Capabilities to drop. Default [ALL]; restricted requires ALL.",
+    )
+
+
+class ContainerSecurityContext(ApiModel):
+    """The container securityContext (a subset of core/v1 SecurityContext) of the worker or server container, merged
+    over the operator's restricted defaults: allowPrivilegeEscalation false, capabilities drop [ALL],
+    readOnlyRootFilesystem true (with an emptyDir at /tmp)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [ROOT_NEEDS_RUN_AS_NON_ROOT_FALSE]})
+
+    allow_privilege_escalation: bool | None = Field(
+        default=None,
+        description="Whether a process may gain more privileges than its parent (setuid binaries). Default false; "
+        "true is refused by restricted.",
+    )
+    capabilities: Capabilities | None = Field(
+        default=None, description="Capabilities added to, or dropped from, the default drop [ALL]."
+    )
+    privileged: bool | None = Field(
+        default=None,
+        description="Run as privileged (all devices, no isolation). Default false; true is refused by the Pod "
+        "Security levels baseline and restricted.",
+    )
+    read_only_root_filesystem: bool | None = Field(
+        default=None,
+        description="Mount the image's filesystem read-only. Default true; /tmp is a writable emptyDir "
+        "(TMPDIR and HOME point there). Set false for an image that writes elsewhere.",
+    )
+    run_as_user: UserId | None = Field(
+        default=None, description="UID of this container, over the pod's securityContext.runAsUser."
+    )
+    run_as_group: UserId | None = Field(
+        default=None, description="GID of this container, over the pod's securityContext.runAsGroup."
+    )
+    run_as_non_root: bool | None = Field(
+        default=None, description="Over the pod's securityContext.runAsNonRoot, for this container."
+    )
+    seccomp_profile: SeccompProfile | None = Field(
+        default=None, description="Seccomp profile of this container, over the pod's."
+    )
+
+
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "modelfleet"
 JOB_NAME_LABEL = "modelfleet.dev/job-name"

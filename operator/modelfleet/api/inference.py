@@ -12,12 +12,15 @@ from modelfleet.api.common import (
     DNS_SUBDOMAIN,
     MAX_VOLUMES,
     MOUNTS_BY_PATH,
+    SCRATCH_VOLUME_RULE,
     VOLUMES_BY_NAME,
     ApiModel,
     Condition,
+    ContainerSecurityContext,
     EnvVar,
     Image,
     PodMetadata,
+    PodSecurityContext,
     RegionName,
     Resources,
     ServiceAccountName,
@@ -210,6 +213,7 @@ class InferenceServiceSpec(ApiModel):
                     "each volumeMounts[].name must be the name of one of spec.volumes",
                     ".volumeMounts",
                 ),
+                SCRATCH_VOLUME_RULE,
             ]
         }
     )
@@ -240,6 +244,18 @@ class InferenceServiceSpec(ApiModel):
     pod_metadata: PodMetadata = Field(default_factory=PodMetadata, description="Labels and annotations for replicas.")
     service_account_name: ServiceAccountName | None = Field(
         default=None, description="ServiceAccount of the replicas (a DNS-1123 subdomain)."
+    )
+    security_context: PodSecurityContext | None = Field(
+        default=None,
+        description="Pod securityContext fields that relax or change the operator's restricted defaults (runAsNonRoot, "
+        "UID/GID/fsGroup 65532, seccomp RuntimeDefault) for an image that needs it; the namespace's Pod Security "
+        "level decides what is allowed.",
+    )
+    container_security_context: ContainerSecurityContext | None = Field(
+        default=None,
+        description="securityContext fields of the server container over the restricted defaults (no privilege "
+        "escalation, capabilities drop [ALL], read-only root filesystem); the namespace's Pod Security level "
+        "decides what is allowed.",
     )
     volumes: list[Volume] = Field(
         default_factory=list,

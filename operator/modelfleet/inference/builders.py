@@ -18,7 +18,14 @@ from modelfleet.api.common import (
     owner_reference,
 )
 from modelfleet.api.inference import DEFAULT_SERVING_IMAGE, InferenceServiceSpec, Region
-from modelfleet.training.builders import container_resources, gpu_tolerations
+from modelfleet.training.builders import (
+    container_resources,
+    container_security_context,
+    gpu_tolerations,
+    pod_security_context,
+    scratch_env,
+    with_scratch,
+)
 
 SERVER_CONTAINER = "server"
 DEFAULT_SERVE_COMMAND = ["python", "-m", "modelfleet.runtime.serve"]
@@ -65,7 +72,7 @@ def server_env(name: str, spec: InferenceServiceSpec, model_path: str) -> list[d
         "MODELFLEET_DEVICE": "cuda" if spec.resources.gpus else "cpu",
     }
     user = [e.to_api() for e in spec.env if e.name not in values]
-    return [{"name": k, "value": v} for k, v in values.items()] + user
+    return [{"name": k, "value": v} for k, v in values.items()] + scratch_env(spec.env) + user
 
 
 def pod_template(
@@ -86,15 +93,14 @@ def pod_template(
         "startupProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}, "failureThreshold": 300},
         "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
         "resources": container_resources(spec.resources.gpus, spec.resources.cpu, spec.resources.memory),
+        "securityContext": container_security_context(spec.container_security_context),
     }
-    volumes = list(spec.volumes)
-    mounts = list(spec.volume_mounts)
+    volumes, mounts = with_scratch(spec.volumes, spec.volume_mounts)
     if model_volume:
         volumes.append(model_volume)
         claim = model_volume["persistentVolumeClaim"]["claimName"]
         mounts.append({"name": "model", "mountPath": f"{MODEL_MOUNT_ROOT}/{claim}", "readOnly": True})
-    if mounts:
-        container["volumeMounts"] = mounts
+    container["volumeMounts"] = mounts
     labels = {**spec.pod_metadata.labels, **region_labels(name, region)}
     pod_spec: dict[str, Any] = {
         "affinity": {
@@ -115,10 +121,10 @@ def pod_template(
         "tolerations": gpu_tolerations(spec.resources.gpus),
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
+        "securityContext": pod_security_context(spec.security_context),
         "containers": [container],
+        "volumes": volumes,
     }
-    if volumes:
-        pod_spec["volumes"] = volumes
     if spec.service_account_name:
         # Set the deprecated alias too: the API copies one into the other, so a field left only in the alias would
         # bring serviceAccountName back when the spec drops it (kubernetes/kubernetes#108208).

@@ -18,6 +18,10 @@ from modelfleet.api.common import (
     PROGRESS_ANNOTATION,
     REGION_LABEL,
     REPLICA_INDEX_LABEL,
+    SCRATCH_VOLUME,
+    ContainerSecurityContext,
+    EnvVar,
+    PodSecurityContext,
     owner_reference,
 )
 from modelfleet.api.training import ShardingMode, TrainingJobSpec
@@ -26,6 +30,23 @@ from modelfleet.scheduling.gpus import shard_weights
 
 WORKER_CONTAINER = "worker"
 DEFAULT_TRAIN_COMMAND = ["python", "-m", "modelfleet.runtime.train"]
+# A numeric non-root UID/GID (distroless "nonroot", as the operator's own chart runs): runAsNonRoot alone makes the
+# kubelet refuse the many images whose USER is root or a name, so the pods run as this unless the spec says otherwise.
+NON_ROOT_ID = 65532
+SCRATCH_PATH = "/tmp"
+RESTRICTED_POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": NON_ROOT_ID,
+    "runAsGroup": NON_ROOT_ID,
+    "fsGroup": NON_ROOT_ID,
+    "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+}
 
 
 def job_labels(job_name: str) -> dict[str, str]:
@@ -110,7 +131,7 @@ def worker_env(
     fixed = [{"name": k, "value": v} for k, v in env.items()]
     fixed.append({"name": "MODELFLEET_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     user = [e.to_api() for e in spec.env if e.name not in env]
-    return fixed + user
+    return fixed + scratch_env(spec.env) + user
 
 
 def container_resources(gpus: int, cpu: str | int | None, memory: str | int | None) -> dict[str, Any]:
@@ -139,6 +160,46 @@ def pinned_affinity(node: NodeInfo) -> dict[str, Any]:
     }
 
 
+def merged(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`defaults` with `overrides` over them, objects merged field by field (the override's value wins)."""
+    out = dict(defaults)
+    for key, value in overrides.items():
+        base = out.get(key)
+        out[key] = merged(base, value) if isinstance(base, Mapping) and isinstance(value, Mapping) else value
+    return out
+
+
+def pod_security_context(user: PodSecurityContext | None) -> dict[str, Any]:
+    """The Pod Security Standard `restricted` pod fields, with what the user's spec.securityContext sets."""
+    return merged(RESTRICTED_POD_SECURITY, user.to_api() if user else {})
+
+
+def container_security_context(user: ContainerSecurityContext | None) -> dict[str, Any]:
+    """The `restricted` container fields, with what the user's spec.containerSecurityContext sets."""
+    overrides = user.to_api() if user else {}
+    defaults = dict(RESTRICTED_CONTAINER_SECURITY)
+    if overrides.get("privileged") or "CAP_SYS_ADMIN" in overrides.get("capabilities", {}).get("add", []):
+        # these escalate anyway, and the API refuses either beside allowPrivilegeEscalation: false
+        del defaults["allowPrivilegeEscalation"]
+    return merged(defaults, overrides)
+
+
+def scratch_env(user_env: Sequence[EnvVar]) -> list[dict[str, str]]:
+    """TMPDIR and HOME at the writable /tmp (the root filesystem is read-only), unless the user's env sets them."""
+    named = {e.name for e in user_env}
+    return [{"name": k, "value": SCRATCH_PATH} for k in ("TMPDIR", "HOME") if k not in named]
+
+
+def with_scratch(volumes: Sequence[Any], mounts: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """The pod's volumes and the container's mounts plus an emptyDir at /tmp, unless the user mounts one there."""
+    if any(m["mountPath"].rstrip("/") == SCRATCH_PATH for m in mounts):
+        return list(volumes), list(mounts)
+    return (
+        [*volumes, {"name": SCRATCH_VOLUME, "emptyDir": {}}],
+        [*mounts, {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}],
+    )
+
+
 def worker_pod(
     meta: Mapping[str, Any],
     spec: TrainingJobSpec,
@@ -165,9 +226,9 @@ def worker_pod(
         "env": worker_env(meta, spec, index, world, weights, attempt),
         "ports": [{"name": "rendezvous", "containerPort": spec.master_port}],
         "resources": container_resources(spec.resources.gpus, spec.resources.cpu, spec.resources.memory),
+        "securityContext": container_security_context(spec.container_security_context),
     }
-    if spec.volume_mounts:
-        container["volumeMounts"] = spec.volume_mounts
+    volumes, container["volumeMounts"] = with_scratch(spec.volumes, spec.volume_mounts)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "hostname": worker_name(name, index),
@@ -175,12 +236,12 @@ def worker_pod(
         "enableServiceLinks": False,
         "affinity": pinned_affinity(nodes[index]),
         "tolerations": gpu_tolerations(spec.resources.gpus),
+        "securityContext": pod_security_context(spec.security_context),
         "containers": [container],
+        "volumes": volumes,
     }
     if gated:
         pod_spec["schedulingGates"] = [{"name": GANG_SCHEDULING_GATE}]
-    if spec.volumes:
-        pod_spec["volumes"] = spec.volumes
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
     return {
