@@ -10,6 +10,7 @@ import yaml
 from modelfleet.devcluster.nodes import default_inventory, fake_nodes
 from tests.support.kube import Kube, wait_for
 from tests.support.operator import OperatorProcess
+from tests.support.progress import rank_zero_progress
 from tests.support.training import (
     condition,
     env_of,
@@ -235,17 +236,13 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
 
 
 def test_rank_zero_progress_is_aggregated_into_status(kube: Kube, namespace: str) -> None:
+    """Rank 0 serves its progress on its metrics port; the operator scrapes it (workers hold no API rights)."""
     kube.apply(training_job("reporter", workers=2, gpus=1, gpu_type="T4", regions=("us-west-1",)), namespace)
     wait_phase(kube, namespace, "reporter", "Running")
-    report = '{"step": 120, "epoch": 2, "loss": 0.31, "samplesPerSecond": 5400.0, "updatedAt": "2026-01-01T00:00:00Z"}'
-    kube.kubectl("annotate", "pod", "reporter-worker-0", "-n", namespace, f"modelfleet.dev/progress={report}")
-    progress = wait_for(lambda: status(kube, namespace, "reporter").get("progress"), what="progress in status")
-    assert progress == {
-        "step": 120,
-        "epoch": 2,
-        "loss": 0.31,
-        "samplesPerSecond": 5400.0,
-        "updatedAt": "2026-01-01T00:00:00Z",
-    }
+    with rank_zero_progress(kube, namespace, "reporter") as rank0:
+        rank0.report(step=120, epoch=2, loss=0.31, samples_per_second=5400.0)
+        progress = wait_for(lambda: status(kube, namespace, "reporter").get("progress"), what="progress in status")
+    assert progress.pop("updatedAt").endswith("Z")
+    assert progress == {"step": 120, "epoch": 2, "loss": 0.31, "samplesPerSecond": 5400.0}
     wide = kube.kubectl("get", "trainingjob", "reporter", "-n", namespace, "-o", "wide").stdout
     assert "120" in wide and "0.31" in wide

@@ -14,6 +14,7 @@ from modelfleet.devcluster import DevCluster
 from modelfleet.devcluster.nodes import default_inventory, fake_nodes
 from tests.support.kube import Kube, wait_for
 from tests.support.operator import OperatorProcess
+from tests.support.progress import rank_zero_progress
 from tests.support.training import condition, events_of, status, training_job, wait_phase, workers
 from tests.support.watchgap import watch_gap
 
@@ -145,11 +146,11 @@ def test_a_spec_only_the_api_refuses_ends_in_a_condition_holds_nothing_and_heals
 
 
 def test_a_nan_loss_never_blocks_the_status(kube: Kube, namespace: str) -> None:
-    kube.apply(training_job("diverged", workers=1, gpus=1, gpu_type="T4", exit_code=0, run_for="5s"), namespace)
+    kube.apply(training_job("diverged", workers=1, gpus=1, gpu_type="T4", exit_code=0, run_for="15s"), namespace)
     wait_phase(kube, namespace, "diverged", "Running")
-    report = '{"step": 7, "loss": NaN, "samplesPerSecond": Infinity}'
-    kube.kubectl("annotate", "pod", "diverged-worker-0", "-n", namespace, f"modelfleet.dev/progress={report}")
-    done = wait_phase(kube, namespace, "diverged", "Succeeded", timeout=30)
+    with rank_zero_progress(kube, namespace, "diverged") as rank0:
+        rank0.report(step=7, epoch=0, loss=float("nan"), samples_per_second=float("inf"))
+        done = wait_phase(kube, namespace, "diverged", "Succeeded", timeout=45)
     assert done.get("progress", {}).get("step") == 7 and "loss" not in done["progress"]
 
 

@@ -112,13 +112,32 @@ def test_protocol_endpoints_and_refusals(server, mlp_artifact: Path) -> None:
     assert httpx.post(f"{srv.url}/v2/models/m/infer", json=request([[1, 2, 3]], "STRING")).status_code == 400
     wrong_count = {"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
     assert httpx.post(f"{srv.url}/v2/models/m/infer", json=wrong_count).status_code == 400
-    huge = b'{"inputs": [' + b" " * (9 * 1024 * 1024) + b"]}"
-    assert httpx.post(f"{srv.url}/v2/models/m/infer", content=huge).status_code == 413
+
+
+def status_after_sending(url: str, head: bytes, body: bytes) -> int:
+    """Sends the request head and only `body`, then reads the status line: the server answers without the rest."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head + body)
+        return int(conn.recv(64).split(b" ")[1])
+
+
+def test_oversized_bodies_are_refused_before_they_are_read_whole(server, mlp_artifact: Path) -> None:
+    srv = server({**env_for(mlp_artifact), "MODELFLEET_MAX_BODY_BYTES": "100000"})
+    post = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    declared = post + f"Content-Length: {1 << 30}\r\n\r\n".encode()
+    assert status_after_sending(srv.url, declared, b'{"inputs": [') == 413, "1 GiB declared, 12 bytes sent"
+    chunk = b"%x\r\n%s\r\n" % (50_000, b" " * 50_000)
+    chunked = post + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert status_after_sending(srv.url, chunked, chunk * 3) == 413, "150 kB streamed of an endless body"
+    assert httpx.post(f"{srv.url}/v2/models/m/infer", json=request([[1, 2, 3]])).status_code == 200
+    assert metric(srv.url, "modelfleet_rejected_requests_total", model="m", reason="body_too_large") == 2
 
 
 def test_int8_answers_stay_close_and_the_model_shrinks(server, wide_artifact: Path) -> None:
     fp32 = server(env_for(wide_artifact))
-    int8 = server(env_for(wide_artifact, model={"uri": f"file://{wide_artifact}", "name": "m", "quantization": "int8"}))
+    int8_env = env_for(wide_artifact, model={"uri": f"file://{wide_artifact}", "name": "m", "quantization": "int8"})
+    int8 = server({**int8_env, "MODELFLEET_MODEL_FACTORIES": "tests.runtime"})  # its metadata names a factory there
     torch.manual_seed(5)
     rows = torch.randn(16, 64).tolist()
     a = torch.tensor(httpx.post(f"{fp32.url}/v2/models/m/infer", json=request(rows)).json()["outputs"][0]["data"])

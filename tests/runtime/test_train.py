@@ -17,6 +17,7 @@ import torch
 from modelfleet.api.training import TrainingJobSpec
 from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.training.builders import worker_env, worker_weights
+from modelfleet.training.progress import progress_from_metrics
 from tests.support.processes import ServerProcess, env_with
 
 pytestmark = pytest.mark.runtime
@@ -30,19 +31,25 @@ def free_port() -> int:
 
 
 def gang_env(gpu_types: list[str], tmp: Path, **spec_fields: object) -> list[dict[str, str]]:
-    """Each rank's env exactly as the operator builds it, with the rendezvous pointed at loopback."""
+    """Each rank's env exactly as the operator builds it, with the rendezvous and rank 0's progress on loopback."""
     spec = TrainingJobSpec.model_validate(
         {"workers": {"replicas": len(gpu_types)}, "resources": {"gpus": 1}, **spec_fields}
     )
     nodes = [NodeInfo(f"n{i}", "r1", "z1", t, 8, 8) for i, t in enumerate(gpu_types)]
     weights = worker_weights(spec, nodes)
     meta = {"name": "job", "namespace": "ns", "uid": "uid-1"}
-    port = str(free_port())
+    port, metrics = str(free_port()), on_loopback()
     envs = []
     for rank in range(len(gpu_types)):
         env = {e["name"]: e["value"] for e in worker_env(meta, spec, rank, len(gpu_types), weights, 0) if "value" in e}
-        envs.append({**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "MODELFLEET_COLLECTIVE_TIMEOUT": "60"})
+        loopback = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "MODELFLEET_COLLECTIVE_TIMEOUT": "60", **metrics}
+        envs.append({**env, **loopback})
     return envs
+
+
+def on_loopback() -> dict[str, str]:
+    """Rank 0's progress endpoint on loopback and a free port (in a pod: 0.0.0.0 and the builder's port)."""
+    return {"MODELFLEET_METRICS_HOST": "127.0.0.1", "MODELFLEET_METRICS_PORT": str(free_port())}
 
 
 def launch(envs: list[dict[str, str]], args: list[str], logs: Path) -> list[subprocess.Popen]:
@@ -70,7 +77,12 @@ def weights_of(artifact: Path) -> dict[str, torch.Tensor]:
 
 def single_process(tmp: Path, args: list[str] = ARGS) -> Path:
     out = tmp / "single"
-    finish(launch([{"WORLD_SIZE": "1", "RANK": "0"}], [*args, "--output-dir", str(out)], tmp / "single-logs"), tmp)
+    finish(
+        launch(
+            [{"WORLD_SIZE": "1", "RANK": "0", **on_loopback()}], [*args, "--output-dir", str(out)], tmp / "single-logs"
+        ),
+        tmp,
+    )
     return out
 
 
@@ -113,6 +125,34 @@ def test_killed_rank_resumes_from_checkpoint_after_gang_restart(tmp_path: Path) 
     reference = weights_of(single_process(tmp_path, [*ARGS, "--epochs", "40"]))
     for name, tensor in reference.items():
         assert torch.allclose(tensor, weights_of(tmp_path / "out")[name], atol=1e-4), name
+
+
+def test_rank_zero_serves_its_progress_while_training(tmp_path: Path) -> None:
+    envs = gang_env(["A100", "A100"], tmp_path)
+    url = f"http://127.0.0.1:{envs[0]['MODELFLEET_METRICS_PORT']}/metrics"
+    procs = launch(envs, [*ARGS, "--epochs", "100000"], tmp_path)
+    try:
+        seen: list[dict] = []
+        deadline = time.monotonic() + 120
+        while len(seen) < 2 or seen[-1]["step"] == seen[0]["step"]:
+            alive = all(p.poll() is None for p in procs)
+            assert time.monotonic() < deadline and alive, (tmp_path / "rank0.log").read_text()[-3000:]
+            try:
+                progress = progress_from_metrics(httpx.get(url, timeout=1).text)
+            except httpx.HTTPError:
+                progress = None
+            if progress:
+                seen.append(progress)
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    latest = seen[-1]
+    assert latest["step"] > seen[0]["step"] > 0 and latest["loss"] > 0 and latest["samplesPerSecond"] > 0
+    assert 0 <= latest["epoch"] <= latest["step"] // (1024 // 64)
+    assert "progress metrics on http://127.0.0.1" in (tmp_path / "rank0.log").read_text()
+    assert "progress metrics" not in (tmp_path / "rank1.log").read_text(), "only rank 0 serves"
 
 
 def test_trained_artifact_is_served(tmp_path: Path) -> None:

@@ -1,31 +1,109 @@
+"""Rank 0's progress: the runtime's gauges, scraped and turned into status.progress."""
+
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import socket
 
 import pytest
+from prometheus_client import generate_latest
 
-from modelfleet.api.common import PROGRESS_ANNOTATION
-from modelfleet.training.builders import progress_of
-
-
-def pod_reporting(raw: str) -> dict:
-    return {"metadata": {"annotations": {PROGRESS_ANNOTATION: raw}}}
+from modelfleet.runtime.progress import ProgressReporter
+from modelfleet.training.progress import ProgressScraper, metrics_url, progress_from_metrics
 
 
-@pytest.mark.parametrize("loss", ["NaN", "Infinity", "-Infinity", "1e999"])
-def test_a_non_finite_loss_is_left_out_and_the_rest_kept(loss: str) -> None:
-    raw = f'{{"step": 7, "epoch": 1, "loss": {loss}, "samplesPerSecond": 12.5, "updatedAt": "t"}}'
-    progress = progress_of(pod_reporting(raw))
-    assert progress == {"step": 7, "epoch": 1, "samplesPerSecond": 12.5, "updatedAt": "t"}
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def reporter():
+    made: list[ProgressReporter] = []
+
+    def start(port: int = 0) -> ProgressReporter:
+        made.append(ProgressReporter(host="127.0.0.1", port=port))
+        return made[-1]
+
+    yield start
+    for r in made:
+        r.close()
+
+
+def served(reporter: ProgressReporter) -> str:
+    return generate_latest(reporter.registry).decode()
+
+
+def test_reported_gauges_become_the_status_progress(reporter) -> None:
+    r = reporter()
+    r.report(step=120, epoch=2, loss=0.3141592, samples_per_second=5400.123)
+    progress = progress_from_metrics(served(r))
+    assert progress is not None and progress.pop("updatedAt").endswith("Z")
+    assert progress == {"step": 120, "epoch": 2, "loss": 0.314159, "samplesPerSecond": 5400.12}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_value_is_left_out_and_the_rest_kept(reporter, bad: float) -> None:
+    r = reporter()
+    r.report(step=7, epoch=1, loss=bad, samples_per_second=bad)
+    progress = progress_from_metrics(served(r))
+    assert progress is not None and set(progress) == {"step", "epoch", "updatedAt"}
     json.dumps(progress, allow_nan=False)  # what the status patch sends
 
 
-def test_finite_progress_is_copied_as_it_is() -> None:
-    report = {"step": 7, "epoch": 1, "loss": 0.25, "samplesPerSecond": 12.5, "updatedAt": "t"}
-    assert progress_of(pod_reporting(json.dumps(report))) == report
+def test_no_progress_before_the_first_report(reporter) -> None:
+    assert progress_from_metrics(served(reporter())) is None
+    assert progress_from_metrics("") is None
 
 
-@pytest.mark.parametrize("raw", ["", "not json", "[1, 2]", "NaN"])
-def test_malformed_progress_is_none(raw: str) -> None:
-    assert progress_of(pod_reporting(raw)) is None
-    assert progress_of({"metadata": {}}) is None
+def test_a_taken_port_never_stops_training() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = ProgressReporter(host="127.0.0.1", port=taken.getsockname()[1])
+        r.report(1, 0, 0.5, 10.0)
+        assert r.server is None
+
+
+def worker(index: int, phase: str = "Running", ip: str | None = "127.100.0.7", port: int = 9400) -> dict:
+    return {
+        "metadata": {"name": f"job-worker-{index}", "labels": {"modelfleet.dev/replica-index": str(index)}},
+        "spec": {"containers": [{"ports": [{"name": "rendezvous", "containerPort": 23456},
+                                           {"name": "metrics", "containerPort": port}]}]},
+        "status": {"phase": phase, "podIP": ip} if ip else {"phase": phase},
+    }  # fmt: skip
+
+
+def test_only_a_running_replica_zero_with_an_ip_is_scraped() -> None:
+    assert metrics_url([worker(1), worker(0, port=9555)]) == "http://127.100.0.7:9555/metrics"
+    assert metrics_url([worker(1)]) is None
+    assert metrics_url([worker(0, phase="Pending")]) is None
+    assert metrics_url([worker(0, ip=None)]) is None
+    deleting = worker(0)
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert metrics_url([deleting]) is None
+
+
+def test_the_scraper_reads_rank_zero_at_most_once_per_period(reporter) -> None:
+    port = free_port()
+    r = reporter(port)
+    r.report(step=3, epoch=0, loss=1.5, samples_per_second=100.0)
+    scraper = ProgressScraper(every=60.0)
+    pods = [worker(0, ip="127.0.0.1", port=port)]
+
+    first = asyncio.run(scraper.read("uid", pods))
+    assert first is not None and first["step"] == 3 and first["loss"] == 1.5
+    r.report(step=4, epoch=0, loss=1.4, samples_per_second=100.0)
+    assert asyncio.run(scraper.read("uid", pods)) is None, "scraped again within the period"
+    due = scraper.due_in("uid")
+    assert due is not None and 0 < due <= 60
+    assert asyncio.run(scraper.read("uid", [worker(0, phase="Succeeded")])) is None
+    assert scraper.due_in("uid") is None, "nothing left to scrape: no requeue for progress"
+
+
+def test_an_endpoint_that_does_not_answer_gives_no_progress() -> None:
+    scraper = ProgressScraper(timeout=0.5)
+    assert asyncio.run(scraper.read("uid", [worker(0, ip="127.0.0.1", port=free_port())])) is None

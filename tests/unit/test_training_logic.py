@@ -118,7 +118,7 @@ def test_first_failure_restarts_the_whole_gang_once() -> None:
     d = decide(spec(), {"restarts": 0}, pods, set())
     assert d.restart and d.restart.worker == "job-worker-1" and d.restart.exit_code == 137
     assert sorted(d.delete) == ["job-worker-0", "job-worker-1"]
-    status = compose_status({"restarts": 0}, spec(), 1, d, pods, {})
+    status = compose_status({"restarts": 0}, spec(), 1, d, {})
     assert status["restarts"] == 1 and status["phase"] == "Restarting"
 
 
@@ -151,17 +151,17 @@ def test_refused_workers_hold_placement_until_the_spec_changes() -> None:
     forbidden = {"conditions": [{**refused["conditions"][0], "reason": "CreateFailed"}]}
     retried = decide(spec(), forbidden, [], set(), generation=2)
     assert retried.held_by_refusal and retried.place_gang, "CreateFailed is retried (the handler paces it)"
-    kept = compose_status(forbidden, spec(), 2, retried, [], {})
+    kept = compose_status(forbidden, spec(), 2, retried, {})
     assert next(c for c in kept["conditions"] if c["type"] == "Created")["reason"] == "CreateFailed"
 
 
 def test_refusal_and_placement_set_the_created_condition() -> None:
     d = decide(spec(), {}, [], set())
-    status = compose_status({}, spec(), 1, d, [], {}, CreateRefused("InvalidSpec", 'Pod "x" is invalid'))
+    status = compose_status({}, spec(), 1, d, {}, CreateRefused("InvalidSpec", 'Pod "x" is invalid'))
     created = next(c for c in status["conditions"] if c["type"] == "Created")
     assert created["status"] == "False" and created["message"] == 'Pod "x" is invalid' and status["phase"] == "Pending"
     placed = Placed(NODES, ("job-worker-0", "job-worker-1"), (0.5, 0.5))
-    healed = compose_status(status, spec(), 2, Decision(place_gang=True, held_by_refusal=True), [], {}, placed)
+    healed = compose_status(status, spec(), 2, Decision(place_gang=True, held_by_refusal=True), {}, placed)
     assert next(c for c in healed["conditions"] if c["type"] == "Created")["status"] == "True"
 
 
@@ -212,7 +212,7 @@ def test_deadline_ttl_and_suspend() -> None:
 
 def test_status_after_placement() -> None:
     placed = Placed(NODES, ("job-worker-0", "job-worker-1"), (0.714286, 0.285714))
-    status = compose_status({}, spec(), 3, Decision(place_gang=True), [], {}, placed)
+    status = compose_status({}, spec(), 3, Decision(place_gang=True), {}, placed)
     assert status["phase"] == "Pending" and status["gpus"] == 16 and status["region"] == "r1"
     assert [p["node"] for p in status["placement"]] == ["n0", "n1"] and status["observedGeneration"] == 3
     scheduled = next(c for c in status["conditions"] if c["type"] == "Scheduled")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar, overload
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,6 +22,7 @@ INFLIGHT = "modelfleet_inflight_requests"
 REQUESTS = "modelfleet_requests"  # counter family name (modelfleet_requests_total samples)
 LATENCY = "modelfleet_request_duration_seconds"
 LATENCY_QUANTILE = 0.9
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -100,22 +102,33 @@ def region_load(
     return len(ok) * p90 / policy.target + failed, p90
 
 
-async def scrape(session: aiohttp.ClientSession, url: str, timeout: float = 1.0) -> ReplicaSample | None:
+async def scrape(
+    session: aiohttp.ClientSession, url: str, timeout: float, parse: Callable[[str, float], T]
+) -> T | None:
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             if response.status != 200:
                 return None
-            return parse_metrics(await response.text(), time.monotonic())
+            return parse(await response.text(), time.monotonic())
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
 
 
-async def scrape_all(urls: Mapping[str, str], timeout: float = 1.0) -> dict[str, ReplicaSample | None]:
-    """Scrapes every pod at once: pod name -> sample (None on failure)."""
+@overload
+async def scrape_all(urls: Mapping[str, str], timeout: float = 1.0) -> dict[str, ReplicaSample | None]: ...
+@overload
+async def scrape_all(
+    urls: Mapping[str, str], timeout: float = 1.0, *, parse: Callable[[str, float], T]
+) -> dict[str, T | None]: ...
+async def scrape_all(
+    urls: Mapping[str, str], timeout: float = 1.0, *, parse: Callable[[str, float], Any] = parse_metrics
+) -> dict[str, Any]:
+    """Scrapes every pod's Prometheus text at once: pod name -> `parse(text, monotonic time)` (None on failure;
+    `parse` may raise ValueError for text it cannot read). Model servers' load by default; TrainingJobs pass theirs."""
     if not urls:
         return {}
     async with aiohttp.ClientSession() as session:
-        results = await asyncio.gather(*(scrape(session, url, timeout) for url in urls.values()))
+        results = await asyncio.gather(*(scrape(session, url, timeout, parse) for url in urls.values()))
     return dict(zip(urls, results, strict=True))
 
 

@@ -25,6 +25,9 @@ class Batcher:
 
     Each request's rows come back to it alone; if the merged pass fails, each request is run by itself so a bad
     one fails only itself. `on_batch` sees every batch size (for the metrics).
+
+    At most `max_queue` requests wait (0: no bound): one more raises `asyncio.QueueFull` at once (the server answers 503).
+    A request whose caller gave up (its future cancelled) is dropped before its forward pass.
     """
 
     def __init__(
@@ -33,12 +36,13 @@ class Batcher:
         max_batch_size: int,
         max_delay_ms: float,
         on_batch: Callable[[int], None] = lambda _: None,
+        max_queue: int = 0,
     ) -> None:
         self.forward = forward
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000
         self.on_batch = on_batch
-        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue(maxsize=max_queue)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.task: asyncio.Task[None] | None = None
         self.last_batch = 0
@@ -53,7 +57,7 @@ class Batcher:
 
     async def infer(self, inputs: torch.Tensor) -> torch.Tensor:
         future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
-        await self.queue.put(Pending(inputs, future))
+        self.queue.put_nowait(Pending(inputs, future))
         return await future
 
     async def _loop(self) -> None:
@@ -75,7 +79,9 @@ class Batcher:
                     break
                 batch.append(item)
                 rows += item.inputs.shape[0]
-            await self._run(batch)
+            batch = [p for p in batch if not p.future.done()]
+            if batch:
+                await self._run(batch)
 
     async def _run(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()

@@ -23,5 +23,5 @@ def from_path(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [line.split(",") for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
         values = torch.tensor([[float(v) for v in row] for row in rows])
         return values[:, :-1], values[:, -1].long()
-    blob = torch.load(path, map_location="cpu")
+    blob = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no pickled code runs
     return blob["x"].float(), blob["y"].long()

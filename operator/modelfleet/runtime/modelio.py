@@ -2,7 +2,12 @@
 
 An artifact is a directory with `model.pt` (TorchScript), `weights.pt` (the state dict) and `metadata.json`
 (`{"model": "paper-mlp", "inputShape": [3], "classes": 2, "metrics": {...}}`). The server also takes a bare
-TorchScript file, or a pickled module (`format: pytorch`).
+TorchScript file, or a pickled module (`format: pytorch`) where the operator allows it.
+
+Nothing a user points at runs code on load: weights are read with `weights_only=True`; a pickled module loads only
+with MODELFLEET_ALLOW_PICKLE=1 (the operator sets it when the chart's `policy.allowPickledModels` is on); a
+`module:factory` named in metadata.json is imported only from the module prefixes in MODELFLEET_MODEL_FACTORIES
+(comma-separated; default: modelfleet's own models).
 """
 
 from __future__ import annotations
@@ -21,6 +26,13 @@ from torch import nn
 from modelfleet.runtime.models import build_model
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+ALLOW_PICKLE_ENV = "MODELFLEET_ALLOW_PICKLE"
+FACTORIES_ENV = "MODELFLEET_MODEL_FACTORIES"
+DEFAULT_FACTORIES = "modelfleet.runtime.models"
+
+
+class RefusedArtifact(ValueError):
+    """The artifact would run code this server is not allowed to run."""
 
 
 def atomic_save(obj: Any, path: Path, save: Any = torch.save) -> None:
@@ -82,6 +94,11 @@ def load_model(
     if not model_file.exists():
         raise FileNotFoundError(f"no model at {model_file}")
     if fmt == "pytorch":
+        if os.environ.get(ALLOW_PICKLE_ENV) != "1":
+            raise RefusedArtifact(
+                "format pytorch is a pickled module, which runs code when loaded: refused unless the chart's "
+                "policy.allowPickledModels is true; export the model as TorchScript (format torchscript) instead"
+            )
         module: nn.Module = torch.load(model_file, map_location="cpu", weights_only=False)
     elif quantization == "int8":
         module = _eager_from_artifact(model_file, metadata)
@@ -109,6 +126,20 @@ def _eager_from_artifact(model_file: Path, metadata: dict[str, Any]) -> nn.Modul
         raise ValueError(
             "int8 quantization needs an artifact directory with metadata.json and weights.pt, or format pytorch"
         )
+    check_factory(metadata["model"])
     module, _, _ = build_model(metadata["model"])
-    module.load_state_dict(torch.load(weights, map_location="cpu"))
+    module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return module
+
+
+def check_factory(name: str) -> None:
+    """Refuses a `module:factory` whose module is outside the MODELFLEET_MODEL_FACTORIES prefixes (built-in names pass)."""
+    module, sep, _ = name.partition(":")
+    if not sep:
+        return
+    allowed = [p.strip() for p in os.environ.get(FACTORIES_ENV, DEFAULT_FACTORIES).split(",") if p.strip()]
+    if not any(module == prefix or module.startswith(f"{prefix}.") for prefix in allowed):
+        raise RefusedArtifact(
+            f"metadata.json names the model factory {name!r}, whose module is not in {FACTORIES_ENV} "
+            f"({', '.join(allowed) or 'empty'}): refused, importing it would run its code"
+        )

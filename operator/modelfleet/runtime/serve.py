@@ -1,18 +1,23 @@
 """The model server: V2 open inference protocol over HTTP (starlette + uvicorn), dynamic batching, Prometheus
 metrics, graceful shutdown. Configured by the env the InferenceService builder sets (MODELFLEET_*), or by flags.
 
+Limits: a request body over --max-body-bytes is refused with 413 while it streams in (never buffered whole); with
+--max-queue requests already waiting for the batcher, another gets 503 with Retry-After; a request not answered
+within --request-timeout seconds (body upload included) gets 504.
+
     python -m modelfleet.runtime.serve --model-path /models/mlp --quantization int8 --port 8080
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +56,9 @@ class ServerConfig:
     port: int = 8080
     device: str = "cpu"
     max_body_bytes: int = 8 * 1024 * 1024
+    max_queue: int = 256
+    request_timeout: float = 30.0
+    retry_after_seconds: int = 1
 
     @classmethod
     def from_env_and_args(cls, argv: list[str] | None = None) -> ServerConfig:
@@ -65,6 +73,18 @@ class ServerConfig:
         parser.add_argument("--host", default=env.get("MODELFLEET_HOST", "0.0.0.0"))
         parser.add_argument("--port", type=int, default=int(env.get("MODELFLEET_PORT", "8080")))
         parser.add_argument("--device", default=env.get("MODELFLEET_DEVICE", "cpu"))
+        parser.add_argument(
+            "--max-body-bytes", type=int, default=int(env.get("MODELFLEET_MAX_BODY_BYTES", str(cls.max_body_bytes)))
+        )
+        parser.add_argument(
+            "--max-queue", type=int, default=int(env.get("MODELFLEET_MAX_QUEUE", str(cls.max_queue))),
+            help="requests that may wait for the batcher (0: no bound)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--request-timeout", type=float,
+            default=float(env.get("MODELFLEET_REQUEST_TIMEOUT_SECONDS", str(cls.request_timeout))),
+            help="seconds a request may take, body upload included",
+        )  # fmt: skip
         args = parser.parse_args(argv)
         if not args.model_path:
             parser.error("--model-path (or MODELFLEET_MODEL_PATH) is required")
@@ -93,11 +113,28 @@ class Metrics:
         self.size = Gauge(
             "modelfleet_model_size_bytes", "Model state size.", ["model", "stage"], registry=self.registry
         )
+        self.rejected = Counter(
+            "modelfleet_rejected_requests", "Requests refused by a server limit.", ["model", "reason"],
+            registry=self.registry,
+        )  # fmt: skip
         self.model = model
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def read_limited(declared_length: str | None, chunks: AsyncIterable[bytes], limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to be over `limit` bytes: from its Content-Length before a byte is
+    read, else from the chunks read so far (nothing past the limit is kept)."""
+    if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
+        return None
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def build_app(config: ServerConfig, loaded: LoadedModel | None = None) -> Starlette:
@@ -121,8 +158,9 @@ def build_app(config: ServerConfig, loaded: LoadedModel | None = None) -> Starle
             config.model_name, config.model_path, config.quantization, model.original_bytes, model.served_bytes,
         )  # fmt: skip
         batcher = Batcher(
-            forward, config.max_batch_size, config.max_delay_ms, metrics.batch.labels(config.model_name).observe
-        )
+            forward, config.max_batch_size, config.max_delay_ms, metrics.batch.labels(config.model_name).observe,
+            config.max_queue,
+        )  # fmt: skip
         batcher.start()
         state["batcher"] = batcher
         yield
@@ -156,12 +194,18 @@ def build_app(config: ServerConfig, loaded: LoadedModel | None = None) -> Starle
             return error(404, f"unknown model {request.path_params['name']!r}")
         return await ready(request)
 
+    def reject(reason: str, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        metrics.rejected.labels(config.model_name, reason).inc()
+        return error(status, message, headers)
+
     async def infer(request: Request) -> Response:
         started = time.perf_counter()
         gauge = metrics.inflight.labels(config.model_name)
         gauge.inc()
         try:
-            response = await _infer(request)
+            response = await asyncio.wait_for(_infer(request), config.request_timeout)
+        except TimeoutError:
+            response = reject("timeout", 504, f"no answer within {config.request_timeout:g}s")
         finally:
             gauge.dec()
         metrics.requests.labels(config.model_name, str(response.status_code)).inc()
@@ -173,15 +217,18 @@ def build_app(config: ServerConfig, loaded: LoadedModel | None = None) -> Starle
             return error(404, f"unknown model {request.path_params['name']!r}")
         if state["batcher"] is None or state["draining"]:
             return error(503, "model not ready")
-        body = await request.body()
-        if len(body) > config.max_body_bytes:
-            return error(413, f"request body over {config.max_body_bytes} bytes")
+        body = await read_limited(request.headers.get("content-length"), request.stream(), config.max_body_bytes)
+        if body is None:
+            return reject("body_too_large", 413, f"request body over {config.max_body_bytes} bytes")
         try:
             tensor = parse_request(json.loads(body), state["model"])
         except (ValueError, KeyError, TypeError) as exc:
             return error(400, str(exc))
         try:
             output = await state["batcher"].infer(tensor)
+        except asyncio.QueueFull:
+            retry = {"Retry-After": str(config.retry_after_seconds)}
+            return reject("queue_full", 503, f"{config.max_queue} requests already queued", retry)
         except Exception as exc:
             return error(400, f"inference failed: {exc}")
         return JSONResponse({

@@ -7,6 +7,8 @@ LOCAL_WORLD_SIZE > 1 started without torchrun re-executes itself under torchrun 
 nccl on GPUs, gloo on CPUs. Each rank takes its MODELFLEET_SHARD_WEIGHTS share of every global batch and the
 loss is scaled so the update equals single-process training on the whole batch. Checkpoints every
 MODELFLEET_CHECKPOINT_INTERVAL steps (atomic), resumed on restart; the final model goes to MODELFLEET_OUTPUT_DIR.
+Rank 0 serves its progress on http://0.0.0.0:$MODELFLEET_METRICS_PORT/metrics (see modelfleet.runtime.progress).
+Every file it reads (checkpoint, data) is loaded with `weights_only=True`: tensors and plain containers, no pickled code.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def resume(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer)
     path = checkpoint_path(cfg)
     if not cfg.checkpoint_dir or not path.exists():
         return 0
-    state = torch.load(path, map_location="cpu")
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     log.info("resumed from step %d (%s)", state["step"], path)

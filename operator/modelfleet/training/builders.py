@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +13,6 @@ from modelfleet.api.common import (
     JOB_NAME_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
-    PROGRESS_ANNOTATION,
     REGION_LABEL,
     REPLICA_INDEX_LABEL,
     SCRATCH_VOLUME,
@@ -25,11 +22,15 @@ from modelfleet.api.common import (
     owner_reference,
 )
 from modelfleet.api.training import ShardingMode, TrainingJobSpec
+from modelfleet.runtime.progress import DEFAULT_PORT as METRICS_PORT
+from modelfleet.runtime.progress import PORT_ENV
 from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.scheduling.gpus import shard_weights
 
 WORKER_CONTAINER = "worker"
 DEFAULT_TRAIN_COMMAND = ["python", "-m", "modelfleet.runtime.train"]
+METRICS_PORT_NAME = "metrics"
+"""The container port where rank 0 serves its progress (the operator scrapes it into status.progress)."""
 # A numeric non-root UID/GID (distroless "nonroot", as the operator's own chart runs): runAsNonRoot alone makes the
 # kubelet refuse the many images whose USER is root or a name, so the pods run as this unless the spec says otherwise.
 NON_ROOT_ID = 65532
@@ -114,6 +115,7 @@ def worker_env(
         "MODELFLEET_NAMESPACE": meta["namespace"],
         "MODELFLEET_SHARD_WEIGHTS": ",".join(f"{w:.6f}" for w in weights),
         "MODELFLEET_ATTEMPT": str(attempt),
+        PORT_ENV: str(METRICS_PORT),
     }
     if spec.workers.min_replicas is not None:
         env["PET_NNODES"] = f"{spec.workers.min_replicas}:{spec.workers.max_replicas}"
@@ -224,7 +226,10 @@ def worker_pod(
         "command": spec.command or DEFAULT_TRAIN_COMMAND,
         "args": spec.args,
         "env": worker_env(meta, spec, index, world, weights, attempt),
-        "ports": [{"name": "rendezvous", "containerPort": spec.master_port}],
+        "ports": [
+            {"name": "rendezvous", "containerPort": spec.master_port},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT},
+        ],
         "resources": container_resources(spec.resources.gpus, spec.resources.cpu, spec.resources.memory),
         "securityContext": container_security_context(spec.container_security_context),
     }
@@ -270,20 +275,3 @@ def placement_record(pod_names: Sequence[str], nodes: Sequence[NodeInfo], weight
         }
         for pod, node, weight in zip(pod_names, nodes, weights, strict=True)
     ]
-
-
-def progress_of(pod: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Rank 0's progress report from its pod annotation, or None when absent or malformed.
-
-    A NaN or infinite number (a diverged loss) is left out: JSON has no such value and the API would refuse the
-    status patch that carried it."""
-    raw = (pod.get("metadata", {}).get("annotations") or {}).get(PROGRESS_ANNOTATION)
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    return {k: v for k, v in value.items() if not (isinstance(v, float) and not math.isfinite(v))}

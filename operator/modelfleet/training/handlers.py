@@ -19,12 +19,14 @@ from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.scheduling.planner import GangDemand, Unschedulable, plan_gang
 from modelfleet.training.builders import headless_service, worker_pod, worker_weights
 from modelfleet.training.lifecycle import Decision, decide
+from modelfleet.training.progress import ProgressScraper
 from modelfleet.training.status import CreateRefused, NotPlaced, Outcome, Placed, compose_status, desired_workers
 
 PLURAL = "trainingjobs"
 UNSCHEDULABLE_RETRY_SECONDS = 3.0
 CREATE_FAILED_RETRY_SECONDS = 60.0
 _placement_lock: asyncio.Lock | None = None
+PROGRESS = ProgressScraper()
 _create_retry_at: dict[tuple[str, str], float] = {}
 """Jobs whose workers the API refused for a reason outside the spec (403): when to try again (monotonic)."""
 
@@ -69,8 +71,9 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
     nodes = CLUSTER.nodes_by_name()
     lost = {node for p in pods if (node := p["spec"].get("nodeName")) and (node not in nodes or not nodes[node].ready)}
     decision = decide(spec, body.get("status") or {}, pods, lost, generation=generation)
+    progress = await PROGRESS.read(meta["uid"], pods)
     # What the decision means for status is written first: a crash after it never loses a restart or a failure.
-    body = await _write_status(body, spec, decision, pods, nodes)
+    body = await _write_status(body, spec, decision, nodes, progress=progress)
     await _delete_workers(namespace, decision)
 
     outcome: Outcome | None = None
@@ -78,7 +81,7 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
         if (wait := _create_retry_at.get((namespace, name), 0.0) - time.monotonic()) > 0:
             return wait
         outcome = await place_gang(meta, spec, int(body["status"].get("restarts") or 0))
-        await _write_status(body, spec, decision, pods, nodes, outcome)
+        await _write_status(body, spec, decision, nodes, outcome)
     if decision.ungate:
         await asyncio.gather(*(_ungate(namespace, w.name, w.uid) for w in decision.ungate))
 
@@ -97,21 +100,21 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
     _create_retry_at.pop((namespace, name), None)
     if outcome is not None or decision.ungate or decision.delete or decision.force_delete:
         return 1.0  # look again soon: the pods we touched are moving
-    return decision.requeue_after
+    return min((t for t in (decision.requeue_after, PROGRESS.due_in(meta["uid"])) if t is not None), default=None)
 
 
 async def _write_status(
     body: dict[str, Any],
     spec: TrainingJobSpec,
     decision: Decision,
-    pods: list[dict[str, Any]],
     nodes: dict[str, NodeInfo],
     outcome: Outcome | None = None,
+    progress: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Writes the status that follows from the decision, if it changed, on exactly the version of the job it was
     decided on; returns the job as it now is. ObjectGone when the job was deleted meanwhile."""
     meta, prev = body["metadata"], body.get("status") or {}
-    status = compose_status(prev, spec, meta.get("generation", 1), decision, pods, nodes, outcome)
+    status = compose_status(prev, spec, meta.get("generation", 1), decision, nodes, outcome, progress)
     if not _changed(prev, status):
         return {**body, "status": prev}
     try:

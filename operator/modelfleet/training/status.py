@@ -9,7 +9,7 @@ from typing import Any
 from modelfleet.api.common import Condition, now_iso, set_condition
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.scheduling.cluster import NodeInfo
-from modelfleet.training.builders import placement_record, progress_of
+from modelfleet.training.builders import placement_record
 from modelfleet.training.lifecycle import Decision, Worker
 
 
@@ -45,18 +45,18 @@ def compose_status(
     spec: TrainingJobSpec,
     generation: int,
     decision: Decision,
-    pods: Sequence[Mapping[str, Any]],
     nodes: Mapping[str, NodeInfo],
     outcome: Outcome | None = None,
+    progress: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The new status: phase, conditions, counts, placement, times and progress."""
+    """The new status: phase, conditions, counts, placement, times and progress (rank 0's fresh report, if any;
+    else the last one is kept)."""
     status: dict[str, Any] = {k: v for k, v in prev.items() if k in ("startTime", "completionTime", "progress")}
     conditions: list[dict[str, Any]] = list(prev.get("conditions") or [])
     restarts = int(prev.get("restarts") or 0) + (1 if decision.restart else 0)
     phase = _phase(prev, decision)
     current: Sequence[Worker] = [] if decision.restart else decision.current
     world = max((w.world_size for w in current), default=0) or desired_workers(spec)
-    by_name = {p["metadata"]["name"]: p for p in pods}
 
     def cond(type_: str, ok: bool, reason: str, message: str = "") -> None:
         nonlocal conditions
@@ -125,9 +125,8 @@ def compose_status(
         "succeeded": sum(w.phase == "Succeeded" for w in current),
         "failed": sum(w.phase == "Failed" for w in current),
     }
-    rank0 = next((by_name.get(w.name) for w in current if w.index == 0), None)
-    if rank0 and (progress := progress_of(rank0)):
-        status["progress"] = progress
+    if progress:
+        status["progress"] = dict(progress)
     status.update(
         phase=str(phase),
         conditions=conditions,
