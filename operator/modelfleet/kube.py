@@ -51,7 +51,8 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 
 
 class Refused(Exception):
-    """The API server refused an object the operator built from the spec (a 4xx other than 404/409)."""
+    """The API server refused an object the operator built from the spec (a 4xx other than 404/409), or the
+    operator's policy refused the spec (PolicyDenied)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -228,8 +229,9 @@ async def apply(fn: Callable[..., Any], body: dict[str, Any]) -> dict[str, Any]:
 async def report_refused(
     body: dict[str, Any], plural: str, refused: Refused, condition_type: str, phase: str
 ) -> dict[str, Any] | None:
-    """An object the API refused: the condition (reason InvalidSpec or CreateFailed) with the API's message, and a
-    Warning Event, written only when they change. Returns the updated object (None when nothing was written)."""
+    """An object the API or the operator's policy refused: the condition (reason InvalidSpec, CreateFailed or
+    PolicyDenied) with the refusal's message, and a Warning Event, written only when they change. Returns the
+    updated object (None when nothing was written)."""
     meta, prev = body["metadata"], body.get("status") or {}
     status = invalid_spec_status(prev, meta.get("generation", 1), refused.message, condition_type, phase)
     status["conditions"] = [

@@ -183,7 +183,7 @@ def test_fields_removed_from_the_spec_leave_the_deployment_and_a_deleted_service
 
 
 def test_spec_only_the_api_refuses_ends_invalid_spec_without_retrying_and_heals(kube: Kube, namespace: str) -> None:
-    two_sources = {"name": "scratch", "emptyDir": {}, "hostPath": {"path": "/tmp"}}
+    two_sources = {"name": "scratch", "emptyDir": {}, "configMap": {"name": "cfg"}}
     mounts = [{"name": "scratch", "mountPath": "/scratch"}]
     regions = [{"name": "cn-hangzhou"}]
     kube.apply(inference_service("refused", regions, volumes=[two_sources], volumeMounts=mounts), namespace)

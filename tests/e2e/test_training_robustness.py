@@ -106,7 +106,7 @@ REFUSED = {
         "may not specify more than 1 volume type", {"volumes": None},
     ),
     "volume-not-an-object": (
-        {"volumes": [{"name": "data", "hostPath": "/var/lib"}]}, "InvalidSpec", "hostPath", {"volumes": None},
+        {"volumes": [{"name": "data", "emptyDir": "/var/lib"}]}, "InvalidSpec", "emptyDir", {"volumes": None},
     ),
     "claim-without-name": (
         {"volumes": [{"name": "data", "persistentVolumeClaim": {}}]}, "InvalidSpec", "claimName",

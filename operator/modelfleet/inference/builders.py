@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from modelfleet import policy
 from modelfleet.api.common import (
     GPU_PRODUCT_LABEL,
     MANAGED_BY,
@@ -70,6 +71,8 @@ def server_env(name: str, spec: InferenceServiceSpec, model_path: str) -> list[d
         "MODELFLEET_MAX_DELAY_MS": str(spec.batching.max_delay_ms),
         "MODELFLEET_PORT": str(spec.port),
         "MODELFLEET_DEVICE": "cuda" if spec.resources.gpus else "cpu",
+        # the operator's policy for the server; always set, so a user's env cannot turn it on
+        "MODELFLEET_ALLOW_PICKLE": "1" if policy.current().allow_pickled_models else "0",
     }
     user = [e.to_api() for e in spec.env if e.name not in values]
     return [{"name": k, "value": v} for k, v in values.items()] + scratch_env(spec.env) + user

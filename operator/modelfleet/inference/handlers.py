@@ -12,7 +12,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from modelfleet import kube
+from modelfleet import kube, policy
 from modelfleet.api.common import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -79,6 +79,9 @@ async def reconcile(body: dict[str, Any]) -> float | None:
         spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         LOOPS.remember(await kube.report_invalid_spec(body, PLURAL, exc, "Ready", str(ServingPhase.FAILED)))
+        return None
+    if denied := policy.refusal(spec):  # nothing made until the spec changes (a new generation wakes the loop)
+        LOOPS.remember(await kube.report_refused(body, PLURAL, denied, "Ready", str(ServingPhase.FAILED)))
         return None
     if hold := MEMORY.holds.get((namespace, name)):
         wait = hold.wait(generation, time.monotonic())

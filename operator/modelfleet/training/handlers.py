@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from modelfleet import kube
+from modelfleet import kube, policy
 from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.cluster_state import CLUSTER
@@ -61,6 +61,9 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
         spec = TrainingJobSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         LOOPS.remember(await kube.report_invalid_spec(body, PLURAL, exc, "Created", str(TrainingPhase.PENDING)))
+        return None
+    if denied := policy.refusal(spec):  # no pods until the spec changes (a new generation wakes the loop)
+        LOOPS.remember(await kube.report_refused(body, PLURAL, denied, "Created", str(TrainingPhase.PENDING)))
         return None
 
     pods = [
