@@ -20,6 +20,11 @@ def prometheus():
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if self.path.startswith("/elsewhere"):
+                self.send_response(302)
+                self.send_header("Location", "/api/v1/query?" + urlparse(self.path).query)
+                self.end_headers()
+                return
             query = parse_qs(urlparse(self.path).query)["query"][0]
             queries.append(query)
             body = {
@@ -52,3 +57,11 @@ def test_concurrency_from_prometheus(prometheus) -> None:
 def test_unreachable_prometheus_gives_no_sample() -> None:
     policy = Autoscaling(target=4, source="Prometheus", prometheusUrl="http://127.0.0.1:9")
     assert asyncio.run(prometheus_load(policy, "ns", "svc-r1", ready=3)) == (None, None)
+
+
+def test_a_redirect_is_not_followed(prometheus) -> None:
+    """The policy allows the URL a user gave, not wherever its server would send the operator."""
+    url, queries = prometheus
+    policy = Autoscaling(target=4, source="Prometheus", prometheusUrl=f"{url}/elsewhere")
+    assert asyncio.run(prometheus_load(policy, "ns", "svc-r1", ready=3)) == (None, None)
+    assert queries == []

@@ -106,7 +106,7 @@ async def scrape(
     session: aiohttp.ClientSession, url: str, timeout: float, parse: Callable[[str, float], T]
 ) -> T | None:
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as response:
             if response.status != 200:
                 return None
             return parse(await response.text(), time.monotonic())
@@ -148,7 +148,10 @@ async def prometheus_load(
         async with (
             aiohttp.ClientSession() as session,
             session.get(
-                url, params={"query": queries[policy.metric]}, timeout=aiohttp.ClientTimeout(total=timeout)
+                url,
+                params={"query": queries[policy.metric]},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,  # the policy allows this URL, not wherever it would send the operator
             ) as r,
         ):
             body = await r.json()
