@@ -366,7 +366,6 @@ REPLICA_INDEX_LABEL = "modelfleet.dev/replica-index"
 GANG_ATTEMPT_LABEL = "modelfleet.dev/attempt"
 REGION_NAME_LABEL = "modelfleet.dev/region"
 GANG_SCHEDULING_GATE = "modelfleet.dev/gang"
-PROGRESS_ANNOTATION = "modelfleet.dev/progress"
 
 
 def owner_reference(kind: str, meta: Mapping[str, Any]) -> dict[str, Any]:
