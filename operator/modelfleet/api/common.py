@@ -395,3 +395,36 @@ def invalid_spec_status(
         ),
     )
     return {**prev, "phase": phase, "conditions": conditions, "observedGeneration": generation}
+
+
+class PodOptions(ApiModel):
+    """What both kinds pass on to every pod they make (core/v1 shapes), within what the namespace allows."""
+
+    pod_metadata: PodMetadata = Field(default_factory=PodMetadata, description="Labels and annotations for the pods.")
+    service_account_name: ServiceAccountName | None = Field(
+        default=None, description="ServiceAccount of the pods (a DNS-1123 subdomain)."
+    )
+    security_context: PodSecurityContext | None = Field(
+        default=None,
+        description="Pod securityContext fields that relax or change the operator's restricted defaults (runAsNonRoot, "
+        "UID/GID/fsGroup 65532, seccomp RuntimeDefault) for an image that needs it; the namespace's Pod Security "
+        "level decides what is allowed.",
+    )
+    container_security_context: ContainerSecurityContext | None = Field(
+        default=None,
+        description="securityContext fields of the main container over the restricted defaults (no privilege "
+        "escalation, capabilities drop [ALL], read-only root filesystem); the namespace's Pod Security level "
+        "decides what is allowed.",
+    )
+    volumes: list[Volume] = Field(
+        default_factory=list,
+        max_length=MAX_VOLUMES,
+        json_schema_extra=VOLUMES_BY_NAME,
+        description="Pod volumes (core/v1 Volume), e.g. a PVC; names are unique.",
+    )
+    volume_mounts: list[VolumeMount] = Field(
+        default_factory=list,
+        max_length=MAX_VOLUMES,
+        json_schema_extra=MOUNTS_BY_PATH,
+        description="Where the main container mounts them (core/v1 VolumeMount); mount paths are unique.",
+    )

@@ -10,22 +10,14 @@ from modelfleet.api.common import (
     DNS_1035_LABEL_PATTERN,
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN,
-    MAX_VOLUMES,
-    MOUNTS_BY_PATH,
     SCRATCH_VOLUME_RULE,
-    VOLUMES_BY_NAME,
     ApiModel,
     Condition,
-    ContainerSecurityContext,
     EnvVar,
     Image,
-    PodMetadata,
-    PodSecurityContext,
+    PodOptions,
     RegionName,
     Resources,
-    ServiceAccountName,
-    Volume,
-    VolumeMount,
     rule,
 )
 
@@ -181,7 +173,7 @@ class Batching(ApiModel):
     max_delay_ms: float = Field(default=5.0, ge=0, le=10000, description="Longest wait for a batch to fill.")
 
 
-class InferenceServiceSpec(ApiModel):
+class InferenceServiceSpec(PodOptions):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -241,34 +233,6 @@ class InferenceServiceSpec(ApiModel):
     resources: Resources = Field(default_factory=Resources, description="What each replica asks for.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="How replicas follow load.")
     batching: Batching = Field(default_factory=Batching, description="Dynamic batching in the server.")
-    pod_metadata: PodMetadata = Field(default_factory=PodMetadata, description="Labels and annotations for replicas.")
-    service_account_name: ServiceAccountName | None = Field(
-        default=None, description="ServiceAccount of the replicas (a DNS-1123 subdomain)."
-    )
-    security_context: PodSecurityContext | None = Field(
-        default=None,
-        description="Pod securityContext fields that relax or change the operator's restricted defaults (runAsNonRoot, "
-        "UID/GID/fsGroup 65532, seccomp RuntimeDefault) for an image that needs it; the namespace's Pod Security "
-        "level decides what is allowed.",
-    )
-    container_security_context: ContainerSecurityContext | None = Field(
-        default=None,
-        description="securityContext fields of the server container over the restricted defaults (no privilege "
-        "escalation, capabilities drop [ALL], read-only root filesystem); the namespace's Pod Security level "
-        "decides what is allowed.",
-    )
-    volumes: list[Volume] = Field(
-        default_factory=list,
-        max_length=MAX_VOLUMES,
-        json_schema_extra=VOLUMES_BY_NAME,
-        description="Extra pod volumes (core/v1 Volume); names are unique.",
-    )
-    volume_mounts: list[VolumeMount] = Field(
-        default_factory=list,
-        max_length=MAX_VOLUMES,
-        json_schema_extra=MOUNTS_BY_PATH,
-        description="Extra mounts in the server container (core/v1 VolumeMount); mount paths are unique.",
-    )
 
 
 class RegionStatus(ApiModel):

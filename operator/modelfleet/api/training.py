@@ -9,22 +9,14 @@ from pydantic import ConfigDict, Field
 
 from modelfleet.api.common import (
     DNS_1035_LABEL_PATTERN,
-    MAX_VOLUMES,
-    MOUNTS_BY_PATH,
     SCRATCH_VOLUME_RULE,
-    VOLUMES_BY_NAME,
     ApiModel,
     Condition,
-    ContainerSecurityContext,
     EnvVar,
     Image,
-    PodMetadata,
-    PodSecurityContext,
+    PodOptions,
     RegionName,
     Resources,
-    ServiceAccountName,
-    Volume,
-    VolumeMount,
     rule,
 )
 
@@ -150,7 +142,7 @@ class Checkpoint(ApiModel):
     interval_steps: int = Field(default=100, ge=1, description="Save every this many steps.")
 
 
-class TrainingJobSpec(ApiModel):
+class TrainingJobSpec(PodOptions):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -225,34 +217,6 @@ class TrainingJobSpec(ApiModel):
     )
     dataset: Dataset = Field(default_factory=Dataset, description="How the data is split among workers.")
     checkpoint: Checkpoint = Field(default_factory=Checkpoint, description="Where and how often to checkpoint.")
-    pod_metadata: PodMetadata = Field(default_factory=PodMetadata, description="Labels and annotations for workers.")
-    service_account_name: ServiceAccountName | None = Field(
-        default=None, description="ServiceAccount of the workers (a DNS-1123 subdomain)."
-    )
-    security_context: PodSecurityContext | None = Field(
-        default=None,
-        description="Pod securityContext fields that relax or change the operator's restricted defaults (runAsNonRoot, "
-        "UID/GID/fsGroup 65532, seccomp RuntimeDefault) for an image that needs it; the namespace's Pod Security "
-        "level decides what is allowed.",
-    )
-    container_security_context: ContainerSecurityContext | None = Field(
-        default=None,
-        description="securityContext fields of the worker container over the restricted defaults (no privilege "
-        "escalation, capabilities drop [ALL], read-only root filesystem); the namespace's Pod Security level "
-        "decides what is allowed.",
-    )
-    volumes: list[Volume] = Field(
-        default_factory=list,
-        max_length=MAX_VOLUMES,
-        json_schema_extra=VOLUMES_BY_NAME,
-        description="Pod volumes (core/v1 Volume), e.g. a PVC; names are unique.",
-    )
-    volume_mounts: list[VolumeMount] = Field(
-        default_factory=list,
-        max_length=MAX_VOLUMES,
-        json_schema_extra=MOUNTS_BY_PATH,
-        description="Where the worker container mounts them (core/v1 VolumeMount); mount paths are unique.",
-    )
     output_path: str | None = Field(
         default=None, min_length=1, description="Where the final model artifact is written (a mounted volume)."
     )
