@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import socket
 from typing import Any
 
 import kopf
@@ -16,6 +17,7 @@ import prometheus_client
 
 from modelfleet.cluster_state import CLUSTER
 from modelfleet.inference import handlers as inference
+from modelfleet.leader import default_identity
 from modelfleet.resync import RESYNC
 from modelfleet.scheduling.cluster import node_is_ready
 from modelfleet.training import handlers as training
@@ -26,6 +28,8 @@ __all__ = ["inference", "training"]
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # Normal events are posted explicitly with kopf.event
+    settings.posting.reporting_component = "modelfleet"  # the "From" of `kubectl describe` (kopf's default: kopf)
+    settings.posting.reporting_instance = default_identity(os.environ, socket.gethostname(), os.getpid())
     # A watch lasts a minute and a silent connection is dropped after 90 s, so a vanished apiserver is noticed.
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
