@@ -1,0 +1,334 @@
+"""The GPU queue: which waiting gangs start now, which wait and why, who is preempted, how elastic gangs resize.
+
+Pure: the operator's planning pass and `benchmarks/placement.py` call `plan_queue` on a snapshot.
+
+- Order: priority (higher first), then submission time, then name.
+- Admission walks that order. A gang starts when it fits on capacity that no gang ahead of it has reserved.
+- A gang that does not fit, and whose PriorityClass allows preemption, first shrinks elastic gangs of lower
+  priority to their minimum, then preempts whole lower-priority gangs (fewest GPU-hours lost first, newest first),
+  only as many as it needs.
+- Otherwise it gets a reservation (up to `depth` per region): the nodes it would use once the running gangs that
+  end soonest (by their length bound, else the oldest) have ended. Gangs behind it backfill only onto capacity the
+  reservation does not hold, or onto held capacity when their own length bound ends before the reservation starts
+  (conservative backfill). A reservation is recomputed every pass, so it follows the cluster as it changes.
+- A running elastic gang grows (a gang restart at the new size) when capacity is free and no waiting gang could use
+  the nodes it would grow onto.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.scheduling.planner import GangDemand, Plan, Unschedulable, eligible_nodes, plan_gang
+
+Key = tuple[str, str]
+"""(namespace, name) of a job."""
+Capacity = dict[str, int]
+"""GPUs per node name."""
+RESERVATION_DEPTH = 2
+"""Waiting gangs per region that hold a reservation at once."""
+
+
+@dataclass(frozen=True)
+class QueuedGang:
+    key: Key
+    demand: GangDemand
+    priority: int = 0
+    submitted: float = 0.0
+    may_preempt: bool = True
+    """False for `preemptionPolicy: Never`: it waits like the others and never stops anyone."""
+    length: float | None = None
+    """Upper bound of its run time in seconds (activeDeadlineSeconds), if it has one."""
+    draining: bool = False
+    """Its previous gang's pods are still stopping: it cannot start yet, but keeps its place and a reservation."""
+
+
+@dataclass(frozen=True)
+class RunningGang:
+    key: Key
+    demand: GangDemand
+    nodes: tuple[str, ...]
+    """nodes[i] is worker i's node."""
+    priority: int = 0
+    started: float = 0.0
+    length: float | None = None
+
+    @property
+    def ends_by(self) -> float | None:
+        return None if self.length is None else self.started + self.length
+
+    @property
+    def elastic_surplus(self) -> int:
+        """Workers above its minimum (0 for a fixed-size gang)."""
+        return len(self.nodes) - (self.demand.min_workers or len(self.nodes))
+
+    def holds(self, workers: Sequence[str] | None = None) -> Capacity:
+        return gpus_on(self.nodes if workers is None else workers, self.demand.gpus_per_worker)
+
+    def gpu_hours_lost(self, now: float) -> float:
+        """What stopping it now costs: every GPU since it started (no credit for checkpoints we cannot see)."""
+        return len(self.nodes) * self.demand.gpus_per_worker * max(now - self.started, 0.0) / 3600
+
+
+@dataclass(frozen=True)
+class Admit:
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class Wait:
+    position: int
+    """1 + the waiting gangs ahead of it that compete for the same regions."""
+    reason: str
+    """Capacity (does not fit now), Reserved (fits, but the capacity is held for gangs ahead), Preempting (waits for
+    the gangs it preempted to stop), Draining (its own previous pods are still stopping)."""
+    message: str
+    reserved: tuple[str, ...] = ()
+    """Nodes whose GPUs are held for it."""
+
+
+@dataclass(frozen=True)
+class Evict:
+    """Stop the running gang (all its workers) and queue it again."""
+
+    reason: str
+    """Preempted, ElasticShrink or ElasticGrow."""
+    message: str
+    workers: int
+    """The size it is expected back at (0: preempted)."""
+
+
+Verdict = Admit | Wait | Evict
+
+
+def gpus_on(nodes: Iterable[str], per_worker: int) -> Capacity:
+    held: Capacity = Counter()
+    for node in nodes:
+        held[node] += per_worker
+    return dict(held)
+
+
+def queue_order(gang: QueuedGang) -> tuple[int, float, Key]:
+    return (-gang.priority, gang.submitted, gang.key)
+
+
+def _add(a: Mapping[str, int], *others: Mapping[str, int], sign: int = 1) -> Capacity:
+    total = dict(a)
+    for other in others:
+        for node, gpus in other.items():
+            total[node] = total.get(node, 0) + sign * gpus
+    return total
+
+
+def _key_text(key: Key) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+@dataclass
+class _Reservation:
+    key: Key
+    held: Capacity
+    start: float | None
+    """When it is expected to start (None: some gang it waits for has no length bound)."""
+
+
+class _Pass:
+    """The state of one planning pass: what is free, freeing, reserved and still running."""
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeInfo],
+        running: Sequence[RunningGang],
+        freeing: Mapping[str, int],
+        now: float,
+    ) -> None:
+        self.nodes = list(nodes)
+        self.free: Capacity = {n.name: n.free_gpus for n in nodes}
+        self.freeing: Capacity = dict(freeing)
+        self.now = now
+        self.running = {g.key: g for g in running}
+        self.reservations: list[_Reservation] = []
+        self.held: Capacity = {}
+        self.per_region: Counter[str] = Counter()
+        self.verdicts: dict[Key, Verdict] = {}
+        self.all_regions = frozenset(n.region for n in nodes)
+
+    def view(self, capacity: Mapping[str, int]) -> list[NodeInfo]:
+        return [replace(n, free_gpus=max(capacity.get(n.name, 0), 0)) for n in self.nodes]
+
+    def hold(self, key: Key, capacity: Mapping[str, int], start: float | None, region: str) -> None:
+        self.reservations.append(_Reservation(key, dict(capacity), start))
+        self.held = _add(self.held, capacity)
+        self.per_region[region] += 1
+
+    def coming_free(self) -> Capacity:
+        """Free now, or freed by pods already stopping, minus what is held for gangs ahead."""
+        return _add(_add(self.free, self.freeing), self.held, sign=-1)
+
+    # -- the three things a waiting gang can get -------------------------------------------------------------
+
+    def admit(self, gang: QueuedGang) -> Plan | Wait:
+        """A plan on capacity nobody ahead has reserved (or will use before this gang ends); else why not."""
+        if gang.draining:
+            return Wait(0, "Draining", "its previous workers are still stopping")
+        fits_free = plan_gang(self.view(self.free), gang.demand)
+        if isinstance(fits_free, Unschedulable):
+            return Wait(0, "Capacity", fits_free.reason)
+        if not any(self.held.values()):
+            return fits_free
+        plan = plan_gang(self.view(_add(self.free, self.held, sign=-1)), gang.demand)
+        if isinstance(plan, Plan):
+            return plan
+        if gang.length is not None:
+            ends = self.now + gang.length
+            blocking = [r.held for r in self.reservations if r.start is None or r.start < ends]
+            if len(blocking) < len(self.reservations):
+                plan = plan_gang(self.view(_add(self.free, *blocking, sign=-1)), gang.demand)
+                if isinstance(plan, Plan):
+                    return plan
+        holders = ", ".join(_key_text(r.key) for r in self.reservations[:3])
+        return Wait(0, "Reserved", f"the free GPUs it fits on are reserved for gangs ahead of it ({holders})")
+
+    def take(self, plan: Plan, per_worker: int) -> None:
+        self.free = _add(self.free, gpus_on((n.name for n in plan.nodes), per_worker), sign=-1)
+
+    def preempt(self, gang: QueuedGang) -> Wait | None:
+        """Shrinks, then preempts, the fewest lower-priority gangs that make room; None when it cannot or need not."""
+        if not gang.may_preempt:
+            return None
+        base = self.coming_free()
+        if isinstance(plan_gang(self.view(base), gang.demand), Plan):
+            return None  # room is coming without stopping anyone: a reservation will do
+        eligible = {n.name for n in eligible_nodes(self.nodes, gang.demand)}
+        lower = [g for g in self.running.values() if g.priority < gang.priority and not eligible.isdisjoint(g.nodes)]
+        if not lower:
+            return None
+        by_cost = sorted(lower, key=lambda g: (g.gpu_hours_lost(self.now), -g.started, g.key))
+        shrinks = [(g, True) for g in by_cost if g.elastic_surplus > 0]
+        options = shrinks + [(g, False) for g in by_cost]
+        chosen: dict[Key, tuple[RunningGang, bool]] = {}
+
+        def freed() -> Capacity:
+            parts = [
+                g.holds(g.nodes[len(g.nodes) - g.elastic_surplus :] if shrink else None)
+                for g, shrink in chosen.values()
+            ]
+            return _add(base, *parts)
+
+        plan: Plan | Unschedulable = Unschedulable("")
+        for g, shrink in options:
+            chosen[g.key] = (g, shrink)  # a preemption replaces a shrink of the same gang
+            plan = plan_gang(self.view(freed()), gang.demand)
+            if isinstance(plan, Plan):
+                break
+        if not isinstance(plan, Plan):
+            return None
+        for key in list(chosen)[:-1][::-1]:  # drop any victim the others make unnecessary
+            kept = chosen.pop(key)
+            trial = plan_gang(self.view(freed()), gang.demand)
+            if isinstance(trial, Plan):
+                plan = trial
+            else:
+                chosen[key] = kept
+        for g, shrink in chosen.values():
+            size = len(g.nodes) - g.elastic_surplus if shrink else 0
+            verb = f"shrunk from {len(g.nodes)} to {size} workers" if shrink else "preempted"
+            self.verdicts[g.key] = Evict(
+                "ElasticShrink" if shrink else "Preempted",
+                f"{verb} for {_key_text(gang.key)} (priority {gang.priority} > {g.priority})",
+                size,
+            )
+            self.freeing = _add(self.freeing, g.holds())
+            del self.running[g.key]
+        victims = ", ".join(_key_text(k) for k in chosen)
+        held = gpus_on((n.name for n in plan.nodes), gang.demand.gpus_per_worker)
+        self.hold(gang.key, held, self.now, plan.region)
+        return Wait(0, "Preempting", f"waiting for {victims} to stop", tuple(sorted(held)))
+
+    def reserve(self, gang: QueuedGang, depth: int, why: Wait) -> Wait:
+        """Holds the nodes it would get soonest, if its regions have a reservation to spare."""
+        regions = set(gang.demand.regions) or self.all_regions
+        if not gang.draining and all(self.per_region[r] >= depth for r in regions):
+            return why
+        ending = sorted(
+            self.running.values(), key=lambda g: (g.ends_by is None, g.ends_by or g.started, g.started, g.key)
+        )
+        base = self.coming_free()
+        prefix = [base]
+        for g in ending:
+            prefix.append(_add(prefix[-1], g.holds()))
+
+        def fits_after(k: int) -> bool:
+            return isinstance(plan_gang(self.view(prefix[k]), gang.demand), Plan)
+
+        k = bisect.bisect_left(range(len(prefix)), True, key=fits_after)  # more endings never fit worse
+        if k == len(prefix):
+            return why
+        plan = plan_gang(self.view(prefix[k]), gang.demand)
+        assert isinstance(plan, Plan)
+        waited = ending[:k]
+        nodes = {n.name for n in plan.nodes}
+        touching = [g for g in waited if not nodes.isdisjoint(g.nodes)]
+        ends = [g.ends_by for g in touching]
+        start = self.now if not touching else (None if None in ends else max(e for e in ends if e is not None))
+        held = gpus_on((n.name for n in plan.nodes), gang.demand.gpus_per_worker)
+        self.hold(gang.key, held, start, plan.region)
+        when = "as soon as capacity frees" if start is None else f"in about {max(start - self.now, 0):.0f}s"
+        message = f"{why.message}; {', '.join(sorted(nodes))} reserved for it, expected to start {when}"
+        return replace(why, message=message, reserved=tuple(sorted(nodes)))
+
+    # -- elastic growth -------------------------------------------------------------------------------------
+
+    def grow(self, waiting: Sequence[QueuedGang], grow_after: float) -> None:
+        for g in sorted(self.running.values(), key=lambda g: (-g.priority, g.started, g.key)):
+            if len(g.nodes) >= g.demand.workers or self.now - g.started < grow_after:
+                continue
+            room = _add(_add(self.free, self.held, sign=-1), g.holds())
+            plan = plan_gang(self.view(room), replace(g.demand, min_workers=len(g.nodes) + 1))
+            if not isinstance(plan, Plan):
+                continue
+            onto = {n.name for n in plan.nodes}
+            if any(not onto.isdisjoint(n.name for n in eligible_nodes(self.nodes, w.demand)) for w in waiting):
+                continue  # a waiting gang could use these nodes: it comes first
+            size = len(plan.nodes)
+            self.verdicts[g.key] = Evict("ElasticGrow", f"growing from {len(g.nodes)} to {size} workers", size)
+            own = g.holds()
+            grown = gpus_on((n.name for n in plan.nodes), g.demand.gpus_per_worker)
+            self.hold(g.key, {n: max(gpus - own.get(n, 0), 0) for n, gpus in grown.items()}, self.now, plan.region)
+
+
+def plan_queue(
+    nodes: Sequence[NodeInfo],
+    queued: Sequence[QueuedGang],
+    running: Sequence[RunningGang] = (),
+    freeing: Mapping[str, int] | None = None,
+    now: float = 0.0,
+    depth: int = RESERVATION_DEPTH,
+    grow_after: float = 0.0,
+) -> dict[Key, Verdict]:
+    """A verdict for every queued gang (Admit or Wait) and for running gangs that must stop (Evict).
+
+    `nodes` carry the GPUs free now (every live pod subtracted, stopping ones included); `freeing` is what pods
+    already stopping hold per node; `grow_after` is how long an elastic gang runs before it may grow."""
+    state = _Pass(nodes, running, freeing or {}, now)
+    waiting: list[tuple[QueuedGang, Wait]] = []
+    for gang in sorted(queued, key=queue_order):
+        outcome = state.admit(gang)
+        if isinstance(outcome, Plan):
+            state.take(outcome, gang.demand.gpus_per_worker)
+            state.verdicts[gang.key] = Admit(outcome)
+            continue
+        wait = state.preempt(gang) or state.reserve(gang, depth, outcome)
+        waiting.append((gang, wait))
+    state.grow([g for g, _ in waiting], grow_after)
+    pools: list[frozenset[str]] = []
+    for gang, wait in waiting:
+        pool = frozenset(gang.demand.regions) or state.all_regions
+        position = 1 + sum(1 for ahead in pools if not ahead.isdisjoint(pool))
+        pools.append(pool)
+        state.verdicts[gang.key] = replace(wait, position=position)
+    return state.verdicts

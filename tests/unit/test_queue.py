@@ -1,0 +1,136 @@
+"""The GPU queue's decisions (pure): order, admission with reservation and backfill, preemption, elastic sizes."""
+
+from __future__ import annotations
+
+from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.scheduling.planner import GangDemand
+from modelfleet.scheduling.queue import Admit, Evict, QueuedGang, RunningGang, Wait, plan_queue, queue_order
+
+
+def nodes(free: dict[str, int], region: str = "r1") -> list[NodeInfo]:
+    return [NodeInfo(name, region, f"{region}a", "H100", 8, gpus) for name, gpus in free.items()]
+
+
+def queued(name: str, workers: int, gpus: int = 8, **kw) -> QueuedGang:
+    demand = GangDemand(workers, gpus, min_workers=kw.pop("min_workers", None), regions=kw.pop("regions", ()))
+    return QueuedGang(("ns", name), demand, **kw)
+
+
+def running(name: str, on: tuple[str, ...], gpus: int = 8, **kw) -> RunningGang:
+    demand = GangDemand(kw.pop("workers", len(on)), gpus, min_workers=kw.pop("min_workers", None))
+    return RunningGang(("ns", name), demand, on, **kw)
+
+
+def key(name: str) -> tuple[str, str]:
+    return ("ns", name)
+
+
+def test_order_is_priority_then_submission_then_name() -> None:
+    gangs = [queued("late-high", 1, priority=10, submitted=5), queued("early", 1, submitted=1),
+             queued("b", 1, submitted=3), queued("a", 1, submitted=3)]  # fmt: skip
+    assert [g.key[1] for g in sorted(gangs, key=queue_order)] == ["late-high", "early", "a", "b"]
+
+
+def test_everything_that_fits_is_admitted_on_distinct_capacity() -> None:
+    verdicts = plan_queue(nodes({"n1": 8, "n2": 8}), [queued("a", 1), queued("b", 1), queued("c", 1)])
+    admitted = [v.plan.nodes[0].name for v in verdicts.values() if isinstance(v, Admit)]
+    assert sorted(admitted) == ["n1", "n2"]
+    assert verdicts[key("c")] == Wait(1, "Capacity", verdicts[key("c")].message)
+
+
+def test_big_head_reserves_the_nodes_freeing_soonest_and_small_gangs_backfill_only_elsewhere() -> None:
+    cluster = nodes({"n1": 4, "n2": 0, "n3": 8})
+    busy = [running("ends-soon", ("n2",), started=0, length=100), running("ends-late", ("n1",), 4, started=0)]
+    verdicts = plan_queue(cluster, [queued("big", 2), queued("small", 1, 4)], busy, now=10)
+    head = verdicts[key("big")]
+    assert isinstance(head, Wait) and head.position == 1 and head.reserved == ("n2", "n3")
+    assert "expected to start in about 90s" in head.message
+    small = verdicts[key("small")]
+    assert isinstance(small, Admit) and [n.name for n in small.plan.nodes] == ["n1"]
+
+
+def test_a_small_gang_does_not_take_reserved_capacity_unless_it_ends_before_the_reservation_starts() -> None:
+    cluster = nodes({"n1": 8, "n2": 0})
+    busy = [running("job", ("n2",), started=0, length=100)]
+    stream = [queued("big", 2, submitted=0), queued("long", 1, submitted=1), queued("short", 1, submitted=2, length=50)]
+    verdicts = plan_queue(cluster, stream, busy, now=10)
+    assert isinstance(verdicts[key("big")], Wait) and verdicts[key("big")].reserved == ("n1", "n2")
+    assert verdicts[key("long")].reason == "Reserved"
+    assert "reserved for gangs ahead of it (ns/big)" in verdicts[key("long")].message
+    assert isinstance(verdicts[key("short")], Admit), "ends at 60, before the reservation starts at 100"
+
+
+def test_reservations_per_region_are_limited_by_depth() -> None:
+    cluster = nodes({"n1": 0, "n2": 0, "n3": 0})
+    busy = [running(f"job{i}", (f"n{i}",), started=i) for i in (1, 2, 3)]
+    verdicts = plan_queue(cluster, [queued("a", 1), queued("b", 1), queued("c", 1)], busy, depth=2)
+    assert [len(verdicts[key(n)].reserved) for n in "abc"] == [1, 1, 0]
+    assert [verdicts[key(n)].position for n in "abc"] == [1, 2, 3]
+
+
+def test_positions_count_only_gangs_competing_for_the_same_regions() -> None:
+    cluster = nodes({"a1": 0}, "ra") + nodes({"b1": 0}, "rb")
+    stream = [queued("in-a", 1, regions=("ra",), submitted=0), queued("in-b", 1, regions=("rb",), submitted=1),
+              queued("anywhere", 1, submitted=2), queued("in-b-2", 1, regions=("rb",), submitted=3)]  # fmt: skip
+    verdicts = plan_queue(cluster, stream)
+    assert {n: verdicts[key(n)].position for n in ("in-a", "in-b", "anywhere", "in-b-2")} == {
+        "in-a": 1, "in-b": 1, "anywhere": 3, "in-b-2": 3}  # fmt: skip
+
+
+def test_high_priority_preempts_the_fewest_gpu_hours_lost_newest_first_and_only_what_it_needs() -> None:
+    cluster = nodes({"n1": 0, "n2": 0, "n3": 0})
+    busy = [running("old", ("n1",), started=0), running("new", ("n2",), started=90),
+            running("mid", ("n3",), started=50), running("vip", ("n3",), 0, priority=100, started=95)]  # fmt: skip
+    verdicts = plan_queue(cluster, [queued("urgent", 1, priority=100)], busy, now=100)
+    assert verdicts[key("urgent")] == Wait(1, "Preempting", "waiting for ns/new to stop", ("n2",))
+    assert verdicts[key("new")] == Evict("Preempted", "preempted for ns/urgent (priority 100 > 0)", 0)
+    assert key("old") not in verdicts and key("mid") not in verdicts
+
+
+def test_preemption_policy_never_waits_with_a_reservation_instead() -> None:
+    cluster = nodes({"n1": 0})
+    verdicts = plan_queue(cluster, [queued("polite", 1, priority=100, may_preempt=False)], [running("low", ("n1",))])
+    assert verdicts[key("polite")].reason == "Capacity" and verdicts[key("polite")].reserved == ("n1",)
+    assert key("low") not in verdicts
+
+
+def test_no_preemption_when_stopping_pods_already_make_room() -> None:
+    cluster = nodes({"n1": 0, "n2": 0})
+    verdicts = plan_queue(cluster, [queued("urgent", 1, priority=9)], [running("low", ("n2",))], freeing={"n1": 8})
+    assert verdicts[key("urgent")].reserved == ("n1",) and key("low") not in verdicts
+
+
+def test_equal_priority_never_preempts() -> None:
+    verdicts = plan_queue(nodes({"n1": 0}), [queued("b", 1)], [running("a", ("n1",))])
+    assert key("a") not in verdicts and isinstance(verdicts[key("b")], Wait)
+
+
+def test_elastic_gangs_shrink_before_anyone_is_preempted() -> None:
+    cluster = nodes({"n1": 0, "n2": 0, "n3": 0})
+    busy = [running("fixed", ("n1",), started=99), running("elastic", ("n2", "n3"), workers=2, min_workers=1)]
+    verdicts = plan_queue(cluster, [queued("urgent", 1, priority=5)], busy, now=100)
+    assert verdicts[key("elastic")] == Evict("ElasticShrink", "shrunk from 2 to 1 workers for ns/urgent "
+                                             "(priority 5 > 0)", 1)  # fmt: skip
+    assert key("fixed") not in verdicts and verdicts[key("urgent")].reserved == ("n3",)
+
+
+def test_a_draining_gang_is_not_admitted_but_keeps_its_capacity() -> None:
+    verdicts = plan_queue(nodes({"n1": 0}), [queued("back", 1, draining=True), queued("other", 1)], freeing={"n1": 8})
+    assert verdicts[key("back")].reason == "Draining" and verdicts[key("back")].reserved == ("n1",)
+    assert verdicts[key("other")].position == 2
+
+
+def test_waiting_elastic_gang_starts_at_what_fits() -> None:
+    verdicts = plan_queue(nodes({"n1": 8, "n2": 0}), [queued("elastic", 3, min_workers=1)])
+    assert len(verdicts[key("elastic")].plan.nodes) == 1
+
+
+def test_elastic_gang_grows_when_capacity_frees_and_nothing_waiting_could_use_it() -> None:
+    cluster = nodes({"n1": 0, "n2": 8, "n3": 8})
+    gang = running("elastic", ("n1",), workers=3, min_workers=1, started=0)
+    assert plan_queue(cluster, [], [gang], now=100, grow_after=30)[key("elastic")] == Evict(
+        "ElasticGrow", "growing from 1 to 3 workers", 3
+    )
+    assert plan_queue(cluster, [], [gang], now=10, grow_after=30) == {}, "too soon after it started"
+    blocked = queued("big", 4, submitted=5)
+    assert key("elastic") not in plan_queue(cluster, [blocked], [gang], now=100)
