@@ -73,6 +73,22 @@ def operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from modelfleet.gateway.app import build_app
+    from modelfleet.gateway.config import GatewayConfig
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = GatewayConfig.load(
+        Path(args.config) if args.config else None, region=args.region, namespaces=args.namespace
+    )
+    uvicorn.run(build_app(config), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
 def print_or_apply(manifest: dict, namespace: str, dry_run: bool) -> int:
     from modelfleet.client import apply
 
@@ -172,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=operator)
+
+    gw = commands.add_parser("gateway", help="the serving data plane: one URL for every InferenceService")
+    gw.add_argument("--config", help="routing tables and limits, YAML (the chart's gateway ConfigMap)")
+    gw.add_argument("--region", help="the gateway's own region (overrides the file's)")
+    gw.add_argument("--namespace", action="append", help="serve only this namespace (repeatable); default: all")
+    gw.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    gw.add_argument("--port", type=int, default=8080, help="(default: %(default)s)")
+    gw.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    gw.set_defaults(func=gateway)
 
     dep = commands.add_parser("deploy", help="serve a model: create an InferenceService in one line")
     dep.add_argument("model", help="model path or URI (file://, pvc://<claim>/<path>)")
