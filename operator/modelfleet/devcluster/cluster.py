@@ -2,7 +2,8 @@
 
 etcd, kube-apiserver (RBAC on, service-account tokens), kube-controller-manager, kube-scheduler and kwok run as
 local processes from binaries that tests/cluster/build-binaries.sh builds from their Go modules. Everything binds
-to 127.0.0.1 and kwok hands out pod IPs from a loopback range, so no test traffic leaves the machine.
+to 127.0.0.1 and kwok hands out pod IPs from a loopback range, so no test traffic leaves the machine. The pod runner
+(modelfleet.devcluster.runner) runs the pods of the run-pods nodes as real local processes, from `workdir`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -21,14 +23,15 @@ from pathlib import Path
 
 import yaml
 
-from modelfleet.devcluster.nodes import default_inventory, fake_nodes
+from modelfleet.devcluster.nodes import default_inventory, fake_nodes, run_pods_inventory
 
 ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = ROOT / "tests" / "cluster" / "build-binaries.sh"
 STAGES = Path(__file__).with_name("stages.yaml")
 POD_CIDR = "127.100.0.0/16"
 SERVICE_CIDR = "10.96.0.0/16"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+RUNNER = "pod-runner"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", RUNNER)
 
 
 class ClusterError(RuntimeError):
@@ -108,7 +111,8 @@ class DevCluster:
     apiserver_port: int = 0
     bin_dir: Path | None = None
     nodes: list[dict] | None = None
-    """Node manifests to create; default: the fake GPU inventory of modelfleet.devcluster.nodes."""
+    """Node manifests to create; default: the fake GPU inventory of modelfleet.devcluster.nodes and its run-pods
+    nodes."""
     processes: dict[str, int] = field(default_factory=dict)
     argv: dict[str, list[str]] = field(default_factory=dict)
     """Each component's arguments as started, so that restart() starts it again the same way."""
@@ -214,6 +218,7 @@ class DevCluster:
             "--cidr", POD_CIDR, "--node-ip", "127.0.0.1",
             "--server-address", f"127.0.0.1:{free_port()}",
         ])  # fmt: skip
+        self._start(RUNNER, ["--kubeconfig", kc, "--state-dir", str(self.workdir)])
         self.pids_path.write_text(json.dumps(self.processes))
         self.create_nodes()
         self._wait(lambda: "default" in self.kubectl("get", "serviceaccounts", "-o", "name", check=False),
@@ -222,7 +227,7 @@ class DevCluster:
         return self
 
     def create_nodes(self) -> None:
-        manifests = self.nodes if self.nodes is not None else fake_nodes(default_inventory())
+        manifests = self.nodes if self.nodes is not None else fake_nodes(default_inventory() + run_pods_inventory())
         self.kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(manifests))
 
     def _nodes_ready(self) -> bool:
@@ -252,9 +257,9 @@ class DevCluster:
         self.argv = {}
         self.pids_path.unlink(missing_ok=True)
         self.argv_path.unlink(missing_ok=True)
-        etcd_data = self.workdir / "etcd"
-        if etcd_data.exists():
-            subprocess.run(["rm", "-rf", str(etcd_data)], check=False)
+        for data in ("etcd", "pods", "pvc"):  # the cluster's objects go, and with them the runner's pods and claims
+            if (self.workdir / data).exists():
+                subprocess.run(["rm", "-rf", str(self.workdir / data)], check=False)
 
     def restart(self, component: str, down_for: float = 0, kill: bool = False, timeout: float = 120) -> None:
         """Stops one component (SIGTERM, or SIGKILL with `kill`), leaves it down for `down_for` seconds, then
@@ -308,6 +313,8 @@ class DevCluster:
     def _healthy(self, component: str) -> bool:
         if component == "kube-apiserver":
             return self._apiserver_ready()
+        if component == RUNNER:
+            return _alive(self.processes[RUNNER])
         args = self.argv[component]
         if component == "etcd":
             url = args[args.index("--listen-client-urls") + 1] + "/health"
@@ -326,9 +333,10 @@ class DevCluster:
     def _start(self, name: str, args: list[str]) -> None:
         assert self.bin_dir is not None
         log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it open
-        proc = subprocess.Popen(
-            [str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command = (
+            [sys.executable, "-m", "modelfleet.devcluster.runner"] if name == RUNNER else [str(self.bin_dir / name)]
         )
+        proc = subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[name] = proc.pid
         self.argv[name] = args
         self.pids_path.write_text(json.dumps(self.processes))

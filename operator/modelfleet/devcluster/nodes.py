@@ -9,7 +9,12 @@ from modelfleet.api.common import GPU_PRODUCT_LABEL, GPU_RESOURCE, HOSTNAME_LABE
 
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
-GPUS_PER_NODE = {"H100": 8, "A100": 8, "T4": 4}
+GPUS_PER_NODE = {"H100": 8, "A100": 8, "T4": 4, "L4": 4}
+RUN_PODS_LABEL = "sim.modelfleet.dev/run-pods"
+"""Nodes with this label "true" run their pods for real (modelfleet.devcluster.runner); KWOK simulates the rest."""
+RUN_NODE_PREFIX = "run-"
+"""Names of run-pods nodes start so: KWOK's stages (stages.yaml), which see only the pod, leave their pods alone."""
+LOCAL_REGION = "local"
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,7 @@ class NodeGroup:
     zone: str
     gpu_type: str | None
     count: int
+    run_pods: bool = False
 
 
 def default_inventory() -> list[NodeGroup]:
@@ -36,6 +42,13 @@ def default_inventory() -> list[NodeGroup]:
     return groups
 
 
+def run_pods_inventory() -> list[NodeGroup]:
+    """Region `local`: two L4 nodes and a CPU node whose pods run as local processes (the train-to-serve path)."""
+    return [
+        NodeGroup(LOCAL_REGION, f"{LOCAL_REGION}-a", gpu, count, run_pods=True) for gpu, count in (("L4", 2), (None, 1))
+    ]
+
+
 def fake_node(name: str, group: NodeGroup) -> dict[str, Any]:
     labels = {
         HOSTNAME_LABEL: name,
@@ -45,6 +58,8 @@ def fake_node(name: str, group: NodeGroup) -> dict[str, Any]:
         REGION_LABEL: group.region,
         ZONE_LABEL: group.zone,
     }
+    if group.run_pods:
+        labels[RUN_PODS_LABEL] = "true"
     capacity = {"cpu": "96", "memory": "1Ti", "pods": "110"}
     spec: dict[str, Any] = {}
     if group.gpu_type:
@@ -61,9 +76,10 @@ def fake_node(name: str, group: NodeGroup) -> dict[str, Any]:
 
 
 def fake_nodes(groups: list[NodeGroup]) -> list[dict[str, Any]]:
-    """Node manifests named <zone>-<gpu type or cpu>-<i>."""
+    """Node manifests named <zone>-<gpu type or cpu>-<i>, run-<zone>-... for run-pods nodes."""
     nodes = []
     for group in groups:
         kind = (group.gpu_type or "cpu").lower()
-        nodes.extend(fake_node(f"{group.zone}-{kind}-{i}", group) for i in range(group.count))
+        prefix = RUN_NODE_PREFIX if group.run_pods else ""
+        nodes.extend(fake_node(f"{prefix}{group.zone}-{kind}-{i}", group) for i in range(group.count))
     return nodes
