@@ -40,6 +40,12 @@ def operator(args: argparse.Namespace) -> int:
     from modelfleet.resync import RESYNC
 
     RESYNC.namespaces = tuple(args.namespace or ())
+    from modelfleet.inference.gateway_load import GATEWAY_METRICS_ENV, GATEWAY_URL_ENV
+
+    if args.gateway_url:
+        os.environ[GATEWAY_URL_ENV] = args.gateway_url
+    if args.gateway_metrics:
+        os.environ[GATEWAY_METRICS_ENV] = " ".join(args.gateway_metrics)
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -187,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-period", type=float, default=2, help="seconds (default: %(default)s)")
     run.add_argument("--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--gateway-url",
+        help="the gateway's URL for users: status.url, and autoscaling reads its load (source Gateway) by default",
+    )
+    run.add_argument(
+        "--gateway-metrics", action="append", help="a gateway /metrics URL (repeatable; default <gateway-url>/metrics)"
+    )
     run.set_defaults(func=operator)
 
     gw = commands.add_parser("gateway", help="the serving data plane: one URL for every InferenceService")

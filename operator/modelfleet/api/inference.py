@@ -63,6 +63,7 @@ class ScaleMetric(StrEnum):
 class MetricsSource(StrEnum):
     SCRAPE = "Scrape"
     PROMETHEUS = "Prometheus"
+    GATEWAY = "Gateway"
 
 
 class ServingPhase(StrEnum):
@@ -122,7 +123,7 @@ class Autoscaling(ApiModel):
                     ".panicWindowSeconds",
                 ),
                 rule(
-                    "self.source != 'Prometheus' || has(self.prometheusUrl)",
+                    "!has(self.source) || self.source != 'Prometheus' || has(self.prometheusUrl)",
                     "source Prometheus needs prometheusUrl",
                     ".prometheusUrl",
                 ),
@@ -158,9 +159,11 @@ class Autoscaling(ApiModel):
     scale_to_zero_grace_period_seconds: int = Field(
         default=30, ge=0, le=3600, description="Idle time before scaling to zero."
     )
-    source: MetricsSource = Field(
-        default=MetricsSource.SCRAPE,
-        description="Scrape: the operator reads each ready replica's /metrics. Prometheus: query prometheusUrl.",
+    source: MetricsSource | None = Field(
+        default=None,
+        description="Scrape: the operator reads each ready replica's /metrics. Prometheus: query prometheusUrl. "
+        "Gateway: in-flight and held requests per region from the gateway's /metrics (what wakes a region at zero). "
+        "Default: Gateway when the operator runs with a gateway (--gateway-url), else Scrape.",
     )
     prometheus_url: str | None = Field(
         default=None, pattern=r"^https?://\S+$", description="Prometheus base URL (source Prometheus)."
@@ -206,6 +209,12 @@ class InferenceServiceSpec(PodOptions):
                     ".volumeMounts",
                 ),
                 SCRATCH_VOLUME_RULE,
+                rule(
+                    "!has(self.replicas) || !self.autoscaling.enabled",
+                    "replicas (kubectl scale) take effect only with autoscaling.enabled false: while autoscaling is on "
+                    "the autoscaler sets them",
+                    ".replicas",
+                ),
             ]
         }
     )
@@ -263,4 +272,8 @@ class InferenceServiceStatus(ApiModel):
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
     regions: list[RegionStatus] = Field(default_factory=list, description="Per region.")
     region_names: str | None = Field(default=None, description="Regions, comma separated, for kubectl get.")
-    url: str | None = Field(default=None, description="URL of the first ready region.")
+    url: str | None = Field(
+        default=None,
+        description="Where to send requests: the gateway's URL for the model when the operator knows a gateway, "
+        "else the first ready region's.",
+    )

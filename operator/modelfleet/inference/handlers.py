@@ -22,6 +22,7 @@ from modelfleet.api.common import (
 )
 from modelfleet.api.inference import InferenceServiceSpec, MetricsSource, Region, ServingPhase
 from modelfleet.cluster_state import CLUSTER
+from modelfleet.inference import gateway_load
 from modelfleet.inference.autoscaler import RegionScaler, decide, split_replicas
 from modelfleet.inference.builders import REVISION_ANNOTATION, covers, deployment, region_object_name, service
 from modelfleet.inference.observe import ReplicaSample, prometheus_load, region_load, scrape_all
@@ -62,14 +63,26 @@ class Memory:
         self.scalers: dict[tuple[str, str, str], RegionScaler] = defaultdict(RegionScaler)
         self.samples: dict[tuple[str, str, str], dict[str, ReplicaSample]] = defaultdict(dict)
         self.holds: dict[tuple[str, str], Hold] = {}
+        self.gateway_samples: dict[tuple[str, str, str], gateway_load.GatewaySample] = {}
+        self.noticed: dict[tuple[str, str, str], int] = {}
+        """(namespace, name, reason) -> the generation a Warning Event was posted for (one per generation)."""
 
     def forget(self, namespace: str, name: str) -> None:
-        for store in (self.scalers, self.samples, self.holds):
+        for store in (self.scalers, self.samples, self.holds, self.gateway_samples, self.noticed):
             for key in [k for k in store if k[:2] == (namespace, name)]:
                 del store[key]
 
 
 MEMORY = Memory()
+GATEWAY_SCRAPER = gateway_load.GatewayScraper()
+
+
+def warn_once(body: dict[str, Any], generation: int, reason: str, message: str) -> None:
+    """A Warning Event, once per generation of the spec."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"], reason)
+    if MEMORY.noticed.get(key) != generation:
+        MEMORY.noticed[key] = generation
+        kopf.event(body, type="Warning", reason=reason, message=message)
 
 
 async def reconcile(body: dict[str, Any]) -> float | None:
@@ -100,6 +113,14 @@ async def reconcile(body: dict[str, Any]) -> float | None:
     for gone in sorted((deployments.keys() | services.keys()) - wanted):
         await _remove_region(body, namespace, region_object_name(name, gone), gone)
     manual = split_replicas(spec.replicas, spec.regions)
+    cap = sum(r.max_replicas for r in spec.regions)
+    if not spec.autoscaling.enabled and spec.replicas is not None and spec.replicas > cap:
+        message = f"spec.replicas {spec.replicas} is above the regions' summed maxReplicas: running {cap}"
+        warn_once(body, generation, "ReplicasCapped", message)
+    gateway = gateway_load.settings()
+    if spec.autoscaling.source == MetricsSource.GATEWAY and not gateway.metrics_urls:
+        message = "autoscaling.source Gateway, but the operator runs without a gateway: scraping the replicas"
+        warn_once(body, generation, "NoGateway", message)
     previous_regions = {r["name"]: r for r in prev.get("regions") or []}
     regions_status = []
     for region in spec.regions:
@@ -124,7 +145,7 @@ async def reconcile(body: dict[str, Any]) -> float | None:
             LOOPS.remember(await kube.report_refused(body, PLURAL, refused, "Ready", str(ServingPhase.FAILED)))
             return None
         regions_status.append(region_status(name, namespace, region.name, dep, pods, desired, load, last_scale))
-    status = compose_status(prev, spec, name, generation, regions_status)
+    status = compose_status(prev, spec, name, generation, regions_status, gateway.model_url(spec.model.name or name))
     if any(prev.get(k) != v for k, v in status.items()):
         if status["phase"] != prev.get("phase"):
             kopf.event(body, type="Normal", reason=status["phase"], message=f"service is {status['phase']}")
@@ -165,8 +186,17 @@ async def _desired_replicas(
     ready_pods = [p for p in pods if pod_ready(p)]
     key = (namespace, name, region.name)
     policy = spec.autoscaling
-    if policy.source == MetricsSource.PROMETHEUS:
+    gateway = gateway_load.settings()
+    source = gateway.source(policy)
+    if source == MetricsSource.PROMETHEUS:
         load, raw = await prometheus_load(policy, namespace, region_object_name(name, region.name), len(ready_pods))
+    elif source == MetricsSource.GATEWAY and gateway.metrics_urls:
+        seen = await GATEWAY_SCRAPER.samples(gateway.metrics_urls)
+        load = raw = None
+        if seen is not None:
+            sample = seen.get(key) or gateway_load.GatewaySample(time.monotonic())
+            load, raw = gateway_load.gateway_load(policy, sample, MEMORY.gateway_samples.get(key), len(ready_pods))
+            MEMORY.gateway_samples[key] = sample
     else:
         urls = {
             p["metadata"]["name"]: f"http://{p['status']['podIP']}:{spec.port}/metrics"

@@ -79,8 +79,14 @@ def region_status(
 
 
 def compose_status(
-    prev: Mapping[str, Any], spec: InferenceServiceSpec, name: str, generation: int, regions: list[dict[str, Any]]
+    prev: Mapping[str, Any],
+    spec: InferenceServiceSpec,
+    name: str,
+    generation: int,
+    regions: list[dict[str, Any]],
+    gateway_url: str | None = None,
 ) -> dict[str, Any]:
+    """`gateway_url`: the model's URL at the gateway, which becomes status.url (regions keep their direct URLs)."""
     serving = [r for r in regions if r["reason"] in ("Ready", "RollingOut", "ScaledToZero")]
     if len(serving) == len(regions):
         phase = ServingPhase.READY
@@ -122,5 +128,5 @@ def compose_status(
         "regions": regions,
         "regionNames": ",".join(r["name"] for r in regions),
     }
-    status["url"] = first_ready["url"] if first_ready else None
+    status["url"] = gateway_url or (first_ready["url"] if first_ready else None)
     return status
