@@ -74,11 +74,28 @@ class ServingPhase(StrEnum):
 
 
 class Model(ApiModel):
-    uri: str = Field(
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                rule("has(self.uri) != has(self.fromTrainingJob)", "set exactly one of uri and fromTrainingJob"),
+            ]
+        }
+    )
+
+    uri: str | None = Field(
+        default=None,
         min_length=1,
         pattern=MODEL_URI_PATTERN,
         description="Where the model artifact is: file:///path, /path, or pvc://<claim>/<path> "
-        "(the claim's name is a DNS-1123 subdomain).",
+        "(the claim's name is a DNS-1123 subdomain). Set this or fromTrainingJob.",
+    )
+    from_training_job: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_1035_LABEL_PATTERN,
+        description="A TrainingJob in this namespace whose artifact (status.artifact) to serve: nothing is made "
+        "until it succeeds, and a newer succeeded run of it rolls out again. Set this or uri.",
     )
     format: ModelFormat = Field(default=ModelFormat.TORCHSCRIPT, description="torchscript or pytorch (pickled).")
     name: str | None = Field(
@@ -196,7 +213,7 @@ class InferenceServiceSpec(PodOptions):
                     ".regions",
                 ),
                 rule(
-                    f"!self.model.uri.startsWith('pvc://') || !has(self.volumes) "
+                    "!has(self.model.uri) || !self.model.uri.startsWith('pvc://') || !has(self.volumes) "
                     f"|| !self.volumes.exists(v, v.name == '{MODEL_VOLUME}')",
                     f"the volume name '{MODEL_VOLUME}' is taken by the model's PVC (model.uri pvc://...)",
                     ".volumes",
@@ -204,7 +221,7 @@ class InferenceServiceSpec(PodOptions):
                 rule(
                     "!has(self.volumeMounts) || self.volumeMounts.all(m, "
                     "(has(self.volumes) && self.volumes.exists(v, v.name == m.name)) "
-                    f"|| (m.name == '{MODEL_VOLUME}' && self.model.uri.startsWith('pvc://')))",
+                    f"|| (m.name == '{MODEL_VOLUME}' && has(self.model.uri) && self.model.uri.startsWith('pvc://')))",
                     "each volumeMounts[].name must be the name of one of spec.volumes",
                     ".volumeMounts",
                 ),
@@ -261,6 +278,15 @@ class RegionStatus(ApiModel):
     message: str | None = Field(default=None, description="Details, e.g. the scheduler's message.")
 
 
+class ServedArtifact(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    uri: str = Field(description="The model's URI.")
+    digest: str | None = Field(default=None, description="sha256:<hex> of the artifact, when the job reported it.")
+    training_job: str | None = Field(default=None, description="The TrainingJob it came from.")
+    job_uid: str | None = Field(default=None, description="The uid of the job run that made it.")
+
+
 class InferenceServiceStatus(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -272,6 +298,9 @@ class InferenceServiceStatus(ApiModel):
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
     regions: list[RegionStatus] = Field(default_factory=list, description="Per region.")
     region_names: str | None = Field(default=None, description="Regions, comma separated, for kubectl get.")
+    artifact: ServedArtifact | None = Field(
+        default=None, description="The model the Deployments are built from: a fromTrainingJob's resolved artifact."
+    )
     url: str | None = Field(
         default=None,
         description="Where to send requests: the gateway's URL for the model when the operator knows a gateway, "

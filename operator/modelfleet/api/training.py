@@ -253,6 +253,18 @@ class Progress(ApiModel):
     updated_at: str | None = Field(default=None, description="When rank 0 reported it.")
 
 
+class Artifact(ApiModel):
+    """The model a succeeded job made: what an InferenceService with model.fromTrainingJob serves."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    uri: str = Field(description="Where it is: pvc://<claim>/<path> when outputPath is on a claim, else file://.")
+    digest: str | None = Field(default=None, description="sha256:<hex> over the artifact's files.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Rank 0's final metrics (loss, accuracy).")
+    job_uid: str | None = Field(default=None, description="The uid of the job run that made it.")
+    created_at: str | None = Field(default=None, description="When the run that made it succeeded.")
+
+
 class TrainingJobStatus(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -268,3 +280,6 @@ class TrainingJobStatus(ApiModel):
     start_time: str | None = Field(default=None, description="When the workers were first placed.")
     completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")
     progress: Progress | None = Field(default=None, description="Training progress reported by rank 0.")
+    artifact: Artifact | None = Field(
+        default=None, description="The model artifact of the succeeded run (rank 0's termination message)."
+    )
