@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from modelfleet.runtime.artifact import report_artifact
 from modelfleet.runtime.data import from_path, synthetic
 from modelfleet.runtime.modelio import atomic_save, save_artifact
 from modelfleet.runtime.models import build_model
@@ -141,6 +142,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     if rank == 0 and cfg.output_dir:
         save_artifact(model, cfg.model, shape, classes, Path(cfg.output_dir), metrics)
         log.info("saved the model to %s", cfg.output_dir)
+        report_artifact(Path(cfg.output_dir), metrics)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

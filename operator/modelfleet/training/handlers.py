@@ -17,6 +17,7 @@ from modelfleet.loops import ObjectGone, ReconcileLoops
 from modelfleet.resync import RESYNC
 from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.scheduling.planner import GangDemand, Unschedulable, plan_gang
+from modelfleet.training.artifact import artifact_from_pods
 from modelfleet.training.builders import headless_service, worker_pod, worker_weights
 from modelfleet.training.lifecycle import Decision, decide
 from modelfleet.training.progress import ProgressScraper
@@ -76,7 +77,8 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
     decision = decide(spec, body.get("status") or {}, pods, lost, generation=generation)
     progress = await PROGRESS.read(meta["uid"], pods)
     # What the decision means for status is written first: a crash after it never loses a restart or a failure.
-    body = await _write_status(body, spec, decision, nodes, progress=progress)
+    artifact = artifact_from_pods(spec, pods, meta["uid"]) if decision.finished else None
+    body = await _write_status(body, spec, decision, nodes, progress=progress, artifact=artifact)
     await _delete_workers(namespace, decision)
 
     outcome: Outcome | None = None
@@ -113,11 +115,12 @@ async def _write_status(
     nodes: dict[str, NodeInfo],
     outcome: Outcome | None = None,
     progress: dict[str, Any] | None = None,
+    artifact: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Writes the status that follows from the decision, if it changed, on exactly the version of the job it was
     decided on; returns the job as it now is. ObjectGone when the job was deleted meanwhile."""
     meta, prev = body["metadata"], body.get("status") or {}
-    status = compose_status(prev, spec, meta.get("generation", 1), decision, nodes, outcome, progress)
+    status = compose_status(prev, spec, meta.get("generation", 1), decision, nodes, outcome, progress, artifact)
     if not _changed(prev, status):
         return {**body, "status": prev}
     try:

@@ -48,10 +48,12 @@ def compose_status(
     nodes: Mapping[str, NodeInfo],
     outcome: Outcome | None = None,
     progress: Mapping[str, Any] | None = None,
+    artifact: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The new status: phase, conditions, counts, placement, times and progress (rank 0's fresh report, if any;
-    else the last one is kept)."""
-    status: dict[str, Any] = {k: v for k, v in prev.items() if k in ("startTime", "completionTime", "progress")}
+    else the last one is kept) and the artifact of a run that just succeeded."""
+    keep = ("startTime", "completionTime", "progress", "artifact")
+    status: dict[str, Any] = {k: v for k, v in prev.items() if k in keep}
     conditions: list[dict[str, Any]] = list(prev.get("conditions") or [])
     restarts = int(prev.get("restarts") or 0) + (1 if decision.restart else 0)
     phase = _phase(prev, decision)
@@ -127,6 +129,8 @@ def compose_status(
     }
     if progress:
         status["progress"] = dict(progress)
+    if artifact:
+        status["artifact"] = dict(artifact)
     status.update(
         phase=str(phase),
         conditions=conditions,
