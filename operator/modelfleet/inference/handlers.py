@@ -25,6 +25,7 @@ from modelfleet.cluster_state import CLUSTER
 from modelfleet.inference import gateway_load
 from modelfleet.inference.autoscaler import RegionScaler, decide, split_replicas
 from modelfleet.inference.builders import REVISION_ANNOTATION, covers, deployment, region_object_name, service
+from modelfleet.inference.model_source import resolve_for, services_serving
 from modelfleet.inference.observe import ReplicaSample, prometheus_load, region_load, scrape_all
 from modelfleet.inference.status import compose_status, pod_ready, region_status
 from modelfleet.loops import ObjectGone, ReconcileLoops
@@ -102,6 +103,9 @@ async def reconcile(body: dict[str, Any]) -> float | None:
             return None if wait == float("inf") else wait
         del MEMORY.holds[(namespace, name)]
 
+    if (source := await resolve_for(body, spec)) is None:
+        return None  # nothing to serve yet: the named TrainingJob's events wake the loop
+    spec = source.spec
     selector = f"{SERVICE_NAME_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"
     deployments = await _owned_by_region(kube.apps().list_namespaced_deployment, namespace, selector, meta["uid"])
     services = await _owned_by_region(kube.core().list_namespaced_service, namespace, selector, meta["uid"])
@@ -146,6 +150,7 @@ async def reconcile(body: dict[str, Any]) -> float | None:
             return None
         regions_status.append(region_status(name, namespace, region.name, dep, pods, desired, load, last_scale))
     status = compose_status(prev, spec, name, generation, regions_status, gateway.model_url(spec.model.name or name))
+    status["artifact"] = source.artifact
     if any(prev.get(k) != v for k, v in status.items()):
         if status["phase"] != prev.get("phase"):
             kopf.event(body, type="Normal", reason=status["phase"], message=f"service is {status['phase']}")
@@ -248,6 +253,14 @@ async def _remove_region(body: dict[str, Any], namespace: str, object_name: str,
 
 
 LOOPS = ReconcileLoops("inferenceservice", reconcile)
+
+
+@kopf.on.event("modelfleet.dev", "v1alpha1", "trainingjobs")
+async def training_job_for_services(event: dict[str, Any], **_: Any) -> None:
+    """A TrainingJob changed (a run succeeded): the services that serve its artifact look again at once."""
+    meta = event["object"]["metadata"]
+    for key in services_serving(LOOPS.bodies, meta["namespace"], meta["name"]):
+        LOOPS.wake(key)
 
 
 @kopf.on.event("modelfleet.dev", "v1alpha1", PLURAL)
