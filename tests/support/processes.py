@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,14 +18,24 @@ def env_with(values: dict[str, str]) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **values}
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 class ServerProcess:
-    """`python -m modelfleet.runtime.serve` bound to `host:port`, with the given env."""
+    """`python -m modelfleet.runtime.serve` bound to `host:port` (and gRPC to a free port), with the given env."""
 
     def __init__(self, env: dict[str, str], host: str, port: int, log: Path) -> None:
         self.url = f"http://{host}:{port}"
+        grpc_port = free_port(host)
+        self.grpc_address = f"{host}:{grpc_port}"
         self.log = log
         self.ready = False
-        server_env = env_with({**env, "MODELFLEET_HOST": host, "MODELFLEET_PORT": str(port)})
+        server_env = env_with(
+            {**env, "MODELFLEET_HOST": host, "MODELFLEET_PORT": str(port), "MODELFLEET_GRPC_PORT": str(grpc_port)}
+        )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modelfleet.runtime.serve"],
             env=server_env,

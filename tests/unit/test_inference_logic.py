@@ -128,7 +128,7 @@ def test_service_account_name_sets_the_deprecated_alias_too() -> None:
 
 def test_covers_ignores_defaulted_fields_but_not_changed_or_missing_ones() -> None:
     wanted = service(META, spec(), "r1")["spec"]
-    live = {**wanted, "clusterIP": "10.0.0.1", "ports": [{**wanted["ports"][0], "protocol": "TCP"}]}
+    live = {**wanted, "clusterIP": "10.0.0.1", "ports": [{**p, "protocol": "TCP"} for p in wanted["ports"]]}
     assert covers(live, wanted)
     assert not covers({**live, "selector": {"a": "b"}}, wanted)
     assert not covers({**live, "ports": live["ports"] * 2}, wanted)

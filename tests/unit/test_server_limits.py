@@ -16,6 +16,7 @@ from torch import nn
 from modelfleet.runtime.batching import Batcher
 from modelfleet.runtime.modelio import LoadedModel
 from modelfleet.runtime.serve import ServerConfig, build_app, read_limited
+from modelfleet.runtime.v2 import Signature
 
 ROW = {"inputs": [{"name": "input__0", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
 
@@ -59,33 +60,34 @@ def test_a_body_within_the_limit_is_read_whole() -> None:
 def test_the_batching_queue_is_bounded() -> None:
     release = threading.Event()
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         release.wait(5)
         return x
 
     async def scenario() -> None:
         batcher = Batcher(forward, max_batch_size=1, max_delay_ms=0, max_queue=2)
         batcher.start()
-        first = asyncio.ensure_future(batcher.infer(torch.ones(1, 3)))
+        first = asyncio.ensure_future(batcher.infer((torch.ones(1, 3),)))
         await asyncio.sleep(0.05)  # the first is in its forward pass, the queue is empty
-        waiting = [asyncio.ensure_future(batcher.infer(torch.ones(1, 3))) for _ in range(2)]
+        waiting = [asyncio.ensure_future(batcher.infer((torch.ones(1, 3),))) for _ in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(asyncio.QueueFull):
-            await batcher.infer(torch.ones(1, 3))
+            await batcher.infer((torch.ones(1, 3),))
         release.set()
-        assert all(r.shape == (1, 3) for r in await asyncio.gather(first, *waiting))
+        assert all(r[0].shape == (1, 3) for r in await asyncio.gather(first, *waiting))
         await batcher.stop()
 
     asyncio.run(scenario())
 
 
 def served(**limits: object) -> ServerConfig:
-    return ServerConfig(model_path="unused", model_name="m", max_delay_ms=0, **limits)  # type: ignore[arg-type]
+    return ServerConfig(model_path="unused", model_name="m", max_delay_ms=0, grpc_port=0, **limits)  # type: ignore[arg-type]
 
 
 async def fire(config: ServerConfig, seconds: float, bodies: list[object]) -> tuple[list[httpx.Response], str]:
     """Posts the bodies at once to the app in this process; the responses and the /metrics text."""
-    app = build_app(config, LoadedModel(Slow(seconds), (3,), torch.float32, "cpu"))
+    signature = Signature.from_metadata({"inputShape": [3], "classes": 2})
+    app = build_app(config, LoadedModel(Slow(seconds), signature, torch.float32, "cpu"))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:

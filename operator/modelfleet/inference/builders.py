@@ -60,6 +60,11 @@ def model_location(uri: str) -> tuple[str, dict[str, Any] | None]:
     return uri.removeprefix("file://"), None
 
 
+def grpc_port(spec: InferenceServiceSpec) -> int:
+    """The server's gRPC V2 port: the one after the HTTP port (8080 -> 8081, as KServe), before it at 65535."""
+    return spec.port + 1 if spec.port < 65535 else spec.port - 1
+
+
 def server_env(name: str, spec: InferenceServiceSpec, model_path: str) -> list[dict[str, str]]:
     """Everything the server needs, as env: any image that reads it can serve."""
     values = {
@@ -70,6 +75,7 @@ def server_env(name: str, spec: InferenceServiceSpec, model_path: str) -> list[d
         "MODELFLEET_MAX_BATCH_SIZE": str(spec.batching.max_batch_size),
         "MODELFLEET_MAX_DELAY_MS": str(spec.batching.max_delay_ms),
         "MODELFLEET_PORT": str(spec.port),
+        "MODELFLEET_GRPC_PORT": str(grpc_port(spec)),
         "MODELFLEET_DEVICE": "cuda" if spec.resources.gpus else "cpu",
         # the operator's policy for the server; always set, so a user's env cannot turn it on
         "MODELFLEET_ALLOW_PICKLE": "1" if policy.current().allow_pickled_models else "0",
@@ -91,7 +97,7 @@ def pod_template(
         "command": spec.command or DEFAULT_SERVE_COMMAND,
         "args": spec.args,
         "env": server_env(name, spec, model_path),
-        "ports": [{"name": "http", "containerPort": spec.port}],
+        "ports": [{"name": "http", "containerPort": spec.port}, {"name": "grpc", "containerPort": grpc_port(spec)}],
         "readinessProbe": probe,
         "startupProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}, "failureThreshold": 300},
         "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
@@ -191,7 +197,10 @@ def service(meta: Mapping[str, Any], spec: InferenceServiceSpec, region: str) ->
         },
         "spec": {
             "selector": region_labels(name, region),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": "http"},
+                {"name": "grpc", "port": 8081, "targetPort": "grpc", "appProtocol": "grpc"},
+            ],
         },
     }
 

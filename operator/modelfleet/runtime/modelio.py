@@ -1,8 +1,10 @@
 """Model artifacts: what the training worker writes and the server loads.
 
 An artifact is a directory with `model.pt` (TorchScript), `weights.pt` (the state dict) and `metadata.json`
-(`{"model": "paper-mlp", "inputShape": [3], "classes": 2, "metrics": {...}}`). The server also takes a bare
-TorchScript file, or a pickled module (`format: pytorch`) where the operator allows it.
+(`{"model": "paper-mlp", "inputShape": [3], "classes": 2, "metrics": {...}}`; a model with several named inputs or
+outputs lists them as `"inputs"`/`"outputs"`: `[{"name", "datatype", "shape"}]`, see v2.Signature), and optionally
+`calibration.pt` (input rows for int8 calibration). The server also takes a bare TorchScript file, or a pickled
+module (`format: pytorch`) where the operator allows it.
 
 Nothing a user points at runs code on load: weights are read with `weights_only=True`; a pickled module loads only
 with MODELFLEET_ALLOW_PICKLE=1 (the operator sets it when the chart's `policy.allowPickledModels` is on); a
@@ -12,7 +14,6 @@ with MODELFLEET_ALLOW_PICKLE=1 (the operator sets it when the chart's `policy.al
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -24,6 +25,15 @@ import torch
 from torch import nn
 
 from modelfleet.runtime.models import build_model
+from modelfleet.runtime.quantize import (
+    CALIBRATION_FILE,
+    NOT_QUANTIZED,
+    Decision,
+    calibration_inputs,
+    choose_int8,
+    state_bytes,
+)
+from modelfleet.runtime.v2 import Signature
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 ALLOW_PICKLE_ENV = "MODELFLEET_ALLOW_PICKLE"
@@ -49,33 +59,39 @@ def atomic_save(obj: Any, path: Path, save: Any = torch.save) -> None:
 
 
 def save_artifact(
-    model: nn.Module, name: str, input_shape: tuple[int, ...], classes: int, out: Path, metrics: dict
+    model: nn.Module,
+    name: str,
+    input_shape: tuple[int, ...],
+    classes: int,
+    out: Path,
+    metrics: dict,
+    signature: dict[str, list[dict[str, Any]]] | None = None,
+    calibration: torch.Tensor | list[torch.Tensor] | None = None,
 ) -> Path:
+    """`signature`: {"inputs": [...], "outputs": [...]} for a model with several named tensors; `calibration`:
+    representative input rows the server calibrates int8 activations on."""
     model = model.eval().cpu()
     scripted = torch.jit.script(model)
     atomic_save(scripted, out / "model.pt", lambda m, p: torch.jit.save(m, p))
     atomic_save(model.state_dict(), out / "weights.pt")
+    if calibration is not None:
+        atomic_save(calibration, out / CALIBRATION_FILE)
     metadata = {"model": name, "inputShape": list(input_shape), "classes": classes, "metrics": metrics}
+    metadata.update(signature or {})
     atomic_save(metadata, out / "metadata.json", lambda m, p: Path(p).write_text(json.dumps(m, indent=2)))
     return out
-
-
-def state_bytes(model: nn.Module) -> int:
-    """Serialized size of the model's state (what quantization shrinks)."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.getbuffer().nbytes
 
 
 @dataclass
 class LoadedModel:
     module: nn.Module
-    input_shape: tuple[int, ...] | None
+    signature: Signature
     dtype: torch.dtype
     device: str
     metadata: dict[str, Any] = field(default_factory=dict)
     original_bytes: int = 0
     served_bytes: int = 0
+    quantization: Decision = NOT_QUANTIZED
 
 
 def _metadata(path: Path) -> dict[str, Any]:
@@ -84,12 +100,13 @@ def _metadata(path: Path) -> dict[str, Any]:
 
 
 def load_model(
-    path: str | Path, fmt: str = "torchscript", quantization: str = "none", device: str = "cpu"
+    path: str | Path, fmt: str = "torchscript", quantization: str = "none", device: str = "cpu", batch_rows: int = 1
 ) -> LoadedModel:
-    """Loads an artifact and applies quantization: int8 dynamic quantization of Linear layers (CPU),
-    fp16/bf16 casting (meant for GPUs)."""
+    """Loads an artifact and applies quantization: static int8 (CPU; kept only where smaller and faster at
+    `batch_rows` rows, see quantize.py), fp16/bf16 casting (meant for GPUs)."""
     path = Path(path)
     metadata = _metadata(path)
+    signature = Signature.from_metadata(metadata)
     model_file = path / "model.pt" if path.is_dir() else path
     if not model_file.exists():
         raise FileNotFoundError(f"no model at {model_file}")
@@ -107,16 +124,22 @@ def load_model(
     module.eval()
     original = state_bytes(module)
     dtype = torch.float32
+    decision = NOT_QUANTIZED
     if quantization == "int8":
         if device != "cpu":
-            raise ValueError("int8 dynamic quantization runs on CPU; use fp16 or bf16 on GPUs")
-        module = torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+            raise ValueError("int8 quantization runs on CPU; use fp16 or bf16 on GPUs")
+        shapes = [t.shape[1:] if t.shape else None for t in signature.inputs]
+        if any(s is None or -1 in s for s in shapes):
+            decision = Decision("none", "int8 skipped: calibration needs the input shapes in metadata.json")
+        else:
+            calibration = calibration_inputs(model_file.parent, shapes)  # type: ignore[arg-type]
+            module, decision = choose_int8(module, calibration, batch_rows)
     elif quantization in DTYPES:
         dtype = DTYPES[quantization]
         module = module.to(dtype)
+        decision = Decision(quantization, f"weights cast to {quantization}")
     module = module.to(device)
-    shape = tuple(metadata["inputShape"]) if "inputShape" in metadata else None
-    return LoadedModel(module, shape, dtype, device, metadata, original, state_bytes(module))
+    return LoadedModel(module, signature, dtype, device, metadata, original, state_bytes(module), decision)
 
 
 def _eager_from_artifact(model_file: Path, metadata: dict[str, Any]) -> nn.Module:

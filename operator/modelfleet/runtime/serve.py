@@ -1,64 +1,54 @@
-"""The model server: V2 open inference protocol over HTTP (starlette + uvicorn), dynamic batching, Prometheus
-metrics, graceful shutdown. Configured by the env the InferenceService builder sets (MODELFLEET_*), or by flags.
+"""The model server: the V2 open inference protocol over HTTP (starlette + uvicorn, binary tensor extension
+included) and gRPC (`inference.GRPCInferenceService`, on its own port), dynamic batching, Prometheus metrics,
+graceful shutdown; one or several server processes sharing the ports (SO_REUSEPORT). Configured by the env the
+InferenceService builder sets (MODELFLEET_*), or by flags.
 
 Limits: a request body over --max-body-bytes is refused with 413 while it streams in (never buffered whole); with
 --max-queue requests already waiting for the batcher, another gets 503 with Retry-After; a request not answered
-within --request-timeout seconds (body upload included) gets 504.
+within --request-timeout seconds (body upload included) gets 504. gRPC maps these to RESOURCE_EXHAUSTED,
+UNAVAILABLE and DEADLINE_EXCEEDED.
 
-    python -m modelfleet.runtime.serve --model-path /models/mlp --quantization int8 --port 8080
+    python -m modelfleet.runtime.serve --model-path /models/mlp --quantization int8 --port 8080 --grpc-port 8081
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import json
+import dataclasses
 import logging
 import os
-import time
+import socket
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
+import orjson
 import torch
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from modelfleet.runtime.batching import Batcher
-from modelfleet.runtime.modelio import LoadedModel, load_model
+from modelfleet.runtime import v2
+from modelfleet.runtime.engine import MODEL_VERSION, Engine, EngineConfig
+from modelfleet.runtime.grpc_service import start_grpc
+from modelfleet.runtime.modelio import LoadedModel
+from modelfleet.runtime.processes import run_workers, worker_plan
 
 log = logging.getLogger("modelfleet.serve")
-V2_DTYPES = {
-    "FP32": torch.float32,
-    "FP16": torch.float16,
-    "BF16": torch.bfloat16,
-    "FP64": torch.float64,
-    "INT64": torch.int64,
-    "INT32": torch.int32,
-}
-V2_NAMES = {v: k for k, v in V2_DTYPES.items()}
+PLATFORM = "pytorch_torchscript"
 
 
 @dataclass
-class ServerConfig:
-    model_path: str
-    model_name: str = "model"
-    model_format: str = "torchscript"
-    quantization: str = "none"
-    max_batch_size: int = 1
-    max_delay_ms: float = 5.0
+class ServerConfig(EngineConfig):
     host: str = "0.0.0.0"
     port: int = 8080
-    device: str = "cpu"
+    grpc_port: int = 8081  # 0: no gRPC
     max_body_bytes: int = 8 * 1024 * 1024
-    max_queue: int = 256
-    request_timeout: float = 30.0
     retry_after_seconds: int = 1
+    workers: int = 0  # server processes; 0: one per GPU, or per two CPU cores
 
     @classmethod
     def from_env_and_args(cls, argv: list[str] | None = None) -> ServerConfig:
@@ -72,6 +62,10 @@ class ServerConfig:
         parser.add_argument("--max-delay-ms", type=float, default=float(env.get("MODELFLEET_MAX_DELAY_MS", "5")))
         parser.add_argument("--host", default=env.get("MODELFLEET_HOST", "0.0.0.0"))
         parser.add_argument("--port", type=int, default=int(env.get("MODELFLEET_PORT", "8080")))
+        parser.add_argument(
+            "--grpc-port", type=int, default=int(env.get("MODELFLEET_GRPC_PORT", str(cls.grpc_port))),
+            help="port of the gRPC V2 service (0: none)",
+        )  # fmt: skip
         parser.add_argument("--device", default=env.get("MODELFLEET_DEVICE", "cpu"))
         parser.add_argument(
             "--max-body-bytes", type=int, default=int(env.get("MODELFLEET_MAX_BODY_BYTES", str(cls.max_body_bytes)))
@@ -85,46 +79,25 @@ class ServerConfig:
             default=float(env.get("MODELFLEET_REQUEST_TIMEOUT_SECONDS", str(cls.request_timeout))),
             help="seconds a request may take, body upload included",
         )  # fmt: skip
+        parser.add_argument(
+            "--workers", type=int, default=int(env.get("MODELFLEET_WORKERS", "0")),
+            help="server processes sharing the ports (0: one per GPU, else one per two CPU cores the pod may use)",
+        )  # fmt: skip
         args = parser.parse_args(argv)
         if not args.model_path:
             parser.error("--model-path (or MODELFLEET_MODEL_PATH) is required")
-        return cls(**{k: v for k, v in vars(args).items()})
+        return cls(**vars(args))
 
 
-class Metrics:
-    """Exactly the series the operator's autoscaler reads (see modelfleet.inference.observe)."""
-
-    def __init__(self, model: str) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "modelfleet_requests", "Inference requests by HTTP status code.", ["model", "code"], registry=self.registry
-        )
-        self.inflight = Gauge(
-            "modelfleet_inflight_requests", "Inference requests being served.", ["model"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "modelfleet_request_duration_seconds", "Inference request latency.", ["model"], registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )  # fmt: skip
-        self.batch = Histogram(
-            "modelfleet_batch_size", "Rows per forward pass.", ["model"], registry=self.registry,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-        )  # fmt: skip
-        self.size = Gauge(
-            "modelfleet_model_size_bytes", "Model state size.", ["model", "stage"], registry=self.registry
-        )
-        self.rejected = Counter(
-            "modelfleet_rejected_requests", "Requests refused by a server limit.", ["model", "reason"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.model = model
+def json_response(document: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(document), status, headers, media_type="application/json")
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return json_response({"error": message}, status, headers)
 
 
-async def read_limited(declared_length: str | None, chunks: AsyncIterable[bytes], limit: int) -> bytes | None:
+async def read_limited(declared_length: str | None, chunks: AsyncIterable[bytes], limit: int) -> bytearray | None:
     """The body, or None as soon as it is known to be over `limit` bytes: from its Content-Length before a byte is
     read, else from the chunks read so far (nothing past the limit is kept)."""
     if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
@@ -134,154 +107,121 @@ async def read_limited(declared_length: str | None, chunks: AsyncIterable[bytes]
         body += chunk
         if len(body) > limit:
             return None
-    return bytes(body)
+    return body
 
 
 def build_app(config: ServerConfig, loaded: LoadedModel | None = None) -> Starlette:
-    metrics = Metrics(config.model_name)
-    state: dict[str, Any] = {"model": loaded, "batcher": None, "draining": False}
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        model: LoadedModel = state["model"]
-        with torch.inference_mode():
-            return model.module(x.to(model.device, model.dtype)).float().cpu()
+    engine = Engine(config, loaded)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        if state["model"] is None:
-            state["model"] = load_model(config.model_path, config.model_format, config.quantization, config.device)
-        model: LoadedModel = state["model"]
-        metrics.size.labels(config.model_name, "original").set(model.original_bytes)
-        metrics.size.labels(config.model_name, "served").set(model.served_bytes)
-        log.info(
-            "serving %s (%s, %s): %d bytes -> %d bytes",
-            config.model_name, config.model_path, config.quantization, model.original_bytes, model.served_bytes,
-        )  # fmt: skip
-        batcher = Batcher(
-            forward, config.max_batch_size, config.max_delay_ms, metrics.batch.labels(config.model_name).observe,
-            config.max_queue,
-        )  # fmt: skip
-        batcher.start()
-        state["batcher"] = batcher
+        engine.start()
+        grpc_server = await start_grpc(engine, config.host, config.grpc_port, config.max_body_bytes)
         yield
-        state["draining"] = True
-        await batcher.stop()
+        engine.draining = True
+        if grpc_server is not None:
+            await grpc_server.stop(grace=config.request_timeout)
+        await engine.stop()
+
+    def model_of(request: Request) -> Response | None:
+        """A 404 unless the path names the served model (and, if any, its version)."""
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if engine.knows(name, version):
+            return None
+        return error(404, f"unknown model {name!r}" + (f" version {version!r}" if version else ""))
+
+    async def server_metadata(_: Request) -> Response:
+        return json_response(v2.server_metadata())
 
     async def live(_: Request) -> Response:
-        return JSONResponse({"live": True})
+        return json_response({"live": True})
 
     async def ready(_: Request) -> Response:
-        ok = state["batcher"] is not None and not state["draining"]
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
-
-    def known(request: Request) -> bool:
-        return request.path_params["name"] == config.model_name
+        return json_response({"ready": engine.ready}, 200 if engine.ready else 503)
 
     async def model_metadata(request: Request) -> Response:
-        if not known(request):
-            return error(404, f"unknown model {request.path_params['name']!r}")
-        model: LoadedModel = state["model"]
-        shape = [-1, *(model.input_shape or [])]
-        return JSONResponse({
-            "name": config.model_name, "versions": ["1"], "platform": "pytorch_torchscript",
-            "inputs": [{"name": "input__0", "datatype": V2_NAMES.get(model.dtype, "FP32"), "shape": shape}],
-            "outputs": [{"name": "output__0", "datatype": "FP32", "shape": [-1, -1]}],
-            "parameters": {"quantization": config.quantization, "served_bytes": model.served_bytes},
-        })  # fmt: skip
+        if (missing := model_of(request)) is not None:
+            return missing
+        assert engine.model is not None
+        document = v2.model_metadata(config.model_name, MODEL_VERSION, engine.signature, PLATFORM)
+        decision = engine.model.quantization
+        document["parameters"] = {
+            "quantization": config.quantization,
+            "quantization_applied": decision.applied,
+            "quantization_reason": decision.reason,
+            "served_bytes": engine.model.served_bytes,
+        }
+        return json_response(document)
 
     async def model_ready(request: Request) -> Response:
-        if not known(request):
-            return error(404, f"unknown model {request.path_params['name']!r}")
-        return await ready(request)
-
-    def reject(reason: str, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-        metrics.rejected.labels(config.model_name, reason).inc()
-        return error(status, message, headers)
+        return missing if (missing := model_of(request)) is not None else await ready(request)
 
     async def infer(request: Request) -> Response:
-        started = time.perf_counter()
-        gauge = metrics.inflight.labels(config.model_name)
-        gauge.inc()
-        try:
-            response = await asyncio.wait_for(_infer(request), config.request_timeout)
-        except TimeoutError:
-            response = reject("timeout", 504, f"no answer within {config.request_timeout:g}s")
-        finally:
-            gauge.dec()
-        metrics.requests.labels(config.model_name, str(response.status_code)).inc()
-        metrics.latency.labels(config.model_name).observe(time.perf_counter() - started)
-        return response
+        if (missing := model_of(request)) is not None:
+            return missing
 
-    async def _infer(request: Request) -> Response:
-        if not known(request):
-            return error(404, f"unknown model {request.path_params['name']!r}")
-        if state["batcher"] is None or state["draining"]:
-            return error(503, "model not ready")
-        body = await read_limited(request.headers.get("content-length"), request.stream(), config.max_body_bytes)
-        if body is None:
-            return reject("body_too_large", 413, f"request body over {config.max_body_bytes} bytes")
+        async def decode(signature: v2.Signature) -> v2.Inference:
+            body = await read_limited(request.headers.get("content-length"), request.stream(), config.max_body_bytes)
+            if body is None:
+                raise v2.V2Error(413, f"request body over {config.max_body_bytes} bytes", "body_too_large")
+            return v2.decode_json(body, request.headers.get(v2.HEADER_LENGTH), signature)
+
         try:
-            tensor = parse_request(json.loads(body), state["model"])
-        except (ValueError, KeyError, TypeError) as exc:
-            return error(400, str(exc))
-        try:
-            output = await state["batcher"].infer(tensor)
-        except asyncio.QueueFull:
-            retry = {"Retry-After": str(config.retry_after_seconds)}
-            return reject("queue_full", 503, f"{config.max_queue} requests already queued", retry)
-        except Exception as exc:
-            return error(400, f"inference failed: {exc}")
-        return JSONResponse({
-            "model_name": config.model_name, "model_version": "1",
-            "outputs": [{"name": "output__0", "datatype": "FP32", "shape": list(output.shape), "data": output.flatten().tolist()}],
-        })  # fmt: skip
+            inference, outputs = await engine.infer(decode, "http")
+        except v2.V2Error as exc:
+            retry = {"Retry-After": str(config.retry_after_seconds)} if exc.reason == "queue_full" else None
+            return error(exc.status, exc.message, retry)
+        body, header_length = v2.encode_json(config.model_name, MODEL_VERSION, inference, engine.signature, outputs)
+        if header_length is None:
+            return Response(body, media_type="application/json")
+        headers = {"Inference-Header-Content-Length": str(header_length)}
+        return Response(body, headers=headers, media_type="application/octet-stream")
 
     async def metrics_endpoint(_: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(engine.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    per_model = [("", model_metadata, ["GET"]), ("/ready", model_ready, ["GET"]), ("/infer", infer, ["POST"])]
+    prefixes = ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"]
     routes = [
+        Route("/v2", server_metadata),
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
-        Route("/v2/models/{name}", model_metadata),
-        Route("/v2/models/{name}/ready", model_ready),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        *(
+            Route(prefix + path, endpoint, methods=methods)
+            for prefix in prefixes
+            for path, endpoint, methods in per_model
+        ),
         Route("/metrics", metrics_endpoint),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def parse_request(payload: Any, model: LoadedModel) -> torch.Tensor:
-    """The V2 request's single input as a tensor, checked against the model's input shape and dtype."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or len(payload["inputs"]) != 1:
-        raise ValueError("expected {'inputs': [one tensor]}")
-    item = payload["inputs"][0]
-    datatype = item.get("datatype", "FP32")
-    if datatype not in V2_DTYPES:
-        raise ValueError(f"unsupported datatype {datatype!r}; use one of {', '.join(V2_DTYPES)}")
-    shape = item["shape"]
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ValueError(f"shape must be a list of positive integers, got {shape!r}")
-    data = item["data"]
-    expected = 1
-    for d in shape:
-        expected *= d
-    flat = torch.tensor(data, dtype=V2_DTYPES[datatype]).flatten()
-    if flat.numel() != expected:
-        raise ValueError(f"data has {flat.numel()} values, shape {shape} needs {expected}")
-    if model.input_shape is not None and tuple(shape[1:]) != tuple(model.input_shape):
-        raise ValueError(
-            f"shape {shape} does not match the model input [batch, {', '.join(map(str, model.input_shape))}]"
-        )
-    return flat.reshape(shape).float()
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket other server processes of this pod bind too (SO_REUSEPORT: the kernel spreads connections)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def serve(config: ServerConfig) -> None:
+    """One server process: HTTP and gRPC on the shared ports."""
+    uvicorn_config = uvicorn.Config(
+        build_app(config), log_level="warning", timeout_graceful_shutdown=30, access_log=False
+    )
+    uvicorn.Server(uvicorn_config).run(sockets=[shared_socket(config.host, config.port)])
 
 
 def main(argv: list[str] | None = None) -> None:
     config = ServerConfig.from_env_and_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        build_app(config), host=config.host, port=config.port, log_level="warning",
-        timeout_graceful_shutdown=30, access_log=False,
-    )  # fmt: skip
+    plan = worker_plan(config.workers, config.device)
+    if plan.workers == 1:
+        torch.set_num_threads(plan.threads)
+        serve(dataclasses.replace(config, device=plan.devices[0]))
+    else:
+        run_workers(plan)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,203 @@
+"""What both transports share: the loaded model, the batcher, the limits and the metrics. A transport hands the
+engine a way to decode its request and encodes the arrays it gets back; refusals are `V2Error`s."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from modelfleet.runtime.batching import Batcher, Tensors, sized_batch
+from modelfleet.runtime.modelio import LoadedModel, load_model
+from modelfleet.runtime.quantize import seconds_per_pass
+from modelfleet.runtime.v2 import DATATYPES, Inference, Signature, V2Error
+
+log = logging.getLogger("modelfleet.serve")
+MODEL_VERSION = "1"
+# Inputs decoded from an immutable request buffer are read-only arrays; models never write their inputs.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+@dataclass
+class EngineConfig:
+    model_path: str
+    model_name: str = "model"
+    model_format: str = "torchscript"
+    quantization: str = "none"
+    max_batch_size: int = 1
+    max_delay_ms: float = 5.0
+    device: str = "cpu"
+    max_queue: int = 256
+    request_timeout: float = 30.0
+
+
+class Metrics:
+    """Exactly the series the operator's autoscaler reads (see modelfleet.inference.observe). With several server
+    processes (PROMETHEUS_MULTIPROC_DIR set), /metrics adds up every process's series."""
+
+    def __init__(self, model: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "modelfleet_requests", "Inference requests by HTTP status code (gRPC: its HTTP equivalent).",
+            ["model", "code", "protocol"], registry=r,
+        )  # fmt: skip
+        self.inflight = Gauge(
+            "modelfleet_inflight_requests", "Inference requests being served.", ["model"], registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.latency = Histogram(
+            "modelfleet_request_duration_seconds", "Inference request latency.", ["model"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )  # fmt: skip
+        self.batch = Histogram(
+            "modelfleet_batch_size", "Rows per forward pass.", ["model"], registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        )  # fmt: skip
+        self.size = Gauge(
+            "modelfleet_model_size_bytes", "Model state size.", ["model", "stage"], registry=r, multiprocess_mode="max"
+        )
+        self.quantization = Gauge(
+            "modelfleet_quantization_info", "Quantization asked for and applied (1), with the reason.",
+            ["model", "requested", "applied", "reason"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.batch_limit = Gauge(
+            "modelfleet_batch_limit_rows", "Rows per pass the batcher was sized to, from measured latency.",
+            ["model"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.rejected = Counter(
+            "modelfleet_rejected_requests", "Requests refused by a server limit.", ["model", "reason"], registry=r
+        )
+        self.model = model
+
+    def exposition(self) -> bytes:
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return generate_latest(merged)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics(config.model_name)
+        self.model = loaded
+        self.batcher: Batcher | None = None
+        self.draining = False
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None and not self.draining
+
+    @property
+    def signature(self) -> Signature:
+        assert self.model is not None
+        return self.model.signature
+
+    def knows(self, name: str, version: str | None = None) -> bool:
+        return name == self.config.model_name and version in (None, "", MODEL_VERSION)
+
+    def start(self) -> None:
+        """Loads the model (unless given), sizes the batcher by measured latency and starts it; in the event loop."""
+        config, name = self.config, self.config.model_name
+        if self.model is None:
+            self.model = load_model(
+                config.model_path, config.model_format, config.quantization, config.device, config.max_batch_size
+            )
+        model = self.model
+        self.metrics.size.labels(name, "original").set(model.original_bytes)
+        self.metrics.size.labels(name, "served").set(model.served_bytes)
+        decision = model.quantization
+        self.metrics.quantization.labels(name, config.quantization, decision.applied, decision.reason).set(1)
+        rows = self._batch_rows()
+        self.metrics.batch_limit.labels(name).set(rows)
+        log.info(
+            "serving %s (%s): %d -> %d bytes; %s; batches of up to %d rows",
+            name, config.model_path, model.original_bytes, model.served_bytes, decision.reason, rows,
+        )  # fmt: skip
+        self.batcher = Batcher(
+            self._forward, rows, config.max_delay_ms, self.metrics.batch.labels(name).observe, config.max_queue
+        )
+        self.batcher.start()
+
+    def _batch_rows(self) -> int:
+        """`max_batch_size`, less if a pass of that many rows takes longer than `max_delay_ms` (measured here)."""
+        specs = self.signature.inputs
+        if self.config.max_batch_size <= 1 or any(t.shape is None or -1 in t.shape[1:] for t in specs):
+            return self.config.max_batch_size
+
+        def seconds_for(rows: int) -> float:
+            probe = tuple(torch.from_numpy(np.zeros((rows, *t.shape[1:]), DATATYPES[t.datatype])) for t in specs)  # type: ignore[index]
+            return seconds_per_pass([lambda *x: self._forward(x)], probe, budget=0.1)[0]
+
+        return sized_batch(self.config.max_batch_size, self.config.max_delay_ms / 1000, seconds_for)
+
+    async def stop(self) -> None:
+        self.draining = True
+        if self.batcher:
+            await self.batcher.stop()
+
+    def _forward(self, inputs: Tensors) -> Tensors:
+        model = self.model
+        assert model is not None
+        cast = [t.to(model.device, model.dtype) if t.is_floating_point() else t.to(model.device) for t in inputs]
+        with torch.inference_mode():
+            answer = model.module(*cast)
+        outputs = answer if isinstance(answer, (tuple, list)) else (answer,)
+        return tuple(o.float().cpu() if o.dtype in (torch.float16, torch.bfloat16) else o.cpu() for o in outputs)
+
+    def reject(self, reason: str, status: int, message: str) -> V2Error:
+        self.metrics.rejected.labels(self.config.model_name, reason).inc()
+        return V2Error(status, message, reason)
+
+    async def infer(
+        self, decode: Callable[[Signature], Awaitable[Inference]], protocol: str
+    ) -> tuple[Inference, list[np.ndarray]]:
+        """Decodes a request and answers it within the request timeout, counted and timed; raises V2Error."""
+        name = self.config.model_name
+        started = time.perf_counter()
+        gauge = self.metrics.inflight.labels(name)
+        gauge.inc()
+        status = 200
+        try:
+            return await asyncio.wait_for(self._infer(decode), self.config.request_timeout)
+        except TimeoutError:
+            status = 504
+            raise self.reject("timeout", 504, f"no answer within {self.config.request_timeout:g}s") from None
+        except V2Error as exc:
+            status = exc.status
+            if exc.reason:
+                self.metrics.rejected.labels(name, exc.reason).inc()
+            raise
+        finally:
+            gauge.dec()
+            self.metrics.requests.labels(name, str(status), protocol).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - started)
+
+    async def _infer(self, decode: Callable[[Signature], Awaitable[Inference]]) -> tuple[Inference, list[np.ndarray]]:
+        if not self.ready or self.batcher is None:
+            raise V2Error(503, "model not ready")
+        inference = await decode(self.signature)
+        inputs = tuple(torch.from_numpy(a) for a in inference.inputs)
+        try:
+            outputs = await self.batcher.infer(inputs)
+        except asyncio.QueueFull:
+            raise V2Error(503, f"{self.config.max_queue} requests already queued", "queue_full") from None
+        except Exception as exc:
+            raise V2Error(400, f"inference failed: {exc}") from None
+        specs = self.signature.outputs
+        if len(outputs) != len(specs):
+            raise V2Error(500, f"the model returned {len(outputs)} outputs, its signature names {len(specs)}")
+        return inference, [
+            o.numpy().astype(DATATYPES[s.datatype], copy=False) for o, s in zip(outputs, specs, strict=True)
+        ]

@@ -1,0 +1,105 @@
+"""int8 for serving: static quantization (weights and activations) with a calibration at load, kept only where it
+makes the model smaller and faster.
+
+Static, not dynamic: dynamic quantization picks each activation's scale from the whole batch it sees, so a row's
+answer would depend on the rows it was batched with. With scales fixed at load, a row's answer is the same in any
+batch (tested), and on CPU the int8 kernels are the faster ones at batch sizes above a few rows.
+
+Calibration inputs: the artifact's `calibration.pt` (a tensor, or a list of tensors for several inputs; loaded with
+weights_only) when there is one, else standard-normal samples of the input shape (what the trainer's synthetic data
+and normalised features look like).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CALIBRATION_FILE = "calibration.pt"
+CALIBRATION_ROWS = 256
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What was served: `applied` is "int8" or "none"; `reason` says why (measured sizes and times)."""
+
+    applied: str
+    reason: str
+
+
+NOT_QUANTIZED = Decision("none", "no quantization asked for")
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Serialized size of the model's state (what quantization shrinks)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def calibration_inputs(artifact: Path, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+    """One batch of calibration rows per input."""
+    stored = artifact / CALIBRATION_FILE
+    if stored.exists():
+        blob = torch.load(stored, map_location="cpu", weights_only=True)
+        return [t.float() for t in (blob if isinstance(blob, (list, tuple)) else [blob])]
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(CALIBRATION_ROWS, *shape, generator=generator) for shape in shapes]
+
+
+def static_int8(module: nn.Module, calibration: Sequence[torch.Tensor]) -> nn.Module:
+    """The module with int8 weights and activations (x86 backend), observers calibrated on `calibration`."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao on every call
+        torch.backends.quantized.engine = "x86"
+        prepared = prepare_fx(module.eval(), get_default_qconfig_mapping("x86"), tuple(c[:2] for c in calibration))
+        with torch.inference_mode():
+            for start in range(0, calibration[0].shape[0], 64):
+                prepared(*(c[start : start + 64] for c in calibration))
+        return convert_fx(prepared)
+
+
+def seconds_per_pass(
+    forwards: Sequence[Callable[..., object]], inputs: Sequence[torch.Tensor], budget: float = 0.3
+) -> list[float]:
+    """The fastest of several timed passes of each forward function on `inputs`, taking turns for about `budget`
+    seconds after a warm-up: the minimum, and turns, because other processes on the cores only ever add time."""
+    best = [float("inf")] * len(forwards)
+    with torch.inference_mode():
+        for forward in forwards:
+            forward(*inputs)
+        deadline, rounds = time.perf_counter() + budget, 0
+        while rounds < 5 or (time.perf_counter() < deadline and rounds < 200):
+            for i, forward in enumerate(forwards):
+                started = time.perf_counter()
+                forward(*inputs)
+                best[i] = min(best[i], time.perf_counter() - started)
+            rounds += 1
+    return best
+
+
+def choose_int8(module: nn.Module, calibration: Sequence[torch.Tensor], batch_rows: int) -> tuple[nn.Module, Decision]:
+    """The int8 module where it is smaller and, at `batch_rows` rows, faster than `module`; else `module` itself."""
+    try:
+        quantized = static_int8(module, calibration)
+    except Exception as exc:  # any model torch.fx cannot trace or quantize is served as it is
+        return module, Decision("none", f"int8 skipped: the model cannot be quantized statically ({exc})")
+    before, after = state_bytes(module), state_bytes(quantized)
+    if after >= before:
+        return module, Decision("none", f"int8 skipped: it makes the model larger ({before} -> {after} bytes)")
+    probe = [c[:1].expand(batch_rows, *c.shape[1:]).contiguous() for c in calibration]
+    fp32, int8 = seconds_per_pass([module, quantized], probe)
+    timing = f"{fp32 * 1e3:.3f} ms -> {int8 * 1e3:.3f} ms at {batch_rows} rows"
+    if int8 >= fp32:
+        return module, Decision("none", f"int8 skipped: it makes the model slower ({timing})")
+    return quantized, Decision("int8", f"int8: {before} -> {after} bytes, {timing}")
