@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from modelfleet.api.training import TrainingJobSpec
+from modelfleet.runtime.modelio import load_model
+from modelfleet.runtime.models import build_model
 from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.training.builders import worker_env, worker_weights
 from modelfleet.training.progress import progress_from_metrics
@@ -76,13 +78,8 @@ def weights_of(artifact: Path) -> dict[str, torch.Tensor]:
 
 
 def single_process(tmp: Path, args: list[str] = ARGS) -> Path:
-    out = tmp / "single"
-    finish(
-        launch(
-            [{"WORLD_SIZE": "1", "RANK": "0", **on_loopback()}], [*args, "--output-dir", str(out)], tmp / "single-logs"
-        ),
-        tmp,
-    )
+    out, logs = tmp / "single", tmp / "single-logs"
+    finish(launch([{"WORLD_SIZE": "1", "RANK": "0", **on_loopback()}], [*args, "--output-dir", str(out)], logs), logs)
     return out
 
 
@@ -174,3 +171,65 @@ def test_trained_artifact_is_served(tmp_path: Path) -> None:
         assert torch.allclose(torch.tensor(answer["data"]).reshape(answer["shape"]), expected, atol=1e-5)
     finally:
         server.stop()
+
+
+def final_report(log: Path) -> dict:
+    """The `{"final": ...}` line a worker prints on success."""
+    line = next(line for line in log.read_text().splitlines() if line.startswith('{"final"'))
+    return json.loads(line)["final"]
+
+
+@pytest.mark.parametrize("world", [2, 4], ids=["2-ranks", "4-ranks"])
+def test_adaptive_shares_leave_a_slow_rank_and_still_equal_single_process_training(tmp_path: Path, world: int) -> None:
+    envs = gang_env(["A100"] * world, tmp_path, dataset={"sharding": "Adaptive", "rebalanceIntervalSteps": 4})
+    envs[1]["MODELFLEET_DEBUG_DELAY_PER_SAMPLE"] = "0.002"  # rank 1 acts as a much slower GPU
+    out = tmp_path / "adaptive"
+    finish(launch(envs, [*ARGS, "--output-dir", str(out)], tmp_path / "logs"), tmp_path / "logs")
+    reference = weights_of(single_process(tmp_path))
+    for name, tensor in reference.items():
+        assert torch.allclose(tensor, weights_of(out)[name], atol=1e-5), name
+    shares = final_report(tmp_path / "logs" / "rank0.log")["shares"]
+    assert sum(shares) == pytest.approx(1.0)
+    assert shares[1] < 0.5 / world, f"the slow rank keeps {shares}"
+    assert min(shares) > 0, "a slow rank keeps a few rows, so its speed stays measured"
+    recorded = json.loads((out / "metadata.json").read_text())["shares"]
+    assert recorded == {str(i): pytest.approx(s) for i, s in enumerate(shares)}, "per pod, by replica index"
+
+
+def test_distilled_and_pruned_student_equals_single_process_and_records_its_figures(tmp_path: Path) -> None:
+    teacher = single_process(tmp_path / "teacher", [*ARGS, "--epochs", "6"])
+    compression = {"distillation": {"teacher": f"file://{teacher}", "temperature": 2.0, "alpha": 0.7},
+                   "pruning": {"amount": 0.5, "atFraction": 0.5}}  # fmt: skip
+    envs = gang_env(["H100", "A100"], tmp_path, compression=compression)
+    assert envs[0]["MODELFLEET_DISTILL_TEACHER"] == str(teacher) and envs[0]["MODELFLEET_PRUNE_AMOUNT"] == "0.5"
+    out = tmp_path / "student"
+    finish(launch(envs, [*ARGS, "--output-dir", str(out)], tmp_path / "logs"), tmp_path / "logs")
+    flags = ["--teacher", str(teacher), "--temperature", "2", "--alpha", "0.7", "--prune-amount", "0.5"]
+    reference = weights_of(single_process(tmp_path / "one", [*ARGS, *flags]))
+    student = weights_of(out)
+    for name, tensor in reference.items():
+        assert torch.allclose(tensor, student[name], atol=1e-5), name
+    assert "distilling from" in (tmp_path / "logs" / "rank0.log").read_text()
+    prunable = sum(student[k].numel() for k in student if k.endswith("weight"))
+    zeros = sum(int((student[k] == 0).sum()) for k in student if k.endswith("weight"))
+    assert zeros == prunable // 2, "half the weights are zero in the artifact: pruning is permanent"
+    record = json.loads((out / "metadata.json").read_text())["compression"]
+    assert record["after"]["nonzeroParameters"] == record["before"]["parameters"] - zeros
+    assert record["after"]["flopsPerSample"] > record["after"]["nonzeroFlopsPerSample"] > 0
+    assert 0.5 < record["accuracyAfter"] <= 1 and 0.5 < record["accuracyBeforePruning"] <= 1
+    assert record["distillation"]["teacherAccuracy"] > 0.9
+    loaded = load_model(out)  # what the server does: TorchScript, nothing pickled
+    rows = torch.randn(5, 3)
+    model, _, _ = build_model("paper-mlp")
+    model.load_state_dict(student)
+    assert torch.allclose(loaded.module(rows), model(rows), atol=1e-6)
+
+
+def test_structured_pruning_removes_whole_hidden_units(tmp_path: Path) -> None:
+    out = single_process(tmp_path, [*ARGS, "--prune-amount", "0.5", "--prune-structured", "--prune-at", "1"])
+    weights = weights_of(out)
+    dead = (weights["hidden.weight"] == 0).all(dim=1)
+    assert int(dead.sum()) == 2, "2 of the 4 hidden units, by L2 norm"
+    assert bool((weights["out.weight"] != 0).all()), "the output layer (the classes) stays whole"
+    record = json.loads((out / "metadata.json").read_text())["compression"]
+    assert record["pruning"] == {"amount": 0.5, "structured": True, "at": 1.0}

@@ -10,8 +10,8 @@ import socket
 import pytest
 from prometheus_client import generate_latest
 
-from modelfleet.runtime.progress import ProgressReporter
-from modelfleet.training.progress import ProgressScraper, metrics_url, progress_from_metrics
+from modelfleet.runtime.progress import RANK, ProgressReporter
+from modelfleet.training.progress import ProgressScraper, metrics_urls, progress_from_metrics, with_live_shares
 
 
 def free_port() -> int:
@@ -77,14 +77,47 @@ def worker(index: int, phase: str = "Running", ip: str | None = "127.100.0.7", p
     }  # fmt: skip
 
 
-def test_only_a_running_replica_zero_with_an_ip_is_scraped() -> None:
-    assert metrics_url([worker(1), worker(0, port=9555)]) == "http://127.100.0.7:9555/metrics"
-    assert metrics_url([worker(1)]) is None
-    assert metrics_url([worker(0, phase="Pending")]) is None
-    assert metrics_url([worker(0, ip=None)]) is None
+def test_every_running_worker_with_an_ip_is_a_candidate_replica_zero_first() -> None:
+    urls = metrics_urls([worker(1), worker(0, port=9555), worker(2, phase="Pending"), worker(3, ip=None)])
+    assert list(urls.items()) == [
+        ("job-worker-0", "http://127.100.0.7:9555/metrics"),
+        ("job-worker-1", "http://127.100.0.7:9400/metrics"),
+    ]
     deleting = worker(0)
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    assert metrics_url([deleting]) is None
+    assert metrics_urls([deleting]) == {}
+
+
+def test_each_workers_share_and_throughput_are_read(reporter) -> None:
+    r = reporter()
+    r.report(step=5, epoch=0, loss=0.5, samples_per_second=100.0)
+    r.report_workers({0: 0.7, 1: 0.3}, {0: 700.123, 1: 300.0})
+    progress = progress_from_metrics(served(r))
+    assert progress is not None and progress["workers"] == {
+        "0": {"currentShare": 0.7, "samplesPerSecond": 700.12},
+        "1": {"currentShare": 0.3, "samplesPerSecond": 300.0},
+    }
+
+
+def test_the_scraper_finds_rank_zero_in_any_pod_and_keys_workers_by_pod_name(reporter) -> None:
+    """Elastic torchrun put rank 0 in replica 1's pod: replica 0's endpoint does not answer."""
+    port = free_port()
+    r = reporter(port)
+    r.report(step=9, epoch=0, loss=0.5, samples_per_second=100.0)
+    r.report_workers({0: 0.25, 1: 0.75}, {0: 10.0, 1: 30.0})
+    scraper = ProgressScraper(every=0.0, timeout=0.5)
+    pods = [worker(0, ip="127.0.0.1", port=free_port()), worker(1, ip="127.0.0.1", port=port)]
+    progress = asyncio.run(scraper.read("uid", pods))
+    assert progress is not None and progress["step"] == 9
+    assert progress["workers"]["job-worker-1"] == {"currentShare": 0.75, "samplesPerSecond": 30.0}
+    assert scraper.holder["uid"] == "job-worker-1", "asked first next time"
+
+
+def test_an_endpoint_that_is_not_rank_zero_is_ignored(reporter) -> None:
+    r = reporter()
+    r.report(step=1, epoch=0, loss=0.5, samples_per_second=1.0)
+    r.gauges[RANK].set(3)
+    assert progress_from_metrics(served(r)) is None
 
 
 def test_the_scraper_reads_rank_zero_at_most_once_per_period(reporter) -> None:
@@ -107,3 +140,13 @@ def test_the_scraper_reads_rank_zero_at_most_once_per_period(reporter) -> None:
 def test_an_endpoint_that_does_not_answer_gives_no_progress() -> None:
     scraper = ProgressScraper(timeout=0.5)
     assert asyncio.run(scraper.read("uid", [worker(0, ip="127.0.0.1", port=free_port())])) is None
+
+
+def test_placement_shows_the_fresh_shares_else_the_last_ones() -> None:
+    placement = [{"worker": "job-worker-0", "shardWeight": 0.5}, {"worker": "job-worker-1", "shardWeight": 0.5}]
+    previous = [{"worker": "job-worker-1", "currentShare": 0.2, "samplesPerSecond": 20.0}]
+    live = {"job-worker-0": {"currentShare": 0.8, "samplesPerSecond": 80.0}}
+    assert with_live_shares(placement, previous, live) == [
+        {"worker": "job-worker-0", "shardWeight": 0.5, "currentShare": 0.8, "samplesPerSecond": 80.0},
+        {"worker": "job-worker-1", "shardWeight": 0.5, "currentShare": 0.2, "samplesPerSecond": 20.0},
+    ]

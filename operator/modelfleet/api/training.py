@@ -19,8 +19,10 @@ from modelfleet.api.common import (
     Resources,
     rule,
 )
+from modelfleet.api.inference import MODEL_URI_PATTERN
 
 DEFAULT_TRAINING_IMAGE = "ghcr.io/modelfleet/runtime:0.1.0"
+TEACHER_VOLUME = "teacher"  # the volume the operator adds for a pvc:// distillation teacher
 DEFAULT_MASTER_PORT = 29500
 MAX_WORKERS = 1024
 # the worker pods' hostname `<job>-worker-<index>` is a DNS label of at most 63 characters
@@ -56,6 +58,7 @@ class RestartPolicy(StrEnum):
 class ShardingMode(StrEnum):
     WEIGHTED = "Weighted"
     EQUAL = "Equal"
+    ADAPTIVE = "Adaptive"
 
 
 class SuccessPolicy(StrEnum):
@@ -128,12 +131,57 @@ class Placement(ApiModel):
 class Dataset(ApiModel):
     sharding: ShardingMode = Field(
         default=ShardingMode.WEIGHTED,
-        description="Weighted: each worker's share of every batch follows its GPU's speed. Equal: same share each.",
+        description="Weighted: each worker's share of every batch follows its GPU's speed. Equal: same share each. "
+        "Adaptive: starts as Weighted, then follows each worker's measured throughput.",
+    )
+    rebalance_interval_steps: int = Field(
+        default=20,
+        ge=1,
+        le=100000,
+        description="Every this many steps the workers share their measured throughput; Adaptive moves the shares.",
     )
     gpu_speeds: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict,
         description="Relative speed per GPU product, overriding the operator's table (e.g. {H100: 3, A100: 1.5}); "
         "each above 0.",
+    )
+
+
+class Distillation(ApiModel):
+    teacher: str = Field(
+        min_length=1,
+        pattern=MODEL_URI_PATTERN,
+        description="The teacher's model artifact (TorchScript), as an InferenceService's model.uri: file:///path, "
+        "/path, or pvc://<claim>/<path> (the claim is mounted read-only).",
+    )
+    temperature: float = Field(default=4.0, gt=0, le=100, description="Softens both models' outputs (above 0).")
+    alpha: float = Field(
+        default=0.5, ge=0, le=1, description="Weight of the teacher's soft targets; 1 - alpha weighs the labels."
+    )
+
+
+class Pruning(ApiModel):
+    amount: float = Field(gt=0, lt=1, description="Fraction of the weights set to zero by magnitude (0 < amount < 1).")
+    structured: bool = Field(
+        default=False,
+        description="False: the smallest weights across all layers. True: whole output channels by L2 norm, "
+        "per layer (the output layer is kept whole).",
+    )
+    at_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="When in training: the fraction of the steps done before pruning; training goes on with the "
+        "pruned weights held at zero (1: prune the final model).",
+    )
+
+
+class Compression(ApiModel):
+    distillation: Distillation | None = Field(
+        default=None, description="Train the job's model as a student on the teacher's soft targets."
+    )
+    pruning: Pruning | None = Field(
+        default=None, description="Magnitude pruning, made permanent in the artifact (torch.nn.utils.prune)."
     )
 
 
@@ -178,6 +226,13 @@ class TrainingJobSpec(PodOptions):
                     ".volumeMounts",
                 ),
                 SCRATCH_VOLUME_RULE,
+                rule(
+                    "!has(self.compression.distillation) || !self.compression.distillation.teacher.startsWith('pvc://')"
+                    f" || !has(self.volumes) || !self.volumes.exists(v, v.name == '{TEACHER_VOLUME}')",
+                    f"the volume name '{TEACHER_VOLUME}' is taken by the teacher's PVC (compression.distillation"
+                    ".teacher pvc://...)",
+                    ".volumes",
+                ),
             ]
         }
     )
@@ -220,6 +275,9 @@ class TrainingJobSpec(PodOptions):
     output_path: str | None = Field(
         default=None, min_length=1, description="Where the final model artifact is written (a mounted volume)."
     )
+    compression: Compression = Field(
+        default_factory=Compression, description="Distillation and pruning while training."
+    )
 
 
 class WorkerPlacement(ApiModel):
@@ -230,7 +288,13 @@ class WorkerPlacement(ApiModel):
     region: str = Field(default="", description="Region of the node.")
     zone: str = Field(default="", description="Zone of the node.")
     gpu_type: str = Field(default="", description="GPU product of the node.")
-    shard_weight: float = Field(default=1.0, description="Share of each batch this worker takes.")
+    shard_weight: float = Field(default=1.0, description="Share of each batch this worker was planned to take.")
+    current_share: float | None = Field(
+        default=None, description="Share of each batch it takes now, as rank 0 last reported (Adaptive moves it)."
+    )
+    samples_per_second: float | None = Field(
+        default=None, description="Its measured throughput (samples per second of its own compute, smoothed)."
+    )
 
 
 class WorkerCounts(ApiModel):

@@ -1,5 +1,7 @@
-"""Rank 0's progress: Prometheus gauges on a small HTTP endpoint the operator scrapes into status.progress, and a
-JSON log line every few seconds. Workers need no Kubernetes API rights for it.
+"""Rank 0's progress: Prometheus gauges on a small HTTP endpoint the operator scrapes into status.progress (and each
+worker's current share and throughput into status.placement), and a JSON log line every few seconds. Workers need
+no Kubernetes API rights for it. Only the process of global rank 0 serves, and says so (`modelfleet_training_rank`):
+under elastic torchrun any pod may hold it, and the operator keeps the endpoint that answers.
 
 Reporting never stops training: an endpoint that cannot bind is logged, and training goes on without it.
 """
@@ -24,6 +26,11 @@ LOSS = "modelfleet_training_loss"
 SAMPLES_PER_SECOND = "modelfleet_training_samples_per_second"
 UPDATED = "modelfleet_training_updated_timestamp_seconds"
 """Unix time of the last report; 0 until the first one."""
+RANK = "modelfleet_training_rank"
+WORKER_SHARE = "modelfleet_training_worker_share"
+WORKER_SAMPLES_PER_SECOND = "modelfleet_training_worker_samples_per_second"
+WORKER_LABEL = "worker"
+"""Label of the per-worker gauges: the worker pod's replica index."""
 
 
 class ProgressReporter:
@@ -42,6 +49,14 @@ class ProgressReporter:
                 (LOSS, "Latest training loss."),
                 (SAMPLES_PER_SECOND, "Throughput of the whole gang."),
                 (UPDATED, "Unix time of the last progress report."),
+                (RANK, "Global rank of the reporting process (always 0)."),
+            )
+        }
+        self.workers = {
+            name: Gauge(name, help_, [WORKER_LABEL], registry=self.registry)
+            for name, help_ in (
+                (WORKER_SHARE, "Current share of every global batch, per worker pod."),
+                (WORKER_SAMPLES_PER_SECOND, "Measured (smoothed) samples per second of compute, per worker pod."),
             )
         }
         host = host or os.environ.get(HOST_ENV, "0.0.0.0")
@@ -69,6 +84,12 @@ class ProgressReporter:
                 "updatedAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
             log.info("progress %s", json.dumps(payload))
+
+    def report_workers(self, shares: dict[int, float], samples_per_second: dict[int, float]) -> None:
+        """Each worker pod's (replica index's) current share and throughput."""
+        for index, share in shares.items():
+            self.workers[WORKER_SHARE].labels(str(index)).set(share)
+            self.workers[WORKER_SAMPLES_PER_SECOND].labels(str(index)).set(samples_per_second.get(index, 0.0))
 
     def close(self) -> None:
         if self.server is not None:

@@ -26,6 +26,7 @@ from modelfleet.runtime.progress import DEFAULT_PORT as METRICS_PORT
 from modelfleet.runtime.progress import PORT_ENV
 from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.scheduling.gpus import shard_weights
+from modelfleet.training.compression import compression_env, teacher_volume
 
 WORKER_CONTAINER = "worker"
 DEFAULT_TRAIN_COMMAND = ["python", "-m", "modelfleet.runtime.train"]
@@ -114,6 +115,9 @@ def worker_env(
         "MODELFLEET_JOB_NAME": name,
         "MODELFLEET_NAMESPACE": meta["namespace"],
         "MODELFLEET_SHARD_WEIGHTS": ",".join(f"{w:.6f}" for w in weights),
+        "MODELFLEET_REPLICA_INDEX": str(index),
+        "MODELFLEET_SHARDING": str(spec.dataset.sharding),
+        "MODELFLEET_REBALANCE_STEPS": str(spec.dataset.rebalance_interval_steps),
         "MODELFLEET_ATTEMPT": str(attempt),
         PORT_ENV: str(METRICS_PORT),
     }
@@ -130,6 +134,7 @@ def worker_env(
         env["MODELFLEET_CHECKPOINT_INTERVAL"] = str(spec.checkpoint.interval_steps)
     if spec.output_path:
         env["MODELFLEET_OUTPUT_DIR"] = spec.output_path
+    env.update(compression_env(spec))
     fixed = [{"name": k, "value": v} for k, v in env.items()]
     fixed.append({"name": "MODELFLEET_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     user = [e.to_api() for e in spec.env if e.name not in env]
@@ -234,6 +239,9 @@ def worker_pod(
         "securityContext": container_security_context(spec.container_security_context),
     }
     volumes, container["volumeMounts"] = with_scratch(spec.volumes, spec.volume_mounts)
+    if teacher := teacher_volume(spec):
+        volumes.append(teacher[0])
+        container["volumeMounts"].append(teacher[1])
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "hostname": worker_name(name, index),

@@ -1,8 +1,9 @@
 """Rank 0's progress, scraped from its metrics endpoint the way model servers' /metrics are (workers need no API
-rights), and turned into `status.progress`.
+rights), and turned into `status.progress` and each worker's current share and throughput in `status.placement`.
 
-Rank 0 is the worker with replica index 0: it is so under static rendezvous; elastic torchrun (c10d) assigns ranks
-at rendezvous, and a rank 0 that lands in another pod leaves replica 0's endpoint empty (no progress, no harm).
+Rank 0 is the worker with replica index 0 under static rendezvous; elastic torchrun (c10d) assigns ranks at
+rendezvous, so rank 0 may be in any pod. Only the process of rank 0 serves its endpoint and says so: the scraper
+asks the pod that answered last time, else every running worker at once, and keeps the one that says rank 0.
 """
 
 from __future__ import annotations
@@ -17,34 +18,41 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet.api.common import REPLICA_INDEX_LABEL
 from modelfleet.inference.observe import scrape_all
-from modelfleet.runtime.progress import EPOCH, LOSS, SAMPLES_PER_SECOND, STEP, UPDATED
+from modelfleet.runtime.progress import (
+    EPOCH,
+    LOSS,
+    RANK,
+    SAMPLES_PER_SECOND,
+    STEP,
+    UPDATED,
+    WORKER_LABEL,
+    WORKER_SAMPLES_PER_SECOND,
+    WORKER_SHARE,
+)
 from modelfleet.training.builders import METRICS_PORT, METRICS_PORT_NAME
 
 SCRAPE_EVERY_SECONDS = 5.0
 SCRAPE_TIMEOUT_SECONDS = 1.0
 
 
-def metrics_url(pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """`http://<pod IP>:<metrics port>/metrics` of the running, not deleting, replica-0 worker, if there is one."""
-    for pod in pods:
+def metrics_urls(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Pod name -> `http://<pod IP>:<metrics port>/metrics` of every running, not deleting worker, replica 0 first."""
+    urls: dict[str, str] = {}
+    for pod in sorted(pods, key=lambda p: (p["metadata"].get("labels") or {}).get(REPLICA_INDEX_LABEL) != "0"):
         meta, status = pod["metadata"], pod.get("status") or {}
-        if (
-            (meta.get("labels") or {}).get(REPLICA_INDEX_LABEL) == "0"
-            and status.get("phase") == "Running"
-            and status.get("podIP")
-            and not meta.get("deletionTimestamp")
-        ):
+        if status.get("phase") == "Running" and status.get("podIP") and not meta.get("deletionTimestamp"):
             ports = [p for c in pod["spec"]["containers"] for p in c.get("ports") or []]
             port = next((p["containerPort"] for p in ports if p.get("name") == METRICS_PORT_NAME), METRICS_PORT)
-            return f"http://{status['podIP']}:{port}/metrics"
-    return None
+            urls[meta["name"]] = f"http://{status['podIP']}:{port}/metrics"
+    return urls
 
 
 def progress_from_metrics(text: str, _at: float = 0.0) -> dict[str, Any] | None:
     """status.progress from rank 0's Prometheus text, or None before its first report. A NaN or infinite value
     (a diverged loss) is left out: JSON has no such number and the API would refuse the status patch."""
-    values = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
-    if not values.get(UPDATED):
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    values = {s.name: s.value for s in samples if not s.labels}
+    if not values.get(UPDATED) or values.get(RANK, 0) != 0:
         return None
     progress: dict[str, Any] = {}
     for key, name, convert in (
@@ -56,6 +64,13 @@ def progress_from_metrics(text: str, _at: float = 0.0) -> dict[str, Any] | None:
         if name in values and math.isfinite(values[name]):
             progress[key] = convert(values[name])
     progress["updatedAt"] = datetime.fromtimestamp(values[UPDATED], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    workers: dict[str, dict[str, float]] = {}
+    for sample in samples:
+        key = {WORKER_SHARE: "currentShare", WORKER_SAMPLES_PER_SECOND: "samplesPerSecond"}.get(sample.name)
+        if key and WORKER_LABEL in sample.labels and math.isfinite(sample.value):
+            workers.setdefault(sample.labels[WORKER_LABEL], {})[key] = round(sample.value, 6 if "Share" in key else 2)
+    if workers:
+        progress["workers"] = workers
     return progress
 
 
@@ -65,21 +80,60 @@ class ProgressScraper:
     def __init__(self, every: float = SCRAPE_EVERY_SECONDS, timeout: float = SCRAPE_TIMEOUT_SECONDS) -> None:
         self.every, self.timeout = every, timeout
         self.last: dict[str, float] = {}
+        self.holder: dict[str, str] = {}
+        """Job uid -> the pod that last answered as rank 0."""
 
     async def read(self, uid: str, pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-        """The job's fresh progress, or None (nothing running, scraped too recently, or no answer)."""
-        url = metrics_url(pods)
-        if url is None:
+        """The job's fresh progress, or None (nothing running, scraped too recently, or no answer). Its `workers`
+        maps each worker pod's name to its current share and throughput."""
+        urls = metrics_urls(pods)
+        if not urls:
             self.last.pop(uid, None)
+            self.holder.pop(uid, None)
             return None
         now = time.monotonic()
         if now - self.last.get(uid, -math.inf) < self.every:
             return None
         self.last[uid] = now
-        return (await scrape_all({uid: url}, self.timeout, parse=progress_from_metrics))[uid]
+        holder = self.holder.get(uid)
+        answers = {}
+        if holder in urls:
+            answers = await scrape_all({holder: urls[holder]}, self.timeout, parse=progress_from_metrics)
+        if not any(answers.values()):
+            answers = await scrape_all(urls, self.timeout, parse=progress_from_metrics)
+        answered = {pod: progress for pod, progress in answers.items() if progress}
+        if not answered:
+            return None
+        self.holder[uid], progress = max(answered.items(), key=lambda item: item[1]["updatedAt"])
+        return with_pod_names(progress, pods)
 
     def due_in(self, uid: str) -> float | None:
         """Seconds until the job's next scrape is due, or None when it has nothing to scrape."""
         if uid not in self.last:
             return None
         return max(self.last[uid] + self.every - time.monotonic(), 0.0)
+
+
+def with_pod_names(progress: dict[str, Any], pods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The progress with its `workers` keyed by pod name instead of replica index."""
+    names = {(p["metadata"].get("labels") or {}).get(REPLICA_INDEX_LABEL): p["metadata"]["name"] for p in pods}
+    workers = {names[index]: live for index, live in (progress.get("workers") or {}).items() if index in names}
+    return {**progress, "workers": workers} if workers else {k: v for k, v in progress.items() if k != "workers"}
+
+
+LIVE_FIELDS = ("currentShare", "samplesPerSecond")
+
+
+def with_live_shares(
+    placement: Sequence[Mapping[str, Any]],
+    previous: Sequence[Mapping[str, Any]],
+    live: Mapping[str, Mapping[str, float]],
+) -> list[dict[str, Any]]:
+    """status.placement with each worker's current share and throughput: rank 0's fresh report where there is one,
+    else what the previous status said of the same pod."""
+    before = {p.get("worker"): p for p in previous}
+    merged = []
+    for entry in placement:
+        source = live.get(entry["worker"]) or before.get(entry["worker"]) or {}
+        merged.append({**entry, **{k: source[k] for k in LIVE_FIELDS if k in source}})
+    return merged

@@ -11,6 +11,7 @@ from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.training.builders import placement_record
 from modelfleet.training.lifecycle import Decision, Worker
+from modelfleet.training.progress import with_live_shares
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,9 @@ def compose_status(
         "failed": sum(w.phase == "Failed" for w in current),
     }
     if progress:
-        status["progress"] = dict(progress)
+        status["progress"] = {k: v for k, v in progress.items() if k != "workers"}
+    previous = [] if isinstance(outcome, Placed) else prev.get("placement") or []  # a new gang starts afresh
+    placement = with_live_shares(placement, previous, (progress or {}).get("workers") or {})
     if artifact:
         status["artifact"] = dict(artifact)
     status.update(
