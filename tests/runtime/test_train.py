@@ -23,6 +23,9 @@ from modelfleet.training.progress import progress_from_metrics
 from tests.support.processes import ServerProcess, env_with
 
 pytestmark = pytest.mark.runtime
+WORKER = ("-m", "modelfleet.runtime.train")
+TORCHRUN = ("-m", "torch.distributed.run", *WORKER)
+"""What a pod runs when the user's command is torchrun (elastic: c10d hands out the ranks)."""
 ARGS = ["--model", "paper-mlp", "--epochs", "3", "--batch-size", "64", "--samples", "1024", "--lr", "0.2"]
 
 
@@ -54,11 +57,13 @@ def on_loopback() -> dict[str, str]:
     return {"MODELFLEET_METRICS_HOST": "127.0.0.1", "MODELFLEET_METRICS_PORT": str(free_port())}
 
 
-def launch(envs: list[dict[str, str]], args: list[str], logs: Path) -> list[subprocess.Popen]:
+def launch(
+    envs: list[dict[str, str]], args: list[str], logs: Path, runner: tuple[str, ...] = WORKER
+) -> list[subprocess.Popen]:
     logs.mkdir(parents=True, exist_ok=True)
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "modelfleet.runtime.train", *args],
+            [sys.executable, *runner, *args],
             env=env_with(env),
             stdout=open(logs / f"rank{i}.log", "wb"),
             stderr=subprocess.STDOUT,
@@ -233,3 +238,24 @@ def test_structured_pruning_removes_whole_hidden_units(tmp_path: Path) -> None:
     assert bool((weights["out.weight"] != 0).all()), "the output layer (the classes) stays whole"
     record = json.loads((out / "metadata.json").read_text())["compression"]
     assert record["pruning"] == {"amount": 0.5, "structured": True, "at": 1.0}
+
+
+@pytest.mark.parametrize("how", ["torchrun", "swapped-ranks"])
+def test_elastic_weights_follow_the_pod_not_the_rank(tmp_path: Path, how: str) -> None:
+    """c10d hands out ranks in any order (torchrun here; `swapped-ranks` makes the order certain: pod 0 gets rank
+    1): each pod still takes the share planned for its node's GPU."""
+    envs = gang_env(["T4", "H100"], tmp_path, workers={"minReplicas": 2, "maxReplicas": 2})
+    endpoint = f"127.0.0.1:{free_port()}"
+    for env in envs:
+        env.update(PET_MASTER_ADDR="127.0.0.1", PET_RDZV_ENDPOINT=endpoint, MODELFLEET_METRICS_PORT=str(free_port()))
+    if how == "swapped-ranks":
+        envs[0]["RANK"], envs[1]["RANK"] = "1", "0"
+    out, logs = tmp_path / "elastic", tmp_path / "logs"
+    procs = launch(envs, [*ARGS, "--output-dir", str(out)], logs, runner=TORCHRUN if how == "torchrun" else WORKER)
+    finish(procs, logs)
+    planned = [float(w) for w in envs[0]["MODELFLEET_SHARD_WEIGHTS"].split(",")]
+    shares = json.loads((out / "metadata.json").read_text())["shares"]
+    assert shares == {"0": pytest.approx(planned[0], abs=1e-6), "1": pytest.approx(planned[1], abs=1e-6)}
+    reference = weights_of(single_process(tmp_path))
+    for name, tensor in reference.items():
+        assert torch.allclose(tensor, weights_of(out)[name], atol=1e-5), name

@@ -280,9 +280,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             checkpoint(cfg, model, optimizer, step, rank, world)
         if reporter:
             reporter.report(step, epoch, loss_value, seen / max(time.monotonic() - clock_start, 1e-9))
+    train_seconds = time.monotonic() - clock_start
     prune_if_due()
     make_permanent(model)
     metrics: dict[str, Any] = {
+        "trainSeconds": round(train_seconds, 3),
         "loss": loss_value,
         "accuracy": accuracy(model, x_eval, y_eval, device),
         "steps": float(step),
