@@ -198,7 +198,9 @@ def build_app(config: ServerConfig, loaded: LoadedModel | None = None) -> Starle
 
 def shared_socket(host: str, port: int) -> socket.socket:
     """A listening socket other server processes of this pod bind too (SO_REUSEPORT: the kernel spreads connections)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY on accepted connections only then (else Nagle and the
+    # client's delayed ACK hold every answer about 40 ms)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
