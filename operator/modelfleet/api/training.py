@@ -154,7 +154,13 @@ class Distillation(ApiModel):
         description="The teacher's model artifact (TorchScript), as an InferenceService's model.uri: file:///path, "
         "/path, or pvc://<claim>/<path> (the claim is mounted read-only).",
     )
-    temperature: float = Field(default=4.0, gt=0, le=100, description="Softens both models' outputs (above 0).")
+    temperature: float = Field(
+        default=2.0,
+        gt=0,
+        le=100,
+        description="Softens both models' outputs (above 0); the soft loss's gradient grows with it, so a high "
+        "temperature may want a lower learning rate.",
+    )
     alpha: float = Field(
         default=0.5, ge=0, le=1, description="Weight of the teacher's soft targets; 1 - alpha weighs the labels."
     )

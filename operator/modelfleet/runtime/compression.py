@@ -27,7 +27,7 @@ PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 @dataclass(frozen=True)
 class Distillation:
     teacher: nn.Module
-    temperature: float = 4.0
+    temperature: float = 2.0
     alpha: float = 0.5
 
     def loss_sum(self, logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,7 @@ class TrainConfig:
     rebalance_steps: int = 20
     debug_delay_per_sample: float = 0.0
     teacher: str | None = None
-    temperature: float = 4.0
+    temperature: float = 2.0
     alpha: float = 0.5
     prune_amount: float = 0.0
     prune_structured: bool = False
@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         help="debugging: seconds this rank sleeps per row of its shard each step, to act as a slower GPU",
     )
     p.add_argument("--teacher", default=env.get("MODELFLEET_DISTILL_TEACHER"), help="distil from this artifact")
-    p.add_argument("--temperature", type=float, default=float(env.get("MODELFLEET_DISTILL_TEMPERATURE", "4")))
+    p.add_argument("--temperature", type=float, default=float(env.get("MODELFLEET_DISTILL_TEMPERATURE", "2")))
     p.add_argument("--alpha", type=float, default=float(env.get("MODELFLEET_DISTILL_ALPHA", "0.5")))
     p.add_argument("--prune-amount", type=float, default=float(env.get("MODELFLEET_PRUNE_AMOUNT", "0")))
     p.add_argument(
