@@ -16,6 +16,7 @@ from typing import Any
 from modelfleet.api.common import GANG_ATTEMPT_LABEL
 from modelfleet.scheduling.cluster import NodeInfo, build_view, pod_gpu_request, pod_holds_resources, pod_node
 from modelfleet.scheduling.gpus import gpu_type_matches
+from modelfleet.scheduling.priority import slim_priority_class
 
 RESERVATION_TTL = 60.0
 Slim = Callable[[Mapping[str, Any]], dict[str, Any] | None]
@@ -30,7 +31,12 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     meta = pod.get("metadata", {})
     attempt = (meta.get("labels") or {}).get(GANG_ATTEMPT_LABEL)
     return {
-        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "attempt": attempt},
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "attempt": attempt,
+            "deleting": bool(meta.get("deletionTimestamp")),
+        },
         "spec": spec,
         "status": {"phase": pod.get("status", {}).get("phase")},
     }
@@ -104,6 +110,7 @@ class ClusterState:
     nodes: ObjectStore = field(default_factory=lambda: ObjectStore(plain_node))
     gpu_pods: ObjectStore = field(default_factory=lambda: ObjectStore(gpu_pod))
     reservations: dict[tuple[str, str, str | None], tuple[dict[str, Any], float]] = field(default_factory=dict)
+    priority_classes: ObjectStore = field(default_factory=lambda: ObjectStore(slim_priority_class))
 
     def reserve(self, pods: Iterable[dict[str, Any]]) -> None:
         """Counts freshly created pods until the watch delivers them, so two plans never share GPUs."""
@@ -126,6 +133,14 @@ class ClusterState:
                 del self.reservations[key]
         pending = [pod for pod, _ in self.reservations.values()]
         return build_view(self.nodes.values(), [*indexed, *pending], datetime.now(UTC))
+
+    def freeing(self) -> dict[str, int]:
+        """GPUs per node held by pods that are stopping (deleted, not yet gone): free soon."""
+        held: dict[str, int] = {}
+        for pod in self.gpu_pods.values():
+            if pod["metadata"].get("deleting") and (node := pod_node(pod)):
+                held[node] = held.get(node, 0) + pod_gpu_request(pod)
+        return held
 
     def gpu_products(self, wanted: str) -> list[str]:
         """The product labels in the cluster that a requested GPU type matches."""

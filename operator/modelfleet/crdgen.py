@@ -172,6 +172,7 @@ def training_job_crd() -> dict[str, Any]:
             column("Workers", ".status.ready"),
             column("GPUs", ".status.gpus", "integer"),
             column("Region", ".status.region"),
+            column("Queue", ".status.queue.position", "integer"),
             column("Restarts", ".status.restarts", "integer", priority=1),
             column("Step", ".status.progress.step", "integer", priority=1),
             column("Loss", ".status.progress.loss", "number", priority=1),

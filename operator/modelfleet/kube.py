@@ -45,6 +45,10 @@ def custom() -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api())
 
 
+def scheduling() -> client.SchedulingV1Api:
+    return client.SchedulingV1Api(api())
+
+
 API_REQUESTS = Counter("modelfleet_api_requests", "Kubernetes API requests the reconcilers made.", ["call"])
 REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds for every request: a hung apiserver connection never stalls a reconcile for ever."""

@@ -19,8 +19,9 @@ from modelfleet.cluster_state import CLUSTER
 from modelfleet.inference import handlers as inference
 from modelfleet.leader import default_identity
 from modelfleet.resync import RESYNC
-from modelfleet.scheduling.cluster import node_is_ready
+from modelfleet.scheduling.cluster import node_is_ready, pod_gpu_request
 from modelfleet.training import handlers as training
+from modelfleet.training.queueing import QUEUE
 
 __all__ = ["inference", "training"]
 
@@ -44,12 +45,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     RESYNC.loops = {training.PLURAL: training.LOOPS, inference.PLURAL: inference.LOOPS}
     await RESYNC.run()  # nodes and GPU pods known before the first placement
     memo.resync_task = asyncio.create_task(RESYNC.keep_healed(), name="resync")
+    memo.queue_task = asyncio.create_task(QUEUE.run(), name="gpu-queue")
 
 
 @kopf.on.cleanup()
 async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
-    if task := memo.get("resync_task"):
-        task.cancel()
+    for name in ("resync_task", "queue_task"):
+        if task := memo.get(name):
+            task.cancel()
     training.LOOPS.stop()
     inference.LOOPS.stop()
 
@@ -62,6 +65,7 @@ async def node_event(event: dict[str, Any], **_: Any) -> None:
         RESYNC.request()
     deleted = event.get("type") == "DELETED"
     CLUSTER.nodes.observe(node, deleted=deleted)
+    QUEUE.request()
     if deleted or not node_is_ready(node):
         training.LOOPS.wake_all()
 
@@ -72,3 +76,5 @@ async def pod_event(event: dict[str, Any], **_: Any) -> None:
     if event.get("type") is None:
         RESYNC.request()
     CLUSTER.gpu_pods.observe(event["object"], deleted=event.get("type") == "DELETED")
+    if pod_gpu_request(event["object"]):
+        QUEUE.request()

@@ -48,6 +48,8 @@ class Resync:
         dropped = {"nodes": CLUSTER.nodes.replace(nodes, started)}
         pods = await self._list(kube.core().list_pod_for_all_namespaces, kube.core().list_namespaced_pod)
         dropped["pods"] = CLUSTER.gpu_pods.replace(pods, started)
+        classes = await _list_all(kube.scheduling().list_priority_class)
+        dropped["priorityclasses"] = CLUSTER.priority_classes.replace(classes, started)
         custom = kube.custom()
         for plural, loops in self.loops.items():
             items = await self._list(

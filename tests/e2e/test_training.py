@@ -71,7 +71,7 @@ def test_job_too_big_waits_with_the_reason_and_starts_when_capacity_frees(kube: 
         ),
         what="second Unschedulable",
     )
-    assert pending["phase"] == "Pending"
+    assert pending["phase"] == "Queued"
     assert condition(pending, "Scheduled")["message"].startswith(
         "needs 2 workers x 8 H100 GPUs (16 in all) in us-west-1: at most 0 fit"
     )

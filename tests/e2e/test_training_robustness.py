@@ -200,4 +200,4 @@ def test_a_node_deleted_in_a_watch_gap_is_never_planned_on(
         timeout=60,
         what="Unschedulable on the one H100 node left",
     )  # fmt: skip
-    assert pending["phase"] == "Pending" and workers(kube, namespace, "wide") == []
+    assert pending["phase"] == "Queued" and workers(kube, namespace, "wide") == []

@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field
 
 from modelfleet.api.common import (
     DNS_1035_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
     SCRATCH_VOLUME_RULE,
     ApiModel,
     Condition,
@@ -68,6 +69,7 @@ class SuccessPolicy(StrEnum):
 
 class TrainingPhase(StrEnum):
     PENDING = "Pending"
+    QUEUED = "Queued"
     RUNNING = "Running"
     RESTARTING = "Restarting"
     SUCCEEDED = "Succeeded"
@@ -273,6 +275,14 @@ class TrainingJobSpec(PodOptions):
         default=None, ge=0, description="Delete the job this long after it succeeded or failed."
     )
     suspend: bool = Field(default=False, description="True deletes the workers and keeps the job; false resumes it.")
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="A PriorityClass (scheduling.k8s.io/v1) whose value orders the GPU queue and decides who may "
+        "preempt whom; its preemptionPolicy Never makes the job wait instead of preempting. Default: the "
+        "cluster's globalDefault class, else 0.",
+    )
     master_port: int = Field(
         default=29500, ge=1024, le=65535, description="Port of the rendezvous (MASTER_PORT) on worker 0."
     )
@@ -323,6 +333,19 @@ class Progress(ApiModel):
     updated_at: str | None = Field(default=None, description="When rank 0 reported it.")
 
 
+class QueueStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    position: int = Field(description="1 + the waiting jobs ahead of it that compete for the same regions.")
+    reason: str = Field(
+        description="Capacity (does not fit now), Reserved (fits, but the GPUs are held for jobs ahead), "
+        "Preempting (waits for the jobs it preempted to stop), Draining (its previous workers are stopping), "
+        "PriorityClassNotFound."
+    )
+    message: str = Field(default="", description="Why it waits, for a person.")
+    reserved_nodes: list[str] = Field(default_factory=list, description="Nodes whose GPUs are held for it.")
+
+
 class Artifact(ApiModel):
     """The model a succeeded job made: what an InferenceService with model.fromTrainingJob serves."""
 
@@ -353,3 +376,4 @@ class TrainingJobStatus(ApiModel):
     artifact: Artifact | None = Field(
         default=None, description="The model artifact of the succeeded run (rank 0's termination message)."
     )
+    queue: QueueStatus | None = Field(default=None, description="Where the job waits in the GPU queue (phase Queued).")

@@ -16,15 +16,17 @@ from modelfleet.cluster_state import CLUSTER
 from modelfleet.loops import ObjectGone, ReconcileLoops
 from modelfleet.resync import RESYNC
 from modelfleet.scheduling.cluster import NodeInfo
-from modelfleet.scheduling.planner import GangDemand, Unschedulable, plan_gang
+from modelfleet.scheduling.planner import Plan
+from modelfleet.scheduling.queue import Admit, Evict, Wait, gpus_on
 from modelfleet.training.artifact import artifact_from_pods
 from modelfleet.training.builders import headless_service, worker_pod, worker_weights
 from modelfleet.training.lifecycle import Decision, decide
 from modelfleet.training.progress import ProgressScraper
-from modelfleet.training.status import CreateRefused, NotPlaced, Outcome, Placed, compose_status, desired_workers
+from modelfleet.training.queueing import QUEUE
+from modelfleet.training.status import CreateRefused, NotPlaced, Outcome, Placed, Queued, compose_status
 
 PLURAL = "trainingjobs"
-UNSCHEDULABLE_RETRY_SECONDS = 3.0
+NO_VERDICT_RETRY_SECONDS = 1.0
 CREATE_FAILED_RETRY_SECONDS = 60.0
 _placement_lock: asyncio.Lock | None = None
 PROGRESS = ProgressScraper()
@@ -74,18 +76,32 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
     ]
     nodes = CLUSTER.nodes_by_name()
     lost = {node for p in pods if (node := p["spec"].get("nodeName")) and (node not in nodes or not nodes[node].ready)}
-    decision = decide(spec, body.get("status") or {}, pods, lost, generation=generation)
+    key = (namespace, name)
+    evict = verdict if isinstance(verdict := QUEUE.verdict(key), Evict) else None
+    decision = decide(spec, body.get("status") or {}, pods, lost, generation=generation, evict=evict)
+    QUEUE.note_draining(key, decision.draining)
     progress = await PROGRESS.read(meta["uid"], pods)
     # What the decision means for status is written first: a crash after it never loses a restart or a failure.
     artifact = artifact_from_pods(spec, pods, meta["uid"]) if decision.finished else None
     body = await _write_status(body, spec, decision, nodes, progress=progress, artifact=artifact)
     await _delete_workers(namespace, decision)
+    if decision.evicted:
+        QUEUE.consume(key)
+        QUEUE.request()
 
     outcome: Outcome | None = None
     if decision.place_gang:
-        if (wait := _create_retry_at.get((namespace, name), 0.0) - time.monotonic()) > 0:
+        if (wait := _create_retry_at.get(key, 0.0) - time.monotonic()) > 0:
             return wait
-        outcome = await place_gang(meta, spec, int(body["status"].get("restarts") or 0))
+        verdict = QUEUE.verdict(key)
+        if isinstance(verdict, Admit):
+            QUEUE.consume(key)
+            outcome = await place_gang(meta, spec, int(body["status"].get("restarts") or 0), verdict.plan)
+        elif isinstance(verdict, Wait):
+            outcome = Queued(verdict.position, verdict.reason, verdict.message, verdict.reserved)
+        else:
+            QUEUE.request()
+            return NO_VERDICT_RETRY_SECONDS  # the next pass will have a verdict for it
         await _write_status(body, spec, decision, nodes, outcome)
     if decision.ungate:
         await asyncio.gather(*(_ungate(namespace, w.name, w.uid) for w in decision.ungate))
@@ -96,13 +112,16 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
         )
         await kube.delete_custom(PLURAL, namespace, name)
     if isinstance(outcome, NotPlaced):
-        return UNSCHEDULABLE_RETRY_SECONDS
+        QUEUE.request()
+        return NO_VERDICT_RETRY_SECONDS
+    if isinstance(outcome, Queued):
+        return None  # the queue wakes the loop when its verdict changes
     if isinstance(outcome, CreateRefused):
         if outcome.reason == "InvalidSpec":
             return None  # nothing to retry until the spec changes (a new generation wakes the loop)
-        _create_retry_at[(namespace, name)] = time.monotonic() + CREATE_FAILED_RETRY_SECONDS
+        _create_retry_at[key] = time.monotonic() + CREATE_FAILED_RETRY_SECONDS
         return CREATE_FAILED_RETRY_SECONDS
-    _create_retry_at.pop((namespace, name), None)
+    _create_retry_at.pop(key, None)
     if outcome is not None or decision.ungate or decision.delete or decision.force_delete:
         return 1.0  # look again soon: the pods we touched are moving
     return min((t for t in (decision.requeue_after, PROGRESS.due_in(meta["uid"])) if t is not None), default=None)
@@ -147,24 +166,17 @@ async def _ungate(namespace: str, name: str, uid: str) -> None:
     await kube.patch_pod(namespace, name, ungate_patch(uid), ignore=(404, 422))
 
 
-async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int) -> Outcome:
-    """Plans the whole gang and creates every worker gated; the gates go only when all exist and all are ours."""
+async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan) -> Outcome:
+    """Creates every worker of the queue's plan gated; the gates go only when all exist and all are ours."""
     namespace = meta["namespace"]
     fresh = await kube.get_custom(PLURAL, namespace, meta["name"])
     if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
         raise ObjectGone(f"{namespace}/{meta['name']}")  # deleted while a watch gap hid it: make nothing
-    demand = GangDemand(
-        workers=desired_workers(spec),
-        gpus_per_worker=spec.resources.gpus,
-        gpu_type=spec.resources.gpu_type,
-        regions=tuple(spec.placement.regions),
-        policy=spec.placement.policy,
-        min_workers=spec.workers.min_replicas,
-    )
     async with placement_lock():
-        plan = plan_gang(CLUSTER.view(), demand)
-        if isinstance(plan, Unschedulable):
-            return NotPlaced(plan.reason)
+        free = {n.name: n.free_gpus for n in CLUSTER.view() if n.ready and not n.unschedulable}
+        wanted = gpus_on((n.name for n in plan.nodes), spec.resources.gpus)
+        if any(free.get(node, -1) < gpus for node, gpus in wanted.items()):
+            return NotPlaced("the capacity the queue planned on changed; planning again")
         pods = [
             worker_pod(meta, spec, i, plan.nodes, attempt, gated=spec.placement.gang) for i in range(len(plan.nodes))
         ]
@@ -200,13 +212,24 @@ def _announce(
     """An Event for every transition a user wants to see in `kubectl describe`."""
     if isinstance(outcome, CreateRefused):
         kopf.warn(body, reason=outcome.reason, message=outcome.message)
+    elif isinstance(outcome, Queued):
+        before = prev.get("queue") or {}
+        if outcome.reason != before.get("reason"):
+            kopf.event(body, type="Normal", reason="Queued", message=f"position {outcome.position}: {outcome.message}")
+        if outcome.reserved_nodes and list(outcome.reserved_nodes) != before.get("reservedNodes"):
+            kopf.event(body, type="Normal", reason="Reserved", message=outcome.message)
     elif isinstance(outcome, NotPlaced):
         previous = next((c for c in prev.get("conditions") or [] if c.get("type") == "Scheduled"), {})
         if previous.get("message") != outcome.reason:
             kopf.warn(body, reason="Unschedulable", message=outcome.reason)
     elif isinstance(outcome, Placed):
         nodes = ", ".join(sorted({n.name for n in outcome.nodes}))
+        kopf.event(body, type="Normal", reason="Admitted", message=f"admitted by the GPU queue: {len(outcome.nodes)} "
+                   f"workers x {status['gpus'] // max(len(outcome.nodes), 1)} GPUs")  # fmt: skip
         kopf.event(body, type="Normal", reason="GangPlaced", message=f"{len(outcome.nodes)} workers on {nodes}")
+    if decision.evicted:
+        severity = "Warning" if decision.evicted.reason == "Preempted" else "Normal"
+        kopf.event(body, type=severity, reason=decision.evicted.reason, message=decision.evicted.message)
     if decision.restart:
         kopf.warn(body, reason="GangRestart", message=f"{decision.restart.message}; restarting all workers")
     if decision.fail:
@@ -220,6 +243,7 @@ def _announce(
 
 
 LOOPS = ReconcileLoops("trainingjob", reconcile)
+QUEUE.loops = LOOPS
 
 
 @kopf.on.event("modelfleet.dev", "v1alpha1", PLURAL)
@@ -227,9 +251,17 @@ async def training_job_event(event: dict[str, Any], **_: Any) -> None:
     if event.get("type") is None:
         RESYNC.request()
     LOOPS.observe(event["object"], deleted=event.get("type") == "DELETED")
+    QUEUE.request()
 
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, JOB_NAME_LABEL: kopf.PRESENT})
 async def worker_event(event: dict[str, Any], **_: Any) -> None:
     meta = event["object"]["metadata"]
     LOOPS.wake((meta["namespace"], meta["labels"][JOB_NAME_LABEL]))
+    QUEUE.request()
+
+
+@kopf.on.event("scheduling.k8s.io", "v1", "priorityclasses")
+async def priority_class_event(event: dict[str, Any], **_: Any) -> None:
+    CLUSTER.priority_classes.observe(event["object"], deleted=event.get("type") == "DELETED")
+    QUEUE.request()

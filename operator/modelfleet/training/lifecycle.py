@@ -18,6 +18,7 @@ from typing import Any
 from modelfleet.api.common import GANG_ATTEMPT_LABEL, GANG_SCHEDULING_GATE, REPLICA_INDEX_LABEL
 from modelfleet.api.training import RestartPolicy, SuccessPolicy, TrainingJobSpec, TrainingPhase
 from modelfleet.scheduling.cluster import pod_node
+from modelfleet.scheduling.queue import Evict
 
 FINISHED = (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED)
 TERMINATION_POLL_SECONDS = 5.0
@@ -121,6 +122,10 @@ class Decision:
     delete_job: bool = False
     requeue_after: float | None = None
     current: list[Worker] = field(default_factory=list)
+    evicted: Evict | None = None
+    """The GPU queue stopped the gang (preempted or resized): every worker goes, the job queues again."""
+    draining: bool = False
+    """No worker of the current gang is left, but stopping pods still hold their names (and GPUs)."""
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -185,6 +190,7 @@ def decide(
     lost_nodes: set[str],
     now: datetime | None = None,
     generation: int = 1,
+    evict: Evict | None = None,
 ) -> Decision:
     now = now or datetime.now(UTC)
     attempt = int(status.get("restarts") or 0)
@@ -206,6 +212,12 @@ def decide(
     if spec.suspend:
         decision.delete = [w.name for w in workers if not w.deleting]
         decision.phase = TrainingPhase.SUSPENDED
+        return decision
+
+    if evict and any(w.live for w in workers):
+        decision.delete = [w.name for w in workers if not w.deleting]
+        decision.phase = TrainingPhase.QUEUED
+        decision.evicted = evict
         return decision
 
     started = parse_time(status.get("startTime"))
@@ -248,6 +260,7 @@ def decide(
 
     if not current:
         if workers:  # pods of the previous attempt (or deleted ones) still exist: their names are not free yet
+            decision.draining = True
             decision.requeue_after = min(decision.requeue_after or TERMINATION_POLL_SECONDS, TERMINATION_POLL_SECONDS)
         else:
             refused = refusal(status, generation)

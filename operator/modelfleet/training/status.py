@@ -34,7 +34,21 @@ class CreateRefused:
     message: str
 
 
-Outcome = Placed | NotPlaced | CreateRefused
+@dataclass(frozen=True)
+class Queued:
+    """The GPU queue holds the job back: where it stands and why."""
+
+    position: int
+    reason: str
+    message: str
+    reserved_nodes: tuple[str, ...] = ()
+
+    def record(self) -> dict[str, Any]:
+        return {"position": self.position, "reason": self.reason, "message": self.message,
+                "reservedNodes": list(self.reserved_nodes)}  # fmt: skip
+
+
+Outcome = Placed | NotPlaced | CreateRefused | Queued
 
 
 def desired_workers(spec: TrainingJobSpec) -> int:
@@ -57,7 +71,7 @@ def compose_status(
     status: dict[str, Any] = {k: v for k, v in prev.items() if k in keep}
     conditions: list[dict[str, Any]] = list(prev.get("conditions") or [])
     restarts = int(prev.get("restarts") or 0) + (1 if decision.restart else 0)
-    phase = _phase(prev, decision)
+    phase = _phase(prev, decision, outcome)
     current: Sequence[Worker] = [] if decision.restart else decision.current
     world = max((w.world_size for w in current), default=0) or desired_workers(spec)
 
@@ -80,11 +94,19 @@ def compose_status(
         cond("Created", True, "JobCreated", "the job was accepted")
     if isinstance(outcome, NotPlaced):
         cond("Scheduled", False, "Unschedulable", outcome.reason)
+    elif isinstance(outcome, Queued):
+        cond("Scheduled", False, "Unschedulable" if outcome.reason == "Capacity" else outcome.reason, outcome.message)
     elif isinstance(outcome, Placed):
         region = outcome.nodes[0].region if outcome.nodes else ""
         count = len({n.name for n in outcome.nodes})
         cond("Scheduled", True, "GangPlaced", f"{len(outcome.nodes)} workers on {count} nodes in {region}")
         status.setdefault("startTime", now_iso())
+        for kind in ("Preempted", "Resized"):
+            if any(c.get("type") == kind and c.get("status") == "True" for c in conditions):
+                cond(kind, False, "Readmitted", "the queue admitted the job again")
+    if decision.evicted:
+        kind = "Preempted" if decision.evicted.reason == "Preempted" else "Resized"
+        cond(kind, True, decision.evicted.reason, decision.evicted.message)
     if spec.suspend:
         cond("Suspended", True, "Suspended", "workers deleted; set spec.suspend to false to resume")
     elif any(c.get("type") == "Suspended" and c.get("status") == "True" for c in conditions):
@@ -144,17 +166,22 @@ def compose_status(
         gpus=world * spec.resources.gpus,
         region=placement[0]["region"] if placement else (prev.get("region") or ""),
         placement=placement,
+        queue=outcome.record() if isinstance(outcome, Queued) else (prev.get("queue") if phase == "Queued" else None),
     )
     return status
 
 
-def _phase(prev: Mapping[str, Any], decision: Decision) -> TrainingPhase:
+def _phase(prev: Mapping[str, Any], decision: Decision, outcome: Outcome | None) -> TrainingPhase:
     if decision.fail:
         return TrainingPhase.FAILED
     if decision.phase:
         return decision.phase
+    if isinstance(outcome, Queued):
+        return TrainingPhase.QUEUED
     if prev.get("phase") in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
         return TrainingPhase(prev["phase"])
     if prev.get("phase") == TrainingPhase.RESTARTING:
         return TrainingPhase.RESTARTING
+    if prev.get("phase") == TrainingPhase.QUEUED and (outcome is None or isinstance(outcome, NotPlaced)):
+        return TrainingPhase.QUEUED
     return TrainingPhase.PENDING

@@ -1,0 +1,163 @@
+"""The operator's GPU queue: one planning pass for every TrainingJob at once, whose verdicts the handlers carry out.
+
+A pass reads only in-memory state (the jobs the loops know, the node and GPU-pod stores, the PriorityClasses),
+calls the pure `plan_queue`, and wakes the loops of the jobs whose verdict changed. Passes are coalesced: job,
+worker, node and PriorityClass events request one, and a timer runs one every few seconds. Only the leader runs
+the operator, so only the leader plans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelfleet import policy
+from modelfleet.api.training import TrainingJobSpec, TrainingPhase
+from modelfleet.cluster_state import CLUSTER, ClusterState
+from modelfleet.loops import Key, ReconcileLoops, key_of
+from modelfleet.scheduling.planner import GangDemand
+from modelfleet.scheduling.priority import resolve_priority
+from modelfleet.scheduling.queue import QueuedGang, RunningGang, Verdict, Wait, plan_queue
+from modelfleet.training.lifecycle import parse_time, refusal
+from modelfleet.training.status import desired_workers
+
+log = logging.getLogger(__name__)
+PASS_PERIOD = 3.0
+COALESCE = 0.2
+"""Seconds a requested pass waits, so a burst of events makes one pass."""
+GROW_AFTER = 15.0
+"""Seconds an elastic gang runs at one size before it may grow (each growth is a gang restart)."""
+
+
+def gang_demand(spec: TrainingJobSpec) -> GangDemand:
+    return GangDemand(
+        workers=desired_workers(spec),
+        gpus_per_worker=spec.resources.gpus,
+        gpu_type=spec.resources.gpu_type,
+        regions=tuple(spec.placement.regions),
+        policy=spec.placement.policy,
+        min_workers=spec.workers.min_replicas,
+    )
+
+
+def _seconds(value: str | None) -> float:
+    when = parse_time(value)
+    return when.timestamp() if when else 0.0
+
+
+def _placed_at(status: Mapping[str, Any]) -> float:
+    """When the current gang was placed: the Scheduled condition's transition to True, else startTime."""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Scheduled" and cond.get("status") == "True":
+            return _seconds(cond.get("lastTransitionTime")) or _seconds(status.get("startTime"))
+    return _seconds(status.get("startTime"))
+
+
+def snapshot(
+    bodies: Iterable[Mapping[str, Any]], classes: Iterable[Mapping[str, Any]], draining: set[Key]
+) -> tuple[list[QueuedGang], list[RunningGang], dict[Key, Wait]]:
+    """The queue's input from the jobs as last seen: waiting gangs, running gangs, and jobs that cannot be queued
+    yet (their PriorityClass does not exist). Finished, suspended, invalid and refused jobs take no part."""
+    queued, running, held = [], [], {}
+    classes = list(classes)
+    for body in bodies:
+        meta, status = body["metadata"], body.get("status") or {}
+        try:
+            spec = TrainingJobSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            continue
+        if (
+            spec.suspend
+            or policy.refusal(spec)
+            or status.get("phase") in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED)
+        ):
+            continue
+        if refusal(status, meta.get("generation", 1)) == "InvalidSpec":
+            continue
+        key = key_of(dict(body))
+        priority = resolve_priority(spec.priority_class_name, classes)
+        if priority is None:
+            message = f"PriorityClass {spec.priority_class_name} does not exist"
+            held[key] = Wait(0, "PriorityClassNotFound", message)
+            continue
+        demand = gang_demand(spec)
+        length = float(spec.active_deadline_seconds) if spec.active_deadline_seconds else None
+        if placement := status.get("placement"):
+            nodes = tuple(p["node"] for p in placement)
+            running.append(RunningGang(key, demand, nodes, priority.value, _placed_at(status), length))
+        else:
+            submitted = _seconds(meta.get("creationTimestamp"))
+            queued.append(QueuedGang(key, demand, priority.value, submitted, priority.may_preempt, length,
+                                     key in draining))  # fmt: skip
+    return queued, running, held
+
+
+class GpuQueue:
+    """The latest verdicts and the task that keeps them fresh."""
+
+    def __init__(self, cluster: ClusterState) -> None:
+        self.cluster = cluster
+        self.loops: ReconcileLoops | None = None
+        self.verdicts: dict[Key, Verdict] = {}
+        self.draining: set[Key] = set()
+        self.requested = asyncio.Event()
+        self.passes = 0
+
+    def request(self) -> None:
+        self.requested.set()
+
+    def verdict(self, key: Key) -> Verdict | None:
+        return self.verdicts.get(key)
+
+    def consume(self, key: Key) -> None:
+        """The handler acted on this job's Admit or Evict: it must not act on it twice."""
+        self.verdicts.pop(key, None)
+
+    def note_draining(self, key: Key, draining: bool) -> None:
+        if draining:
+            self.draining.add(key)
+        else:
+            self.draining.discard(key)
+
+    def plan(self, now: datetime | None = None) -> dict[Key, Verdict]:
+        """One pass: new verdicts; wakes the loops whose verdict changed."""
+        assert self.loops is not None
+        bodies = list(self.loops.bodies.values())
+        self.draining &= set(self.loops.bodies)
+        queued, running, held = snapshot(bodies, self.cluster.priority_classes.values(), self.draining)
+        moment = (now or datetime.now().astimezone()).timestamp()
+        verdicts: dict[Key, Verdict] = {**held}
+        verdicts.update(plan_queue(self.cluster.view(), queued, running, self.cluster.freeing(), moment,
+                                   grow_after=GROW_AFTER))  # fmt: skip
+        previous, self.verdicts = self.verdicts, verdicts
+        self.passes += 1
+        for key in set(previous) | set(verdicts):
+            if previous.get(key) != verdicts.get(key):
+                self.loops.wake(key)
+        return verdicts
+
+    async def run(self) -> None:
+        """Plans after every request (coalesced) and every PASS_PERIOD seconds, for the operator's lifetime."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.requested.wait(), timeout=PASS_PERIOD)
+            await asyncio.sleep(COALESCE)
+            self.requested.clear()
+            started = time.perf_counter()
+            try:
+                verdicts = self.plan()
+            except Exception:
+                log.exception("GPU queue pass failed; the next one runs in %.0fs", PASS_PERIOD)
+                continue
+            if (took := time.perf_counter() - started) > 1.0:
+                log.warning("GPU queue pass over %d jobs took %.2fs", len(verdicts), took)
+
+
+QUEUE = GpuQueue(CLUSTER)

@@ -1,0 +1,116 @@
+"""The GPU queue end to end: reservation ahead of backfill, preemption by priority, elastic growth.
+
+Every test works on cn-beijing's four 8-GPU A100 nodes and first waits until no pod of an earlier test holds them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from tests.support.kube import Kube, wait_for
+from tests.support.training import condition, events_of, status, training_job, wait_phase, workers
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator")]
+REGION = ("cn-beijing",)
+
+
+def busy_a100_pods(kube: Kube) -> list[str]:
+    nodes = {
+        n["metadata"]["name"]
+        for n in kube.get_json("nodes", "-l", "nvidia.com/gpu.product=A100,topology.kubernetes.io/region=cn-beijing")[
+            "items"
+        ]
+    }
+    pods = kube.get_json("pods", "-A")["items"]
+    return [p["metadata"]["name"] for p in pods if p["spec"].get("nodeName") in nodes]
+
+
+@pytest.fixture(autouse=True)
+def free_region(kube: Kube) -> None:
+    wait_for(lambda: not busy_a100_pods(kube), timeout=90, what="cn-beijing's A100 nodes free of earlier tests")
+
+
+def a100_job(name: str, workers: int | dict[str, int], **kw) -> dict:
+    return training_job(name, workers=workers, gpus=8, gpu_type="A100", regions=REGION, **kw)
+
+
+def started_at(kube: Kube, namespace: str, name: str) -> str:
+    return condition(status(kube, namespace, name), "Scheduled")["lastTransitionTime"]
+
+
+def test_a_big_gang_is_admitted_ahead_of_later_small_ones(kube: Kube, namespace: str) -> None:
+    kube.apply(a100_job("filler", 3, exit_code=0, run_for="8s"), namespace)
+    wait_phase(kube, namespace, "filler", "Running")
+    kube.apply(a100_job("big", 4, exit_code=0, run_for="4s"), namespace)
+    big = wait_for(lambda: (s := status(kube, namespace, "big")).get("phase") == "Queued" and s, what="big Queued")
+    assert big["queue"]["position"] == 1 and len(big["queue"]["reservedNodes"]) == 4, big["queue"]
+    small = [a100_job(f"small-{i}", 1, exit_code=0, run_for="2s") for i in range(2)]
+    kube.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump_all(small))
+    held = wait_for(
+        lambda: (
+            all(status(kube, namespace, f"small-{i}").get("phase") == "Queued" for i in range(2))
+            and [status(kube, namespace, f"small-{i}")["queue"] for i in range(2)]
+        ),
+        what="small jobs Queued behind the reservation",
+    )
+    assert sorted(q["position"] for q in held) == [2, 3] and {q["reason"] for q in held} == {"Reserved"}, held
+    table = kube.kubectl("get", "trainingjob", "-n", namespace).stdout
+    assert "QUEUE" in table.splitlines()[0], table
+    while status(kube, namespace, "big").get("phase") != "Running":  # the free node stays free for big
+        assert all(workers(kube, namespace, f"small-{i}") == [] for i in range(2)), "a small job took big's node"
+        assert status(kube, namespace, "filler").get("phase") in ("Running", "Succeeded")
+        time.sleep(0.3)
+    for name in ("small-0", "small-1"):
+        wait_phase(kube, namespace, name, "Succeeded", timeout=60)
+        assert started_at(kube, namespace, name) >= started_at(kube, namespace, "big")
+    assert any(e.startswith("Reserved") for e in events_of(kube, namespace, "big"))
+    assert any(e.startswith("Admitted") for e in events_of(kube, namespace, "big"))
+
+
+@pytest.fixture
+def priority_classes(kube: Kube, namespace: str) -> Iterator[str]:
+    high = f"{namespace}-high"
+    kube.apply({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": high},
+                "value": 1000, "description": "test_queue"})  # fmt: skip
+    yield high
+    kube.kubectl("delete", "priorityclass", high, check=False)
+
+
+def test_a_high_priority_job_preempts_and_the_preempted_one_comes_back(
+    kube: Kube, namespace: str, priority_classes: str
+) -> None:
+    kube.apply(a100_job("low", 4), namespace)  # runs until stopped
+    wait_phase(kube, namespace, "low", "Running")
+    kube.apply(a100_job("high", 2, exit_code=0, run_for="5s", priorityClassName=priority_classes), namespace)
+    preempted = wait_for(
+        lambda: (s := status(kube, namespace, "low")) and condition(s, "Preempted").get("status") == "True" and s,
+        what="low Preempted",
+    )
+    assert "for " + namespace + "/high (priority 1000 > 0)" in condition(preempted, "Preempted")["message"]
+    wait_phase(kube, namespace, "high", "Running", timeout=60)
+    low = status(kube, namespace, "low")
+    assert low["phase"] == "Queued" and low["queue"]["position"] == 1, low
+    assert any(e.startswith("Preempted") for e in events_of(kube, namespace, "low"))
+    wait_phase(kube, namespace, "high", "Succeeded", timeout=60)
+    back = wait_phase(kube, namespace, "low", "Running", timeout=60)
+    assert back["ready"] == "4/4" and back["restarts"] == 0, "a preemption is not a failure"
+    assert condition(back, "Preempted") == {**condition(back, "Preempted"), "status": "False", "reason": "Readmitted"}
+
+
+def test_an_elastic_job_starts_at_what_fits_and_grows_when_capacity_frees(kube: Kube, namespace: str) -> None:
+    kube.apply(a100_job("blocker", 2, exit_code=0, run_for="6s"), namespace)
+    wait_phase(kube, namespace, "blocker", "Running")
+    kube.apply(a100_job("elastic", {"minReplicas": 1, "maxReplicas": 4}), namespace)
+    first = wait_phase(kube, namespace, "elastic", "Running", timeout=60)
+    assert first["ready"] == "2/2", first
+    grown = wait_for(
+        lambda: (s := status(kube, namespace, "elastic")).get("ready") == "4/4" and s.get("phase") == "Running" and s,
+        timeout=90,
+        what="elastic grown to 4 workers",
+    )
+    assert condition(grown, "Resized")["status"] == "False" and grown["restarts"] == 0
+    assert any(e.startswith("ElasticGrow: growing from 2 to 4 workers") for e in events_of(kube, namespace, "elastic"))
+    assert len(workers(kube, namespace, "elastic")) == 4
