@@ -91,7 +91,10 @@ def gateway(args: argparse.Namespace) -> int:
     config = GatewayConfig.load(
         Path(args.config) if args.config else None, region=args.region, namespaces=args.namespace
     )
-    uvicorn.run(build_app(config), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    uvicorn.run(
+        build_app(config), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+        server_header=False, date_header=False,  # the replica's own headers pass through
+    )  # fmt: skip
     return 0
 
 

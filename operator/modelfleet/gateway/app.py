@@ -156,8 +156,7 @@ class Gateway:
             if self.router.outliers.failed(replica, time.monotonic()):
                 self.metrics.ejections.labels(**labels).inc()
             return Attempt(response, True)
-        self.router.outliers.succeeded(replica)
-        self.router.measured.observe(replica.region, elapsed * 1000, time.monotonic())
+        self.router.measured_answer(replica, elapsed)
         return Attempt(response, False)
 
     async def probe_forever(self) -> None:

@@ -1,9 +1,9 @@
 """Which region serves a request (pure): the expected latency from the client's region, then spillover.
 
 Expected latency of region r for a client in region c is the table's c -> r figure plus r's *excess*: what the
-gateway measured to r (an EWMA) beyond what the table predicts from the gateway's own region. The excess carries
-the region's serving and queueing time, which every client pays; it fades with a half-life while r gets no
-traffic, so a region that was slow once is tried again.
+gateway measured to r (an EWMA) beyond what the table predicts from the gateway's own region, less the smallest
+excess among the regions ranked (serving time that every region adds is no reason to prefer one). The excess
+fades with a half-life while r gets no traffic, so a region that was slow once is tried again.
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ def rank_regions(
     client: str, regions: Sequence[str], table: LatencyTable, measured: MeasuredLatency, own: str, now: float
 ) -> list[str]:
     """The service's regions, nearest first (ties by name, so the order is stable)."""
+    excess = {r: measured.excess_ms(r, table.between(own, r), now) for r in regions}
+    baseline = min((excess[r] for r in regions if r in measured.ewma), default=0.0)
 
     def expected(region: str) -> float:
-        return table.between(client, region) + measured.excess_ms(region, table.between(own, region), now)
+        return table.between(client, region) + max(0.0, excess[region] - baseline)
 
     return sorted(regions, key=lambda r: (expected(r), r))
 

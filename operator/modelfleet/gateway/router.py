@@ -12,6 +12,10 @@ from modelfleet.gateway.outlier import Outliers
 from modelfleet.gateway.ranking import LatencyTable, MeasuredLatency, RegionLoad, Route, choose, rank_regions
 from modelfleet.gateway.store import Replica, ServiceInfo, ServiceKey, Store
 
+WARMUP_REQUESTS = 3
+"""A replica's first answers carry its one-time warm-up (lazy initialisation, TorchScript's profiling runs), which
+says nothing about its region's latency: they are left out of the measurement."""
+
 
 class Router:
     def __init__(self, config: GatewayConfig, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
@@ -20,6 +24,7 @@ class Router:
         self.measured = MeasuredLatency(config.ewma_alpha, config.ewma_half_life_seconds)
         self.outliers = Outliers(config.ejection)
         self.inflight: Counter[Replica] = Counter()
+        self.answered: Counter[Replica] = Counter()
         self._turn = itertools.count()
 
     def sync(self, key: ServiceKey) -> None:
@@ -30,6 +35,14 @@ class Router:
         for gone in [r for r in self.outliers.health if isinstance(r, Replica) and (r.namespace, r.service) == key]:
             if gone not in live:
                 self.outliers.forget(gone)
+                self.answered.pop(gone, None)
+
+    def measured_answer(self, replica: Replica, seconds: float) -> None:
+        """A successful answer's latency, past the replica's warm-up, feeds its region's EWMA."""
+        self.outliers.succeeded(replica)
+        self.answered[replica] += 1
+        if self.answered[replica] > WARMUP_REQUESTS:
+            self.measured.observe(replica.region, seconds * 1000, self.clock())
 
     def loads(self, service: ServiceInfo) -> dict[str, RegionLoad]:
         replicas = self.store.replicas_of(service.key)
