@@ -83,6 +83,8 @@ def test_volumes_map_to_claim_and_pod_directories(tmp_path: Path) -> None:
     assert paths.local("/tmp") == str(dirs["scratch"])
     assert paths.local("/dev/termination-log") == str(tmp_path / "msg")
     assert paths.local("/modelsX") == "/modelsX"
+    message = f'{{"path": "{dirs["store"] / "run-1"}", "scratch": "{dirs["scratch"]}"}}'
+    assert paths.container(message) == '{"path": "/models/run-1", "scratch": "/tmp"}'
 
 
 def test_command_uses_the_given_python_and_needs_a_command() -> None:

@@ -14,6 +14,9 @@ RUN_PODS_LABEL = "sim.modelfleet.dev/run-pods"
 """Nodes with this label "true" run their pods for real (modelfleet.devcluster.runner); KWOK simulates the rest."""
 RUN_NODE_PREFIX = "run-"
 """Names of run-pods nodes start so: KWOK's stages (stages.yaml), which see only the pod, leave their pods alone."""
+RUN_PODS_TAINT = {"key": RUN_PODS_LABEL, "value": "true", "effect": "PreferNoSchedule"}
+"""Keeps the scheduler from putting other tests' pods on run-pods nodes while any other node fits (a pod that
+must be in region local still lands there; the operator's planner pins workers regardless of this soft taint)."""
 LOCAL_REGION = "local"
 
 
@@ -58,14 +61,15 @@ def fake_node(name: str, group: NodeGroup) -> dict[str, Any]:
         REGION_LABEL: group.region,
         ZONE_LABEL: group.zone,
     }
-    if group.run_pods:
-        labels[RUN_PODS_LABEL] = "true"
     capacity = {"cpu": "96", "memory": "1Ti", "pods": "110"}
     spec: dict[str, Any] = {}
     if group.gpu_type:
         labels[GPU_PRODUCT_LABEL] = group.gpu_type
         capacity[GPU_RESOURCE] = str(GPUS_PER_NODE[group.gpu_type])
         spec["taints"] = [GPU_TAINT]
+    if group.run_pods:
+        labels[RUN_PODS_LABEL] = "true"
+        spec["taints"] = [*spec.get("taints", []), RUN_PODS_TAINT]
     return {
         "apiVersion": "v1",
         "kind": "Node",

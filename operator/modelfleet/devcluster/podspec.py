@@ -7,7 +7,8 @@ A local process has no network or mount namespace of its own, so the runner stan
   `name:port`) gets that pod's IP, as a headless Service's record would give it;
 - volumes: each mount path maps to a local directory (emptyDir: one per pod; persistentVolumeClaim: one per claim,
   shared by every pod that mounts it, which is how a model store PVC works locally), and every env value and
-  argument that is a mounted path, or lies under one, is rewritten to the local path.
+  argument that is a mounted path, or lies under one, is rewritten to the local path (and local paths in the
+  termination message back to the container's).
 """
 
 from __future__ import annotations
@@ -138,6 +139,12 @@ class PathMap:
             if value.startswith(mount.rstrip("/") + "/"):
                 return str(local / value[len(mount) :].lstrip("/"))
         return value
+
+    def container(self, text: str) -> str:
+        """`text` with the mounts' local paths written back as the container sees them (a termination message)."""
+        for mount, local in sorted(self.mounts, key=lambda pair: -len(str(pair[1]))):
+            text = text.replace(str(local), mount)
+        return text
 
 
 def command_line(container: Mapping[str, Any], env: Mapping[str, str], python: str) -> list[str]:

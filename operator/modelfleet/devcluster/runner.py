@@ -66,6 +66,7 @@ class Container:
     env: dict[str, str]
     log_path: Path
     message_path: Path
+    paths: PathMap
     ready_url: str | None
     proc: subprocess.Popen[bytes] | None = None
     started_at: str = ""
@@ -91,7 +92,7 @@ class Container:
         """Records the exit of a process that has ended; True when it just did."""
         if self.proc is None or self.terminated is not None or (code := self.proc.poll()) is None:
             return False
-        message = self.message_path.read_bytes()[:MAX_MESSAGE_BYTES].decode(errors="replace")
+        message = self.paths.container(self.message_path.read_bytes()[:MAX_MESSAGE_BYTES].decode(errors="replace"))
         if not message and code and self.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
             message = self.log_path.read_bytes()[-2048:].decode(errors="replace")
         code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number, as a runtime reports
@@ -200,8 +201,8 @@ class PodRunner:
         while not self.stop.is_set():
             try:
                 self.tick()
-            except (ApiException, OSError, ValueError) as exc:  # apiserver restarting, a half-written object
-                log.warning("pass failed: %s", exc)
+            except Exception as exc:  # the apiserver restarting, a half-written object: the next pass retries
+                log.warning("pass failed: %s", str(exc).splitlines()[0] if str(exc) else repr(exc))
             self.stop.wait(every)
         self.shutdown()
 
@@ -339,7 +340,8 @@ class PodRunner:
             "MODELFLEET_TERMINATION_LOG": str(message_path),
         }
         argv = [paths.local(a) for a in command_line(spec, env, self.python)]
-        return Container(spec, argv, env, directory / f"{spec['name']}.log", message_path, probe_url(spec, ip))
+        log_path = directory / f"{spec['name']}.log"
+        return Container(spec, argv, env, log_path, message_path, paths, probe_url(spec, ip))
 
     def _step(self, run: PodRun) -> None:
         """Reaps exits, restarts per the restart policy (back-off 1, 2, 4 ... 20 s), probes readiness."""

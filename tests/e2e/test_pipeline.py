@@ -1,0 +1,106 @@
+"""Training to serving, for real: `kubectl apply` of the examples in examples/pipeline trains the 3-4-2 network with
+four real torch.distributed workers on the local cluster's run-pods nodes, the operator records the artifact, an
+InferenceService with model.fromTrainingJob serves it (int8) from the model store claim, and it answers."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from modelfleet.devcluster.nodes import RUN_PODS_LABEL
+from tests.e2e.test_cli import cli
+from tests.support.kube import Kube, wait_for
+from tests.support.operator import OperatorProcess
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "pipeline"
+
+
+def example(name: str, **spec: Any) -> dict[str, Any]:
+    manifest = yaml.safe_load((EXAMPLES / name).read_text())
+    manifest["spec"].update(spec)
+    return manifest
+
+
+def get(kube: Kube, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    return kube.get_json(kind, name, "-n", namespace)
+
+
+@pytest.fixture
+def run_pods(kube: Kube) -> None:
+    if not kube.get_json("nodes", "-l", f"{RUN_PODS_LABEL}=true")["items"]:
+        pytest.skip("the cluster has no run-pods nodes (the local cluster's pod runner)")
+
+
+def test_a_training_job_is_trained_served_and_answers(
+    kube: Kube, namespace: str, operator: OperatorProcess, run_pods: None
+) -> None:
+    kube.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "model-store.yaml"))
+    job = example(
+        "trainingjob.yaml",
+        masterPort=random.randrange(30000, 32000),
+        args=["--model", "paper-mlp", "--epochs", "20", "--samples", "2048", "--lr", "0.05"],
+    )
+    kube.apply(job, namespace)
+    kube.apply(example("inferenceservice.yaml"), namespace)
+
+    waiting = wait_for(lambda: get(kube, "mfis", namespace, "mlp-local").get("status"), timeout=30, what="status")
+    assert waiting["phase"] == "Pending", waiting
+    assert next(c for c in waiting["conditions"] if c["type"] == "Ready")["reason"] in (
+        "WaitingForTrainingJob",
+        "TrainingJobNotFound",
+    )
+
+    done = wait_for(
+        lambda: (
+            (st := get(kube, "tj", namespace, "mlp-local").get("status", {})).get("phase") in ("Succeeded", "Failed")
+            and st
+        ),
+        timeout=240,
+        what="the job to finish",
+    )
+    assert done["phase"] == "Succeeded", done
+    artifact = done["artifact"]
+    assert artifact["uri"] == "pvc://models/mlp-local" and artifact["digest"].startswith("sha256:")
+    assert 0 <= artifact["metrics"]["loss"] < 0.69 and artifact["metrics"]["accuracy"] > 0.5, artifact
+    assert done["progress"]["step"] > 0
+    pods = kube.get_json("pods", "-n", namespace, "-l", "modelfleet.dev/job-name=mlp-local")["items"]
+    assert len(pods) == 4 and all(p["spec"]["nodeName"].startswith("run-") for p in pods)
+
+    serving = wait_for(
+        lambda: (st := get(kube, "mfis", namespace, "mlp-local").get("status", {})).get("phase") == "Ready" and st,
+        timeout=120,
+        what="the service to serve the artifact",
+    )
+    assert serving["artifact"] == {
+        "uri": artifact["uri"],
+        "digest": artifact["digest"],
+        "trainingJob": "mlp-local",
+        "jobUid": artifact["jobUid"],
+    }
+    server = kube.get_json("pods", "-n", namespace, "-l", "modelfleet.dev/service-name=mlp-local")["items"][0]
+    body = {
+        "inputs": [{"name": "input__0", "shape": [2, 3], "datatype": "FP32", "data": [[0.1, 0.2, 0.3], [3, -2, 1]]}]
+    }
+    url = f"http://{server['status']['podIP']}:8080/v2/models/mlp-local/infer"
+    answer = httpx.post(url, json=body, timeout=10, trust_env=False)
+    assert answer.status_code == 200, answer.text
+    outputs = answer.json()["outputs"]
+    assert outputs[0]["shape"] == [2, 2], outputs
+
+    catalog = cli(kube, "models", "-n", namespace)
+    assert catalog.returncode == 0, catalog.stderr
+    row = next(line for line in catalog.stdout.splitlines() if "mlp-local" in line)
+    assert artifact["uri"] in row and artifact["digest"][:19] in row and row.count("mlp-local") >= 2, catalog.stdout
+
+
+def test_both_or_neither_model_source_is_refused_at_apply(kube: Kube, namespace: str) -> None:
+    for model in ({"uri": "/m/model.pt", "fromTrainingJob": "x"}, {"quantization": "int8"}):
+        service = example("inferenceservice.yaml", model=model)
+        result = kube.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(service), check=False)
+        assert result.returncode != 0 and "exactly one of uri and fromTrainingJob" in result.stderr, result.stderr
