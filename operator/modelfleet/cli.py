@@ -117,7 +117,7 @@ def deploy(args: argparse.Namespace) -> int:
     from modelfleet.client import inference_service_manifest
 
     manifest = inference_service_manifest(
-        args.model, args.name, csv(args.regions), gpus=args.gpus, gpu_type=args.gpu_type, quantize=args.quantize,
+        args.model, args.name, csv(args.regions), from_job=args.from_job, gpus=args.gpus, gpu_type=args.gpu_type, quantize=args.quantize,
         min_replicas=args.min_replicas, max_replicas=args.max_replicas, metric=args.metric, target=args.target,
         max_batch_size=args.max_batch_size,
     )  # fmt: skip
@@ -132,6 +132,28 @@ def train(args: argparse.Namespace) -> int:
         image=args.image, args=args.train_args, policy=args.policy, backoff_limit=args.backoff_limit,
     )  # fmt: skip
     return print_or_apply(manifest, args.namespace, args.dry_run)
+
+
+def models(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from modelfleet.client import model_catalog
+
+    table = Table(title="Models (artifacts of succeeded TrainingJobs)")
+    for column in ("namespace", "job", "created", "loss", "accuracy", "uri", "digest", "served by"):
+        table.add_column(column)
+    for entry in model_catalog(None if args.all_namespaces else args.namespace):
+        metrics = entry.get("metrics") or {}
+        table.add_row(
+            entry["namespace"], entry["job"], entry.get("createdAt", ""), _metric(metrics, "loss"),
+            _metric(metrics, "accuracy"), entry["uri"], (entry.get("digest") or "")[:19], ", ".join(entry["servedBy"]),
+        )  # fmt: skip
+    console.print(table)
+    return 0
+
+
+def _metric(metrics: dict, name: str) -> str:
+    return f"{metrics[name]:.4f}" if name in metrics else ""
 
 
 def status(args: argparse.Namespace) -> int:
@@ -215,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     gw.set_defaults(func=gateway)
 
     dep = commands.add_parser("deploy", help="serve a model: create an InferenceService in one line")
-    dep.add_argument("model", help="model path or URI (file://, pvc://<claim>/<path>)")
+    dep.add_argument("model", nargs="?", help="model URI (pvc://<claim>/<path>, or file:// of a path in the pods)")
+    dep.add_argument("--from-job", help="serve this TrainingJob's artifact (and each newer run's) instead")
     dep.add_argument("--name", required=True)
     dep.add_argument("--regions", required=True, help="comma separated, e.g. cn-hangzhou,us-west-1")
     dep.add_argument("--gpus", type=int, default=0)
@@ -244,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: arguments for the training program")
     tr.set_defaults(func=train)
 
+    cat = commands.add_parser("models", help="the model catalog: artifacts of succeeded TrainingJobs, with metrics")
+    cat.add_argument("-n", "--namespace", default="default")
+    cat.add_argument("-A", "--all-namespaces", action="store_true")
+    cat.set_defaults(func=models)
+
     st = commands.add_parser("status", help="TrainingJobs and InferenceServices at a glance")
     st.add_argument("-n", "--namespace", default="default")
     st.add_argument("-A", "--all-namespaces", action="store_true")
@@ -265,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ValidationError as exc:
         console.print(f"[red]invalid:[/] {escape(validation_message(exc))}")
+        return 2
+    except ValueError as exc:  # e.g. a model given as a path on this machine (client.LocalModelPath)
+        console.print(f"[red]refused:[/] {escape(str(exc))}")
         return 2
     except ApiException as exc:
         message = json.loads(exc.body).get("message", exc.reason) if exc.body else exc.reason
