@@ -159,6 +159,7 @@ def operator_as_service_account(
         local_operator.start()
 
 
+@pytest.mark.kwok
 def test_operator_runs_as_the_charts_service_account(
     kube: Kube, namespace: str, local_operator: OperatorProcess, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ import pytest
 from kubernetes import client
 
 from modelfleet.devcluster import DevCluster
+from modelfleet.devcluster.nodes import GPUS_PER_NODE
 from tests.support.kube import Kube, wait_for
 from tests.support.operator import OperatorProcess
 from tests.support.training import training_job, wait_phase
@@ -29,8 +30,12 @@ def test_gpu_nodes_carry_regions_zones_types_and_capacity(kube: Kube) -> None:
         n["metadata"]["labels"]["nvidia.com/gpu.product"]: n["status"]["allocatable"]["nvidia.com/gpu"]
         for n in gpu_nodes
     }
-    assert capacity == {"H100": "8", "A100": "8", "T4": "4"}
-    assert all(t["key"] == "nvidia.com/gpu" for n in gpu_nodes for t in n["spec"]["taints"])
+    assert {"H100", "A100", "T4"} <= set(capacity)
+    assert capacity == {product: str(GPUS_PER_NODE[product]) for product in capacity}
+    assert all(
+        any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in n["spec"]["taints"])
+        for n in gpu_nodes
+    )
     assert len(nodes) > len(gpu_nodes), "there are CPU-only nodes too"
     table = kube.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product,topology.kubernetes.io/region").stdout
     assert "H100" in table and "cn-beijing" in table
@@ -71,6 +76,7 @@ def test_scheduler_binds_gpu_pods_onto_gpu_nodes(kube: Kube, namespace: str) -> 
         assert ipaddress.ip_address(pod["status"]["podIP"]).is_loopback
 
 
+@pytest.mark.kwok
 def test_pod_outcome_follows_the_exit_code_annotation(kube: Kube, namespace: str) -> None:
     for name, code in (("ok", "0"), ("boom", "3")):
         kube.apply({
@@ -97,6 +103,7 @@ def _running_pod(kube: Kube, namespace: str, name: str, grace: int, annotations:
     }, namespace)  # fmt: skip
 
 
+@pytest.mark.kwok
 def test_deleted_pods_stay_terminating_for_their_grace_period(kube: Kube, namespace: str) -> None:
     """As on a real kubelet: a deleted pod is Terminating until its deletionTimestamp (request + grace), or for
     sim.modelfleet.dev/termination-delay when annotated; grace 0 removes it at once."""
@@ -162,6 +169,7 @@ def test_etcd_restarts_and_the_data_survives(cluster: DevCluster, kube: Kube, na
     _pod_runs(kube, namespace, "after-etcd-restart")
 
 
+@pytest.mark.kwok
 def test_watch_gap_gives_410_and_the_operator_keeps_working(
     cluster: DevCluster, kube: Kube, namespace: str, local_operator: OperatorProcess
 ) -> None:

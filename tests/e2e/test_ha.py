@@ -75,6 +75,7 @@ def assert_stands_by(proc: OperatorProcess, namespace: str) -> None:
     assert paths == {f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/ha"}, paths
 
 
+@pytest.mark.kwok
 def test_one_acts_and_a_standby_takes_over_after_kill_9(kube: Kube, namespace: str, start: Start) -> None:
     a = start("ha-a")
     wait_leads(a)

@@ -41,6 +41,7 @@ def started_at(kube: Kube, namespace: str, name: str) -> str:
     return condition(status(kube, namespace, name), "Scheduled")["lastTransitionTime"]
 
 
+@pytest.mark.kwok
 def test_a_big_gang_is_admitted_ahead_of_later_small_ones(kube: Kube, namespace: str) -> None:
     kube.apply(a100_job("filler", 3, exit_code=0, run_for="8s"), namespace)
     wait_phase(kube, namespace, "filler", "Running")
@@ -79,6 +80,7 @@ def priority_classes(kube: Kube, namespace: str) -> Iterator[str]:
     kube.kubectl("delete", "priorityclass", high, check=False)
 
 
+@pytest.mark.kwok
 def test_a_high_priority_job_preempts_and_the_preempted_one_comes_back(
     kube: Kube, namespace: str, priority_classes: str
 ) -> None:
@@ -100,6 +102,7 @@ def test_a_high_priority_job_preempts_and_the_preempted_one_comes_back(
     assert condition(back, "Preempted") == {**condition(back, "Preempted"), "status": "False", "reason": "Readmitted"}
 
 
+@pytest.mark.kwok
 def test_an_elastic_job_starts_at_what_fits_and_grows_when_capacity_frees(kube: Kube, namespace: str) -> None:
     kube.apply(a100_job("blocker", 2, exit_code=0, run_for="6s"), namespace)
     wait_phase(kube, namespace, "blocker", "Running")

@@ -41,6 +41,7 @@ def inference_service(name: str, **spec: object) -> dict:
     }
 
 
+@pytest.mark.kwok
 def test_a_job_and_a_service_live_their_lives_in_a_restricted_namespace(kube: Kube, namespace: str) -> None:
     enforce_restricted(kube, namespace)
     kube.apply(secure_job("secure", run_for="3s"), namespace)
@@ -75,6 +76,7 @@ ASKS_TOO_MUCH = {
 }
 
 
+@pytest.mark.kwok
 @pytest.mark.parametrize("case", sorted(ASKS_TOO_MUCH))
 def test_a_job_asking_more_than_the_namespace_allows_is_refused_and_heals_without_it(
     kube: Kube, namespace: str, case: str

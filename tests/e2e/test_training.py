@@ -28,6 +28,7 @@ def bound_counts(kube: Kube, namespace: str, names: list[str]) -> dict[str, int]
     return {n: sum(bool(p["spec"].get("nodeName")) for p in workers(kube, namespace, n)) for n in names}
 
 
+@pytest.mark.kwok
 def test_four_h100_workers_run_and_succeed_with_torch_env_and_pinned_affinity(kube: Kube, namespace: str) -> None:
     kube.apply(training_job("mlp", workers=4, gpus=4, regions=("cn-hangzhou",), exit_code=0, run_for="4s"), namespace)
     running = wait_phase(kube, namespace, "mlp", "Running")
@@ -60,6 +61,7 @@ def test_four_h100_workers_run_and_succeed_with_torch_env_and_pinned_affinity(ku
     assert any(e.startswith("GangPlaced") for e in events_of(kube, namespace, "mlp"))
 
 
+@pytest.mark.kwok
 def test_job_too_big_waits_with_the_reason_and_starts_when_capacity_frees(kube: Kube, namespace: str) -> None:
     kube.apply(training_job("first", workers=2, regions=("us-west-1",), exit_code=0, run_for="6s"), namespace)
     wait_phase(kube, namespace, "first", "Running")
@@ -80,6 +82,7 @@ def test_job_too_big_waits_with_the_reason_and_starts_when_capacity_frees(kube: 
     wait_phase(kube, namespace, "first", "Succeeded", timeout=5)
 
 
+@pytest.mark.kwok
 def test_competing_gangs_never_both_half_placed(kube: Kube, namespace: str) -> None:
     names = ["gang-a", "gang-b"]
     text = yaml.safe_dump_all(
@@ -98,6 +101,7 @@ def test_competing_gangs_never_both_half_placed(kube: Kube, namespace: str) -> N
         raise AssertionError(f"both gangs did not finish: {phases}")
 
 
+@pytest.mark.kwok
 def test_worker_failure_restarts_the_gang_until_backoff_limit(kube: Kube, namespace: str) -> None:
     kube.apply(
         training_job("flaky", workers=3, gpu_type="A100", regions=("cn-beijing",), exit_code=3, backoffLimit=2),
@@ -113,6 +117,7 @@ def test_worker_failure_restarts_the_gang_until_backoff_limit(kube: Kube, namesp
     assert all(p["metadata"]["labels"]["modelfleet.dev/attempt"] == "2" for p in workers(kube, namespace, "flaky"))
 
 
+@pytest.mark.kwok
 def test_exit_code_policy_fails_at_once_on_a_code_it_does_not_retry(kube: Kube, namespace: str) -> None:
     kube.apply(
         training_job(
@@ -132,6 +137,7 @@ def restore_nodes(kube: Kube):
     kube.apply(yaml.safe_dump_all(fake_nodes(default_inventory())))
 
 
+@pytest.mark.kwok
 def test_lost_node_leads_to_replacement_on_healthy_nodes(kube: Kube, namespace: str, restore_nodes: None) -> None:
     kube.apply(
         training_job("survivor", workers=2, gpu_type="A100", regions=("cn-beijing",), policy="Spread"), namespace
@@ -172,6 +178,7 @@ def test_active_deadline_fails_the_job(kube: Kube, namespace: str) -> None:
     )  # fmt: skip
 
 
+@pytest.mark.kwok
 def test_ttl_deletes_a_finished_job(kube: Kube, namespace: str) -> None:
     kube.apply(
         training_job("brief", workers=1, gpus=1, gpu_type="T4", exit_code=0, run_for="1s", ttlSecondsAfterFinished=2),
@@ -185,6 +192,7 @@ def test_ttl_deletes_a_finished_job(kube: Kube, namespace: str) -> None:
     )
 
 
+@pytest.mark.kwok
 def test_mixed_h100_and_a100_gang_gets_shard_weights_by_gpu_speed(kube: Kube, namespace: str) -> None:
     kube.apply(
         training_job("mixed", workers=6, gpus=8, gpu_type=None, regions=("cn-hangzhou",), exit_code=0, run_for="3s"),
@@ -202,6 +210,7 @@ def test_mixed_h100_and_a100_gang_gets_shard_weights_by_gpu_speed(kube: Kube, na
     wait_phase(kube, namespace, "mixed", "Succeeded", timeout=30)
 
 
+@pytest.mark.kwok
 def test_elastic_job_takes_the_most_workers_that_fit(kube: Kube, namespace: str) -> None:
     kube.apply(
         training_job("elastic", workers={"minReplicas": 1, "maxReplicas": 5}, gpus=8, regions=("us-west-1",),

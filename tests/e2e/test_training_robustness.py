@@ -79,6 +79,7 @@ spec:
 """
 
 
+@pytest.mark.kwok
 def test_no_worker_is_deleted_before_its_restart_is_recorded(kube: Kube, namespace: str) -> None:
     """The API refuses the status write that records the restart (as if the operator died right before it):
     the failed gang must stay as it is, so the failure is never lost; once writes pass, it restarts once."""
@@ -150,6 +151,7 @@ def test_a_spec_only_the_api_refuses_ends_in_a_condition_holds_nothing_and_heals
     assert condition(healed, "Created")["status"] == "True"
 
 
+@pytest.mark.kwok
 def test_a_nan_loss_never_blocks_the_status(kube: Kube, namespace: str) -> None:
     kube.apply(training_job("diverged", workers=1, gpus=1, gpu_type="T4", exit_code=0, run_for="15s"), namespace)
     wait_phase(kube, namespace, "diverged", "Running")
@@ -159,6 +161,7 @@ def test_a_nan_loss_never_blocks_the_status(kube: Kube, namespace: str) -> None:
     assert done.get("progress", {}).get("step") == 7 and "loss" not in done["progress"]
 
 
+@pytest.mark.kwok
 def test_a_job_deleted_in_a_watch_gap_stops_and_frees_its_gpus(
     kube: Kube, namespace: str, cluster: DevCluster, local_operator: OperatorProcess
 ) -> None:
@@ -187,6 +190,7 @@ def restore_nodes(kube: Kube) -> Iterator[None]:
     kube.apply(yaml.safe_dump_all(fake_nodes(default_inventory())))
 
 
+@pytest.mark.kwok
 def test_a_node_deleted_in_a_watch_gap_is_never_planned_on(
     kube: Kube, namespace: str, cluster: DevCluster, local_operator: OperatorProcess, restore_nodes: None
 ) -> None:
