@@ -147,7 +147,7 @@ class DevCluster:
         if not self.pids_path.exists():
             return False
         pids = json.loads(self.pids_path.read_text())
-        return all(_alive(pid) for pid in pids.values())
+        return all(name in pids and _alive(pids[name]) for name in COMPONENTS)
 
     def up(self, timeout: float = 120) -> DevCluster:
         """Starts every component (if not already running) and creates the fake GPU nodes; on failure stops
