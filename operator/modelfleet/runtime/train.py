@@ -187,6 +187,21 @@ def distillation_of(cfg: TrainConfig, device: torch.device) -> Distillation | No
     return Distillation(teacher, cfg.temperature, cfg.alpha)
 
 
+def gang_shares(
+    cfg: TrainConfig, replica_index: int, world: int, nproc: int, device: torch.device
+) -> tuple[list[int], AdaptiveShares]:
+    """Every rank's pod (replica index) and the starting shares, in rank order: each rank brings its own pod's
+    static weight, found by the pod's index and not by the rank (torchrun's c10d hands out ranks in any order)."""
+    if world == 1:
+        return [replica_index], AdaptiveShares([1.0], adaptive=False)
+    own = (
+        1.0 if cfg.sharding == "Equal" else pod_weight(os.environ.get("MODELFLEET_SHARD_WEIGHTS"), replica_index, nproc)
+    )
+    gathered = gather([float(replica_index), own], world, device)
+    pods, static = [int(p) for p in gathered[:, 0]], gathered[:, 1].tolist()
+    return pods, AdaptiveShares(normalized(static), adaptive=cfg.sharding == "Adaptive")
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     rank, world, nproc = init_distributed()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
@@ -201,19 +216,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     step = resume(cfg, model, optimizer)
     clock = ComputeClock()
     net: nn.Module = model
-    replica_index = int(os.environ.get("MODELFLEET_REPLICA_INDEX", os.environ.get("GROUP_RANK", str(rank))))
-    pods, static = [replica_index], [1.0]
     if world > 1:
         net = DistributedDataParallel(model)
         net.register_comm_hook(None, clock.hook)
-        own = (
-            1.0
-            if cfg.sharding == "Equal"
-            else pod_weight(os.environ.get("MODELFLEET_SHARD_WEIGHTS"), replica_index, nproc)
-        )
-        gathered = gather([float(replica_index), own], world, device)
-        pods, static = [int(p) for p in gathered[:, 0]], gathered[:, 1].tolist()
-    shares = AdaptiveShares(normalized(static), adaptive=cfg.sharding == "Adaptive")
+    replica_index = int(os.environ.get("MODELFLEET_REPLICA_INDEX", os.environ.get("GROUP_RANK", str(rank))))
+    pods, shares = gang_shares(cfg, replica_index, world, nproc, device)
     start, end = slice_bounds(cfg.batch_size, shares.shares, rank)
     steps_per_epoch = max(len(x) // cfg.batch_size, 1)
     total_steps = cfg.epochs * steps_per_epoch
@@ -222,6 +229,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         reporter.report_workers(by_pod(pods, shares.shares), {})
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     clock_start, seen, loss_value = time.monotonic(), 0, 0.0
+    epoch_began, epoch_seconds = clock_start, []
     window_rows, window_seconds = 0, 0.0
     log.info(
         "rank %d/%d (pod %d, %s) takes rows [%d, %d) of every batch of %d; from step %d of %d",
@@ -276,6 +284,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     reporter.report_workers(by_pod(pods, shares.shares), by_pod(pods, shares.throughput))
         loss_value = float(loss_total) / cfg.batch_size
         seen += cfg.batch_size
+        if step % steps_per_epoch == 0:
+            epoch_seconds.append(round(time.monotonic() - epoch_began, 3))
+            epoch_began = time.monotonic()
         if cfg.checkpoint_dir and step % cfg.checkpoint_interval == 0:
             checkpoint(cfg, model, optimizer, step, rank, world)
         if reporter:
@@ -304,7 +315,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return {**metrics, "shares": shares.shares, "samplesPerSecond": shares.throughput}
+    return {**metrics, "epochSeconds": epoch_seconds, "shares": shares.shares, "samplesPerSecond": shares.throughput}
 
 
 def add_to_metadata(artifact: Path, extra: dict[str, Any]) -> None:
