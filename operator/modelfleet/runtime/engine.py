@@ -150,7 +150,11 @@ class Engine:
     def _forward(self, inputs: Tensors) -> Tensors:
         model = self.model
         assert model is not None
-        cast = [t.to(model.device, model.dtype) if t.is_floating_point() else t.to(model.device) for t in inputs]
+        # fp16/bf16 models take the FP32 their signature declares in their own dtype; other inputs pass as sent
+        half = model.dtype != torch.float32
+        cast = [
+            t.to(model.device, model.dtype) if half and t.dtype == torch.float32 else t.to(model.device) for t in inputs
+        ]
         with torch.inference_mode():
             answer = model.module(*cast)
         outputs = answer if isinstance(answer, (tuple, list)) else (answer,)
@@ -170,7 +174,8 @@ class Engine:
         gauge.inc()
         status = 200
         try:
-            return await asyncio.wait_for(self._infer(decode), self.config.request_timeout)
+            async with asyncio.timeout(self.config.request_timeout):  # no extra task per request, as wait_for makes
+                return await self._infer(decode)
         except TimeoutError:
             status = 504
             raise self.reject("timeout", 504, f"no answer within {self.config.request_timeout:g}s") from None
