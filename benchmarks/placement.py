@@ -1,7 +1,8 @@
-"""Placement quality: modelfleet's gang planner (Pack) vs a first-fit spread baseline without gang awareness
-(each worker placed on its own as the default scheduler would, holding its GPUs while the rest wait).
+"""Placement and queueing: modelfleet's GPU queue against first-fit spread, modelfleet before the queue, Kueue
+(StrictFIFO, BestEffortFIFO) and Volcano (gang + binpack + reservation), re-implemented in benchmarks/queue_peers.py,
+all on the same seeded job stream. Time is in minutes; a policy runs whenever a job arrives, starts or ends.
 
-    python -m benchmarks.placement [--quick]
+    python -m benchmarks.placement [--quick] [--seeds 42 43 44]
 """
 
 from __future__ import annotations
@@ -10,150 +11,206 @@ import argparse
 import json
 import random
 import statistics
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.queue_peers import FirstFitSpread, Job, Kueue, ModelfleetQueue, PerJobRetry, Volcano
 from modelfleet.scheduling.cluster import NodeInfo
-from modelfleet.scheduling.gpus import gpu_type_matches
-from modelfleet.scheduling.planner import GangDemand, Plan, plan_gang
 
 REGIONS = ("cn-hangzhou", "cn-beijing", "us-west-1")
 SHAPES = [(1, 1), (1, 2), (1, 4), (1, 8), (2, 8), (4, 8), (8, 8), (2, 4), (4, 4)]  # (workers, gpus per worker)
+CHECKPOINT_MINUTES = 10
+"""A preempted job resumes from its last checkpoint: it loses at most this much work."""
+HIGH_PRIORITY, HIGH_SHARE = 1000, 0.2
 
 
-@dataclass
-class Job:
-    id: int
-    arrival: int
-    duration: int
-    workers: int
-    gpus: int
-    gpu_type: str | None
-    region: str | None
-    start: int | None = None
-    nodes: list[str] = field(default_factory=list)
-
-
-def cluster() -> dict[str, NodeInfo]:
+def cluster(per_region: int = 24) -> dict[str, NodeInfo]:
     nodes = {}
     for region in REGIONS:
-        for i in range(24):
+        for i in range(per_region):
             product = ("H100", "A100", "T4")[i % 3]
             name = f"{region}-{product.lower()}-{i}"
             nodes[name] = NodeInfo(name, region, f"{region}{'ab'[i % 2]}", product, 8, 8)
     return nodes
 
 
-def job_stream(count: int, seed: int) -> list[Job]:
-    rng = random.Random(seed)
+SATURATION_GAP = 3
+"""Mean minutes between arrivals at which the stream asks for 1.07x the cluster's GPU-minutes (4: 0.77x)."""
+
+
+def job_stream(count: int, seed: int, gap: float = SATURATION_GAP, priorities: bool = False) -> list[Job]:
+    """The jobs: shapes, durations, GPU types and regions from `seed` (the stream of the earlier benchmark, whose
+    arrivals came every 4 minutes); length bounds (activeDeadlineSeconds, 1-2x the real duration) and priorities
+    from a second generator."""
+    rng, extra = random.Random(seed), random.Random(seed + 10_000)
     jobs, t = [], 0
     for i in range(count):
-        t += int(rng.expovariate(1 / 4))
+        t += int(rng.expovariate(1 / gap))
         workers, gpus = rng.choice(SHAPES)
-        jobs.append(Job(i, t, int(rng.lognormvariate(4.2, 0.7)) + 5, workers, gpus,
-                        rng.choice([None, "H100", "A100"]), rng.choice([None, *REGIONS])))  # fmt: skip
+        duration = int(rng.lognormvariate(4.2, 0.7)) + 5
+        gpu_type, region = rng.choice([None, "H100", "A100"]), rng.choice([None, *REGIONS])
+        bound = int(duration * extra.uniform(1.0, 2.0)) + 1
+        priority = HIGH_PRIORITY if priorities and extra.random() < HIGH_SHARE else 0
+        jobs.append(Job(i, t, duration, workers, gpus, gpu_type, region, priority, bound, remaining=duration))
     return jobs
 
 
-def with_free(node: NodeInfo, free: int) -> NodeInfo:
-    return NodeInfo(node.name, node.region, node.zone, node.gpu_type, node.gpus, free, taints=node.taints)
+def percentile(values: list[int], q: float) -> int | None:
+    ordered = sorted(values)
+    return ordered[max(int(len(ordered) * q) - 1, 0)] if ordered else None
 
 
-def fits(node: NodeInfo, job: Job, free: int) -> bool:
-    return free >= job.gpus and gpu_type_matches(node.gpu_type, job.gpu_type) and (job.region in (None, node.region))
-
-
-def simulate(jobs: list[Job], gang: bool) -> dict:
-    nodes = cluster()
+def simulate(jobs: list[Job], policy: Any, nodes: dict[str, NodeInfo]) -> dict[str, Any]:
     free = {n: nodes[n].gpus for n in nodes}
     total = sum(free.values())
+    pending = sorted(jobs, key=lambda j: j.arrival)
     waiting: list[Job] = []
     running: list[Job] = []
-    held: dict[int, list[str]] = {}  # baseline: workers already bound for a gang that has not started
-    pending = sorted(jobs, key=lambda j: j.arrival)
-    alloc_samples, useful_samples, stranded_samples = [], [], []
-    half_placed_max, t = 0, 0
-    horizon = max(j.arrival for j in jobs) + 600
+    alloc, useful, pass_ms = [], [], []
+    half_placed_peak, t, changed = 0, 0, True
+    last_arrival = max(j.arrival for j in jobs)
+    horizon = last_arrival + 6000
     while t < horizon and (pending or waiting or running):
-        for job in [j for j in running if j.start + j.duration <= t]:
+        for job in [j for j in running if j.start + j.remaining <= t]:
             running.remove(job)
             for n in job.nodes:
                 free[n] += job.gpus
+            changed = True
         while pending and pending[0].arrival <= t:
             waiting.append(pending.pop(0))
-        for job in list(waiting):
-            if gang:
-                view = [with_free(nodes[n], free[n]) for n in nodes]
-                plan = plan_gang(
-                    view, GangDemand(job.workers, job.gpus, job.gpu_type, (job.region,) if job.region else ())
-                )
-                if isinstance(plan, Plan):
-                    job.nodes = [n.name for n in plan.nodes]
-            else:
-                bound = held.setdefault(job.id, [])
-                for _ in range(job.workers - len(bound)):
-                    candidates = [n for n in nodes if fits(nodes[n], job, free[n])]
-                    if not candidates:
-                        break
-                    best = max(candidates, key=lambda n: (free[n], n))  # spread: least allocated first
-                    free[best] -= job.gpus
-                    bound.append(best)
-                if len(bound) == job.workers:
-                    job.nodes = held.pop(job.id)
-            if job.nodes:
-                if gang:
-                    for n in job.nodes:
-                        free[n] -= job.gpus
-                job.start = t
+            changed = True
+        if changed or isinstance(policy, (FirstFitSpread, Volcano)):  # these act on every cycle
+            started = time.perf_counter()
+            starts, stops = policy.schedule(t, nodes, free, waiting, running)
+            pass_ms.append((time.perf_counter() - started) * 1000)
+            changed = bool(starts or stops)
+            for job in stops:
+                running.remove(job)
+                for n in job.nodes:
+                    free[n] += job.gpus
+                done = (t - job.start) // CHECKPOINT_MINUTES * CHECKPOINT_MINUTES
+                job.remaining, job.nodes, job.start = job.remaining - done, [], None
+                job.preemptions += 1
+                waiting.append(job)
+            for job, placed in starts:
+                for n in placed:
+                    free[n] -= job.gpus
+                    assert free[n] >= 0, f"{policy.name} overcommitted {n}"
+                job.nodes, job.start = placed, t
+                job.first_start = t if job.first_start is None else job.first_start
                 waiting.remove(job)
                 running.append(job)
-        used = total - sum(free.values())
-        useful = sum(j.gpus * j.workers for j in running)
-        alloc_samples.append(used / total)
-        useful_samples.append(useful / total)
-        smallest = min((j.gpus for j in waiting), default=None)
-        stranded_samples.append(sum(f for f in free.values() if smallest and 0 < f < smallest) / total)
-        half_placed_max = max(half_placed_max, sum(1 for b in held.values() if b))
+        if t <= last_arrival:  # saturation: while jobs still arrive
+            alloc.append((total - sum(free.values())) / total)
+            useful.append(sum(j.gpus * j.workers for j in running) / total)
+        if isinstance(policy, FirstFitSpread):
+            half_placed_peak = max(half_placed_peak, policy.half_placed())
         t += 1
-    delays = sorted(j.start - j.arrival for j in jobs if j.start is not None)
-    never = sum(1 for j in jobs if j.start is None)
+    delays = [j.first_start - j.arrival for j in jobs if j.first_start is not None]
+    by_priority = {p: [j.first_start - j.arrival for j in jobs if j.priority == p and j.first_start is not None]
+                   for p in (0, HIGH_PRIORITY)}  # fmt: skip
     return {
-        "gpu_allocated_ratio": round(statistics.mean(alloc_samples), 4),
-        "gpu_useful_ratio": round(statistics.mean(useful_samples), 4),
-        "queue_delay_p50": delays[len(delays) // 2] if delays else None,
-        "queue_delay_p99": delays[int(len(delays) * 0.99) - 1] if delays else None,
-        "stranded_gpu_ratio": round(statistics.mean(stranded_samples), 4),
-        "half_placed_gangs_peak": half_placed_max,
-        "jobs_never_started": never,
-        "jobs": len(jobs),
+        "gpu_allocated_ratio": round(statistics.mean(alloc), 4),
+        "gpu_useful_ratio": round(statistics.mean(useful), 4),
+        "queue_delay_p50": percentile(delays, 0.5),
+        "queue_delay_p99": percentile(delays, 0.99),
+        "high_priority_p99": percentile(by_priority[HIGH_PRIORITY], 0.99),
+        "low_priority_p99": percentile(by_priority[0], 0.99),
+        "jobs_never_started": sum(1 for j in jobs if j.first_start is None),
+        "half_placed_gangs_peak": half_placed_peak,
+        "preemptions": sum(j.preemptions for j in jobs),
+        "pass_ms_mean": round(statistics.mean(pass_ms), 2),
+        "pass_ms_p99": round(percentile(sorted(pass_ms), 0.99) or 0, 2),  # type: ignore[arg-type]
+        "makespan": t,
     }
+
+
+POLICIES: dict[str, Callable[[], Any]] = {
+    "modelfleet": ModelfleetQueue,
+    "first-fit": FirstFitSpread,
+    "before": PerJobRetry,
+    "kueue-strict": lambda: Kueue(strict=True),
+    "kueue-best": lambda: Kueue(strict=False),
+    "volcano": Volcano,
+}
+HIGHER_BETTER = {"gpu_allocated_ratio", "gpu_useful_ratio"}
+
+
+def run_all(count: int, seeds: list[int], priorities: bool, nodes_per_region: int = 24, gap: float = SATURATION_GAP,
+            only: tuple[str, ...] = tuple(POLICIES)) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    return {
+        name: [
+            simulate(job_stream(count, seed, gap, priorities), POLICIES[name](), cluster(nodes_per_region))
+            for seed in seeds
+        ]
+        for name in only
+    }
+
+
+def median_and_spread(runs: list[dict[str, Any]], key: str) -> tuple[float | None, str]:
+    values = [r[key] for r in runs if r[key] is not None]
+    if not values:
+        return None, "-"
+    mid = statistics.median(values)
+    return mid, f"{mid:g}" + (f" ({min(values):g}-{max(values):g})" if len(values) > 1 else "")
+
+
+def print_table(title: str, results: dict[str, list[dict[str, Any]]], keys: list[str]) -> None:
+    table = Table(title=title)
+    table.add_column("figure (median, min-max)")
+    for name in results:
+        table.add_column(results[name][0].get("label", name), justify="right")
+    table.add_column("better")
+    for key in keys:
+        table.add_row(key, *(median_and_spread(results[n], key)[1] for n in results),
+                      "higher" if key in HIGHER_BETTER else "lower")  # fmt: skip
+    Console().print(table)
+
+
+def ratios(results: dict[str, list[dict[str, Any]]], keys: list[str]) -> dict[str, dict[str, float | None]]:
+    """modelfleet's median over each peer's median, per figure."""
+    ours = {k: median_and_spread(results["modelfleet"], k)[0] for k in keys}
+    out: dict[str, dict[str, float | None]] = {}
+    for name in results:
+        if name == "modelfleet":
+            continue
+        theirs = {k: median_and_spread(results[name], k)[0] for k in keys}
+        out[name] = {k: (round(ours[k] / theirs[k], 3) if ours[k] is not None and theirs[k] else None) for k in keys}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--quick", action="store_true", help="300 jobs, one seed, no heavy stream")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/placement.json"))
     args = parser.parse_args()
-    count = 300 if args.quick else 1200
-    results = {"modelfleet-pack": simulate(job_stream(count, args.seed), gang=True),
-               "first-fit-spread": simulate(job_stream(count, args.seed), gang=False)}  # fmt: skip
-    table = Table(title=f"Placement: {count} jobs on 72 8-GPU nodes in 3 regions (seed {args.seed}); time in minutes")
-    for col in ("figure", "modelfleet (Pack, gang)", "first-fit spread", "ratio", "better"):
-        table.add_column(col, justify="right")
-    higher_better = {"gpu_allocated_ratio", "gpu_useful_ratio"}
-    ours, base = results["modelfleet-pack"], results["first-fit-spread"]
-    for key in ours:
-        a, b = ours[key], base[key]
-        r = "-" if not b else f"{a / b:.2f}"
-        better = "higher" if key in higher_better else "lower"
-        table.add_row(key, str(a), str(b), r, better)
-    Console().print(table)
+    count, seeds = (300, args.seeds[:1]) if args.quick else (1200, args.seeds)
+    keys = ["gpu_allocated_ratio", "gpu_useful_ratio", "queue_delay_p50", "queue_delay_p99", "jobs_never_started",
+            "half_placed_gangs_peak", "makespan", "pass_ms_mean", "pass_ms_p99"]  # fmt: skip
+    report: dict[str, Any] = {}
+    plain = run_all(count, seeds, priorities=False)
+    print_table(f"{count} jobs on 72 8-GPU nodes in 3 regions at saturation (offered load 1.07), seeds {seeds}; "
+                "minutes", plain, keys)  # fmt: skip
+    report["plain"] = {"runs": plain, "modelfleet_over_peer": ratios(plain, keys)}
+    Console().print(report["plain"]["modelfleet_over_peer"])
+    prio = run_all(count, seeds, priorities=True, only=("modelfleet", "kueue-strict", "kueue-best", "volcano"))
+    prio_keys = ["high_priority_p99", "low_priority_p99", "queue_delay_p99", "gpu_allocated_ratio", "preemptions",
+                 "jobs_never_started"]  # fmt: skip
+    print_table(f"Same stream, {HIGH_SHARE:.0%} of jobs at priority {HIGH_PRIORITY}", prio, prio_keys)
+    report["priorities"] = {"runs": prio}
+    if not args.quick:
+        heavy = run_all(count * 3, seeds[:1], priorities=True, nodes_per_region=96, gap=SATURATION_GAP / 4,
+                        only=("modelfleet", "kueue-best", "volcano"))  # fmt: skip
+        print_table(f"Heavier: {count * 3} jobs on 288 nodes, 4x the arrival rate, seed {seeds[0]}", heavy, keys)
+        report["heavy"] = {"runs": heavy}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    args.out.write_text(json.dumps(report, indent=1))
     print(f"raw figures: {args.out}")
 
 

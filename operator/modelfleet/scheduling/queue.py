@@ -156,14 +156,34 @@ class _Pass:
         self.per_region: Counter[str] = Counter()
         self.verdicts: dict[Key, Verdict] = {}
         self.all_regions = frozenset(n.region for n in nodes)
+        self.copies: dict[tuple[str, int], NodeInfo] = {}
+        self.memo: dict[tuple[GangDemand, tuple[int, ...]], Plan | Unschedulable] = {}
+        """Plans on the free capacity less some reservations (by index), until free or reserved capacity changes:
+        gangs of one shape waiting together cost one planner call."""
 
     def view(self, capacity: Mapping[str, int]) -> list[NodeInfo]:
-        return [replace(n, free_gpus=max(capacity.get(n.name, 0), 0)) for n in self.nodes]
+        """The nodes with this much free; a node with a given free count is made once per pass."""
+        view = []
+        for node in self.nodes:
+            free = max(capacity.get(node.name, 0), 0)
+            if (copy := self.copies.get((node.name, free))) is None:
+                copy = self.copies[(node.name, free)] = replace(node, free_gpus=free)
+            view.append(copy)
+        return view
+
+    def fit(self, demand: GangDemand, respecting: tuple[int, ...] = ()) -> Plan | Unschedulable:
+        """A plan on the free capacity that the reservations `respecting` (indices) do not hold."""
+        key = (demand, respecting)
+        if key not in self.memo:
+            capacity = _add(self.free, *(self.reservations[i].held for i in respecting), sign=-1)
+            self.memo[key] = plan_gang(self.view(capacity), demand)
+        return self.memo[key]
 
     def hold(self, key: Key, capacity: Mapping[str, int], start: float | None, region: str) -> None:
         self.reservations.append(_Reservation(key, dict(capacity), start))
         self.held = _add(self.held, capacity)
         self.per_region[region] += 1
+        self.memo.clear()
 
     def coming_free(self) -> Capacity:
         """Free now, or freed by pods already stopping, minus what is held for gangs ahead."""
@@ -175,19 +195,19 @@ class _Pass:
         """A plan on capacity nobody ahead has reserved (or will use before this gang ends); else why not."""
         if gang.draining:
             return Wait(0, "Draining", "its previous workers are still stopping")
-        fits_free = plan_gang(self.view(self.free), gang.demand)
+        fits_free = self.fit(gang.demand)
         if isinstance(fits_free, Unschedulable):
             return Wait(0, "Capacity", fits_free.reason)
         if not any(self.held.values()):
             return fits_free
-        plan = plan_gang(self.view(_add(self.free, self.held, sign=-1)), gang.demand)
+        plan = self.fit(gang.demand, tuple(range(len(self.reservations))))
         if isinstance(plan, Plan):
             return plan
         if gang.length is not None:
             ends = self.now + gang.length
-            blocking = [r.held for r in self.reservations if r.start is None or r.start < ends]
+            blocking = tuple(i for i, r in enumerate(self.reservations) if r.start is None or r.start < ends)
             if len(blocking) < len(self.reservations):
-                plan = plan_gang(self.view(_add(self.free, *blocking, sign=-1)), gang.demand)
+                plan = self.fit(gang.demand, blocking)
                 if isinstance(plan, Plan):
                     return plan
         holders = ", ".join(_key_text(r.key) for r in self.reservations[:3])
@@ -195,18 +215,17 @@ class _Pass:
 
     def take(self, plan: Plan, per_worker: int) -> None:
         self.free = _add(self.free, gpus_on((n.name for n in plan.nodes), per_worker), sign=-1)
+        self.memo.clear()
 
     def preempt(self, gang: QueuedGang) -> Wait | None:
         """Shrinks, then preempts, the fewest lower-priority gangs that make room; None when it cannot or need not."""
-        if not gang.may_preempt:
+        if not gang.may_preempt or all(g.priority >= gang.priority for g in self.running.values()):
             return None
-        base = self.coming_free()
-        if isinstance(plan_gang(self.view(base), gang.demand), Plan):
-            return None  # room is coming without stopping anyone: a reservation will do
         eligible = {n.name for n in eligible_nodes(self.nodes, gang.demand)}
         lower = [g for g in self.running.values() if g.priority < gang.priority and not eligible.isdisjoint(g.nodes)]
-        if not lower:
-            return None
+        base = self.coming_free()
+        if not lower or isinstance(plan_gang(self.view(base), gang.demand), Plan):
+            return None  # nobody to preempt, or room is coming without stopping anyone: a reservation will do
         by_cost = sorted(lower, key=lambda g: (g.gpu_hours_lost(self.now), -g.started, g.key))
         shrinks = [(g, True) for g in by_cost if g.elastic_surplus > 0]
         options = shrinks + [(g, False) for g in by_cost]
