@@ -3,6 +3,7 @@ cluster, the operator reading the gateway's load, and tritonclient's V2 HTTP cli
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.http as triton
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelfleet.gateway.config import GatewayConfig
 from modelfleet.runtime.modelio import save_artifact
 from modelfleet.runtime.models import build_model
 from tests.support.gateway import GatewayProcess
@@ -220,3 +223,38 @@ def test_a_region_at_zero_serves_its_first_request_and_scales_from_zero(
     events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=gw-cold")["items"]
     assert any(e["reason"] == "ScaledUp" and "0 ->" in e["message"] for e in events), events
     assert gateway.metric("modelfleet_gateway_activations_total", service="gw-cold") == 1
+
+
+def test_chart_renders_the_gateway_global_or_per_region(kube: Kube) -> None:
+    chart = Path(__file__).resolve().parents[2] / "charts" / "modelfleet"
+
+    def render(*sets: str, check: bool = True) -> Any:
+        args = [str(kube.bin_dir / "helm"), "template", "mf", str(chart), "--set", "gateway.enabled=true"]
+        result = subprocess.run([*args, *(a for s in sets for a in ("--set", s))], capture_output=True, text=True)
+        if not check:
+            return result
+        assert result.returncode == 0, result.stderr
+        return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+    docs = render("gateway.latencyMs.cn-hangzhou.us-west-1=150", "gateway.region=cn-hangzhou")
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("Deployment", "mf-modelfleet-gateway"), ("Service", "mf-modelfleet-gateway"),
+            ("Service", "mf-modelfleet-gateway-pods"), ("ClusterRole", "mf-modelfleet-gateway")} <= kinds  # fmt: skip
+    role = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "mf-modelfleet-gateway")
+    assert {v for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}  # read-only
+    config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["gateway.yaml"])
+    assert GatewayConfig.model_validate(config).latency_ms == {"cn-hangzhou": {"us-west-1": 150.0}}
+    operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mf-modelfleet")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELFLEET_GATEWAY_URL"] == "http://mf-modelfleet-gateway.default.svc:8080"
+
+    per_region = render("gateway.mode=perRegion", "gateway.regions={cn-hangzhou,us-west-1}")
+    deployments = [d for d in per_region if d["kind"] == "Deployment" and "gateway" in d["metadata"]["name"]]
+    assert [d["metadata"]["name"] for d in deployments] == [
+        "mf-modelfleet-gateway-cn-hangzhou",
+        "mf-modelfleet-gateway-us-west-1",
+    ]
+    args = deployments[1]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--region=us-west-1" in args
+    assert render("gateway.mode=perRegion", check=False).returncode != 0  # perRegion needs regions
+    assert render("gateway.clientCidrs.10\\.0\\.0\\.0/8=Not_A_Region", check=False).returncode != 0

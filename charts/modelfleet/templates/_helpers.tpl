@@ -18,3 +18,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "modelfleet.serviceAccountName" -}}
 {{- default (include "modelfleet.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
+
+{{- define "modelfleet.gatewaySelector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "modelfleet.gatewayName" -}}
+{{- printf "%s-gateway" (include "modelfleet.fullname" .) | trunc 55 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "modelfleet.gatewayUrl" -}}
+{{- default (printf "http://%s.%s.svc:%v" (include "modelfleet.gatewayName" .) .Release.Namespace .Values.gateway.port) .Values.gateway.url -}}
+{{- end -}}
+
+{{- /* Read-only: the gateway watches InferenceServices and their pods, and writes nothing. */ -}}
+{{- define "modelfleet.gatewayRules" }}
+  - apiGroups: [modelfleet.dev]
+    resources: [inferenceservices]
+    verbs: [get, list, watch]
+  - apiGroups: [""]
+    resources: [pods]
+    verbs: [get, list, watch]
+{{- end -}}

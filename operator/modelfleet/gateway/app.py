@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -198,11 +198,16 @@ def build_app(config: GatewayConfig, gateway: Gateway | None = None, watch_clust
             prober = asyncio.create_task(gw.probe_forever(), name="probe")
             if watch_cluster:
                 watch.start(gw.store, config.namespaces, stop)
+            metrics_server = (
+                start_http_server(config.metrics_port, registry=gw.metrics.registry)[0] if config.metrics_port else None
+            )
             try:
                 yield
             finally:
                 stop.set()
                 prober.cancel()
+                if metrics_server:
+                    metrics_server.shutdown()
 
     async def live(_: Request) -> Response:
         return JSONResponse({"live": True})
@@ -222,7 +227,7 @@ def build_app(config: GatewayConfig, gateway: Gateway | None = None, watch_clust
         Route("/v2", server_metadata),
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
-        Route("/metrics", metrics),
+        *([] if config.metrics_port else [Route("/metrics", metrics)]),
         *(
             Route(f"{model}{version}{tail}", gw.forward, methods=methods)
             for version in ("", "/versions/{version}")

@@ -57,6 +57,9 @@ class GatewayConfig(BaseModel):
     upstream_timeout_seconds: float = Field(default=30.0, gt=0, description="One attempt's limit at a replica.")
     ejection: Ejection = Field(default_factory=Ejection)
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to serve; empty: all.")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Serve /metrics on this port only (0: on the traffic port)."
+    )
 
     @field_validator("client_cidrs")
     @classmethod
