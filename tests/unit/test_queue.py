@@ -134,3 +134,14 @@ def test_elastic_gang_grows_when_capacity_frees_and_nothing_waiting_could_use_it
     assert plan_queue(cluster, [], [gang], now=10, grow_after=30) == {}, "too soon after it started"
     blocked = queued("big", 4, submitted=5)
     assert key("elastic") not in plan_queue(cluster, [blocked], [gang], now=100)
+
+
+def test_a_gang_that_takes_any_gpu_type_leaves_the_named_types_to_gangs_that_need_them() -> None:
+    cluster = [NodeInfo("a-h100", "r1", "r1a", "H100", 8, 8), NodeInfo("b-t4", "r1", "r1a", "T4", 8, 8)]
+    anything = QueuedGang(("ns", "any"), GangDemand(1, 8), submitted=0)
+    h100 = QueuedGang(("ns", "h100"), GangDemand(1, 8, "H100"), submitted=1)
+    verdicts = plan_queue(cluster, [anything, h100])
+    assert [n.name for n in verdicts[key("any")].plan.nodes] == ["b-t4"]
+    assert [n.name for n in verdicts[key("h100")].plan.nodes] == ["a-h100"]
+    alone = plan_queue(cluster, [anything])[key("any")]
+    assert [n.name for n in alone.plan.nodes] == ["a-h100"], "no gang asks for H100 by name: no steering"

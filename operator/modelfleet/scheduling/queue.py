@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.scheduling.gpus import gpu_type_matches
 from modelfleet.scheduling.planner import GangDemand, Plan, Unschedulable, eligible_nodes, plan_gang
 
 Key = tuple[str, str]
@@ -157,7 +158,9 @@ class _Pass:
         self.verdicts: dict[Key, Verdict] = {}
         self.all_regions = frozenset(n.region for n in nodes)
         self.copies: dict[tuple[str, int], NodeInfo] = {}
-        self.memo: dict[tuple[GangDemand, tuple[int, ...]], Plan | Unschedulable] = {}
+        self.memo: dict[tuple[GangDemand, tuple[int, ...], bool], Plan | Unschedulable] = {}
+        self.contended: set[str] = set()
+        """Nodes of the GPU types that waiting gangs ask for by name."""
         """Plans on the free capacity less some reservations (by index), until free or reserved capacity changes:
         gangs of one shape waiting together cost one planner call."""
 
@@ -171,13 +174,24 @@ class _Pass:
             view.append(copy)
         return view
 
-    def fit(self, demand: GangDemand, respecting: tuple[int, ...] = ()) -> Plan | Unschedulable:
-        """A plan on the free capacity that the reservations `respecting` (indices) do not hold."""
-        key = (demand, respecting)
+    def fit(self, demand: GangDemand, respecting: tuple[int, ...] = (), steer: bool = False) -> Plan | Unschedulable:
+        """A plan on the free capacity that the reservations `respecting` (indices) do not hold; `steer` leaves
+        out the GPU types that waiting gangs ask for by name (for a gang that takes any type)."""
+        key = (demand, respecting, steer)
         if key not in self.memo:
             capacity = _add(self.free, *(self.reservations[i].held for i in respecting), sign=-1)
+            if steer:
+                capacity = {n: (0 if n in self.contended else gpus) for n, gpus in capacity.items()}
             self.memo[key] = plan_gang(self.view(capacity), demand)
         return self.memo[key]
+
+    def steered(self, demand: GangDemand, plan: Plan, respecting: tuple[int, ...]) -> Plan:
+        """A gang that takes any GPU type goes, where it fits, onto nodes of types no waiting gang asks for by
+        name, so that the gangs that can use only one type find it free (less fragmentation by type)."""
+        if demand.gpu_type or not demand.gpus_per_worker or not self.contended:
+            return plan
+        steered = self.fit(demand, respecting, steer=True)
+        return steered if isinstance(steered, Plan) else plan
 
     def hold(self, key: Key, capacity: Mapping[str, int], start: float | None, region: str) -> None:
         self.reservations.append(_Reservation(key, dict(capacity), start))
@@ -199,17 +213,18 @@ class _Pass:
         if isinstance(fits_free, Unschedulable):
             return Wait(0, "Capacity", fits_free.reason)
         if not any(self.held.values()):
-            return fits_free
-        plan = self.fit(gang.demand, tuple(range(len(self.reservations))))
+            return self.steered(gang.demand, fits_free, ())
+        respecting = tuple(range(len(self.reservations)))
+        plan = self.fit(gang.demand, respecting)
         if isinstance(plan, Plan):
-            return plan
+            return self.steered(gang.demand, plan, respecting)
         if gang.length is not None:
             ends = self.now + gang.length
             blocking = tuple(i for i, r in enumerate(self.reservations) if r.start is None or r.start < ends)
             if len(blocking) < len(self.reservations):
                 plan = self.fit(gang.demand, blocking)
                 if isinstance(plan, Plan):
-                    return plan
+                    return self.steered(gang.demand, plan, blocking)
         holders = ", ".join(_key_text(r.key) for r in self.reservations[:3])
         return Wait(0, "Reserved", f"the free GPUs it fits on are reserved for gangs ahead of it ({holders})")
 
@@ -334,6 +349,8 @@ def plan_queue(
     `nodes` carry the GPUs free now (every live pod subtracted, stopping ones included); `freeing` is what pods
     already stopping hold per node; `grow_after` is how long an elastic gang runs before it may grow."""
     state = _Pass(nodes, running, freeing or {}, now)
+    named = {g.demand.gpu_type for g in queued if g.demand.gpu_type and g.demand.gpus_per_worker}
+    state.contended = {n.name for n in nodes if any(gpu_type_matches(n.gpu_type, t) for t in named)}
     waiting: list[tuple[QueuedGang, Wait]] = []
     for gang in sorted(queued, key=queue_order):
         outcome = state.admit(gang)
