@@ -19,7 +19,11 @@ echo "== start the operator (log: $STATE/operator.log)"
 if [[ -f "$STATE/operator.pid" ]] && kill -0 "$(cat "$STATE/operator.pid")" 2>/dev/null; then
   kill "$(cat "$STATE/operator.pid")"; sleep 1
 fi
-nohup modelfleet operator >"$STATE/operator.log" 2>&1 &
+# the operator outlives this script: it must not hold on to what the caller opened (a `flock` around make demo)
+(
+  for fd in /proc/self/fd/*; do n="${fd##*/}"; if (( n > 2 )); then eval "exec $n>&-" 2>/dev/null || true; fi; done
+  exec nohup modelfleet operator >"$STATE/operator.log" 2>&1
+) &
 echo $! >"$STATE/operator.pid"
 sleep 3
 
@@ -47,11 +51,10 @@ demo_start=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - demo_start ))s"; }
 kubectl delete tj mlp-local -n modelfleet-demo --ignore-not-found --wait=true >/dev/null  # a fresh run each time
 kubectl apply -n modelfleet-demo -f examples/pipeline/
-echo "-- kubectl get tj mlp-local -o wide, every 10 s while 4 workers train the 3-4-2 network (gloo, CPU)"
-kubectl get tj mlp-local -n modelfleet-demo -o wide | head -1
+echo "-- kubectl get tj mlp-local -o wide, every 5 s while 4 workers train the 3-4-2 network (gloo, CPU)"
 while true; do
-  sleep 10
-  kubectl get tj mlp-local -n modelfleet-demo -o wide --no-headers
+  sleep 5
+  echo "[$(elapsed)]"; kubectl get tj mlp-local -n modelfleet-demo -o wide
   phase="$(kubectl get tj mlp-local -n modelfleet-demo -o jsonpath='{.status.phase}')"
   [[ "$phase" == "Succeeded" || "$phase" == "Failed" ]] && break
 done
