@@ -75,6 +75,8 @@ class Gateway:
         body = await request.body()
         route = self.router.route(service, where)
         if route.primary is None:
+            if not request.url.path.endswith("/infer"):  # metadata and readiness say so; only inference waits
+                return JSONResponse({"error": f"no replica of {service.name} is ready"}, status_code=503)
             waited = route.cold or service.regions[0]
             if (refused := await self._hold(service, waited, where)) is not None:
                 return refused
