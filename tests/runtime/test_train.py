@@ -259,3 +259,13 @@ def test_elastic_weights_follow_the_pod_not_the_rank(tmp_path: Path, how: str) -
     reference = weights_of(single_process(tmp_path))
     for name, tensor in reference.items():
         assert torch.allclose(tensor, weights_of(out)[name], atol=1e-5), name
+
+
+def test_a_pruned_checkpoint_resumes_with_its_masks(tmp_path: Path) -> None:
+    flags = ["--prune-amount", "0.5", "--prune-at", "0.25", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    single_process(tmp_path / "first", [*ARGS, *flags, "--checkpoint-interval", "20"])
+    resumed = single_process(tmp_path / "second", [*ARGS, "--epochs", "4", *flags])
+    assert "resumed from step 40" in (tmp_path / "second" / "single-logs" / "rank0.log").read_text()
+    weights = weights_of(resumed)
+    zeros = sum(int((weights[k] == 0).sum()) for k in ("hidden.weight", "out.weight"))
+    assert zeros == (12 + 8) // 2, "the masks came back with the checkpoint and stayed permanent"

@@ -245,7 +245,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
 
     def prune_if_due() -> None:
-        if pruning and step == pruning.step(total_steps) and not prune.is_pruned(model):
+        if pruning and step >= pruning.step(total_steps) and not prune.is_pruned(model):
             compression["accuracyBeforePruning"] = accuracy(model, x_eval, y_eval, device)
             pruning.apply(model)
             log.info(
