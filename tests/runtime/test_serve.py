@@ -121,6 +121,11 @@ def test_metadata_health_and_versions_over_http_and_grpc(server, mlp_artifact: P
             call(grpc)
     assert httpx.get(f"{srv.url}/v2/models/m/versions/1/ready").status_code == 200
     assert httpx.post(f"{srv.url}/v2/models/m/versions/7/infer", json=request([[1, 2, 3]])).status_code == 404
+    row = grpcclient.InferInput("input__0", [1, 3], "FP32")
+    row.set_data_from_numpy(np.ones((1, 3), np.float32))
+    assert grpc.infer("m", [row], model_version="1").as_numpy("output__0").shape == (1, 2)
+    with pytest.raises(InferenceServerException, match=r"StatusCode.NOT_FOUND.*version '7'"):
+        grpc.infer("m", [row], model_version="7")
 
 
 def test_two_inputs_and_outputs_binary_and_json_with_request_id(server, two_tower_artifact: Path) -> None:
@@ -136,7 +141,9 @@ def test_two_inputs_and_outputs_binary_and_json_with_request_id(server, two_towe
         inputs[0].set_data_from_numpy(features, binary_data=binary)
         inputs[1].set_data_from_numpy(context, binary_data=binary)
         outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("label", "score")]
-        result = http.infer("m", inputs, model_version="1", request_id=f"req-{binary}", outputs=outputs)
+        result = http.infer(
+            "m", inputs, model_version="1", request_id=f"req-{binary}", outputs=outputs, parameters={"note": "x"}
+        )
         answer = result.get_response()
         assert answer["id"] == f"req-{binary}" and [o["name"] for o in answer["outputs"]] == ["label", "score"]
         assert all(("binary_data_size" in o.get("parameters", {})) == binary for o in answer["outputs"])
