@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -13,9 +15,11 @@ from tritonclient.grpc import service_pb2 as pb
 from modelfleet.api.inference import InferenceServiceSpec
 from modelfleet.inference.builders import pod_template, server_env, service
 from modelfleet.runtime.batching import sized_batch
+from modelfleet.runtime.modelio import LoadedModel
 from modelfleet.runtime.models import build_model
 from modelfleet.runtime.processes import worker_plan
 from modelfleet.runtime.quantize import calibration_inputs, choose_int8
+from modelfleet.runtime.serve import ServerConfig, build_app
 from modelfleet.runtime.v2 import Signature, V2Error, decode_grpc, decode_json, encode_grpc, encode_json
 
 SIGNATURE = Signature.from_metadata(
@@ -139,3 +143,21 @@ def test_the_grpc_port_is_in_the_env_the_pod_and_the_service() -> None:
     assert {"name": "grpc", "containerPort": 8081} in ports
     meta = {"name": "svc", "namespace": "ns", "uid": "u"}
     assert any(p["name"] == "grpc" and p["targetPort"] == "grpc" for p in service(meta, spec, "r1")["spec"]["ports"])
+
+
+def test_an_fp16_model_takes_and_answers_the_fp32_its_signature_declares() -> None:
+    torch.manual_seed(0)
+    model, shape, classes = build_model("paper-mlp")
+    signature = Signature.from_metadata({"inputShape": list(shape), "classes": classes})
+    config = ServerConfig(model_path="unused", model_name="m", grpc_port=0)
+    app = build_app(config, LoadedModel(model.half(), signature, torch.float16, "cpu"))
+    body = {"inputs": [{"name": "input__0", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+
+    async def post() -> httpx.Response:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
+                return await client.post("/v2/models/m/infer", json=body)
+
+    answer = asyncio.run(post()).json()["outputs"][0]
+    assert answer["datatype"] == "FP32" and answer["shape"] == [1, 2]
