@@ -52,7 +52,7 @@ def test_rank_zero_report_becomes_the_artifact(tmp_path: Path, monkeypatch: pyte
     (out / "model.pt").write_bytes(b"abc")
     log = tmp_path / "termination-log"
     monkeypatch.setenv("MODELFLEET_TERMINATION_LOG", str(log))
-    report_artifact(out, {"loss": 0.5, "accuracy": float("nan")})
+    report_artifact(out, {"loss": 0.5, "accuracy": float("nan"), "epochSeconds": [0.1, 0.2]})
     message = json.loads(log.read_text())
     assert message["metrics"] == {"loss": 0.5} and message["digest"] == artifact_digest(out)
     text = summary(out, {"loss": 0.25})

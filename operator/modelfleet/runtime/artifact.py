@@ -35,9 +35,9 @@ def artifact_digest(directory: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def summary(directory: Path, metrics: Mapping[str, float]) -> str:
-    """The termination message: path, digest and the finite metrics, within Kubernetes' 4 KiB."""
-    finite = {k: round(float(v), 6) for k, v in metrics.items() if math.isfinite(float(v))}
+def summary(directory: Path, metrics: Mapping[str, object]) -> str:
+    """The termination message: path, digest and the finite scalar metrics, within Kubernetes' 4 KiB."""
+    finite = {k: round(float(v), 6) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
     message = {"path": str(directory), "digest": artifact_digest(directory), "metrics": finite}
     text = json.dumps(message, separators=(",", ":"))
     if len(text.encode()) > MAX_MESSAGE_BYTES:
@@ -45,7 +45,7 @@ def summary(directory: Path, metrics: Mapping[str, float]) -> str:
     return text
 
 
-def report_artifact(directory: Path, metrics: Mapping[str, float]) -> None:
+def report_artifact(directory: Path, metrics: Mapping[str, object]) -> None:
     """Writes the summary to the termination message file; a file that cannot be written (not in a pod) is logged."""
     target = Path(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG))
     try:
