@@ -85,4 +85,4 @@ def test_no_region_can_serve() -> None:
     assert route.primary is None and route.cold == "a"
     # pods that exist but are not routable (unprobed, ejected) are not cold: they need no scale-up
     route = choose(["b", "a"], {"a": RegionLoad(0, 0, 0), "b": RegionLoad(1, 0, 0)}, limit_per_replica=2.0)
-    assert route.primary is None and route.cold is None
+    assert route.primary is None and route.cold is None and route.wanted == "b"

@@ -77,8 +77,7 @@ class Gateway:
         if route.primary is None:
             if not request.url.path.endswith("/infer"):  # metadata and readiness say so; only inference waits
                 return JSONResponse({"error": f"no replica of {service.name} is ready"}, status_code=503)
-            waited = route.cold or service.regions[0]
-            if (refused := await self._hold(service, waited, where)) is not None:
+            if (refused := await self._hold(service, route.wanted or service.regions[0], where)) is not None:
                 return refused
             route = self.router.route(service, where)
         assert route.primary is not None and route.fallback is not None

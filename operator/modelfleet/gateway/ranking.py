@@ -79,6 +79,8 @@ class Route:
     """The nearest region that can serve; when it is not the primary, it was saturated (a spill)."""
     cold: str | None
     """The nearest region when it has no ready pod: the demand that must wake it."""
+    wanted: str | None = None
+    """The nearest region, serving or not: where a request waits when no region can serve."""
 
     @property
     def spilled(self) -> bool:
@@ -92,8 +94,8 @@ def choose(ranked: Sequence[str], loads: Mapping[str, RegionLoad], limit_per_rep
     serving = [r for r in ranked if loads.get(r, empty).routable > 0]
     cold = ranked[0] if ranked and loads.get(ranked[0], empty).pods == 0 else None
     if not serving:
-        return Route(None, None, None, cold)
+        return Route(None, None, None, cold, ranked[0] if ranked else None)
     with_headroom = [r for r in serving if loads[r].inflight < loads[r].routable * limit_per_replica]
     primary = with_headroom[0] if with_headroom else serving[0]
     fallback = next((r for r in serving if r != primary), primary)
-    return Route(primary, fallback, serving[0], cold)
+    return Route(primary, fallback, serving[0], cold, ranked[0])
