@@ -4,8 +4,10 @@
 
 Rendezvous: plain env (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE) or torchrun (elastic c10d); a pod with
 LOCAL_WORLD_SIZE > 1 started without torchrun re-executes itself under torchrun (one process per GPU).
-nccl on GPUs, gloo on CPUs. Each rank takes its MODELFLEET_SHARD_WEIGHTS share of every global batch and the
-loss is scaled so the update equals single-process training on the whole batch. Checkpoints every
+nccl on GPUs, gloo on CPUs. Each rank takes its share of every global batch (its pod's entry of
+MODELFLEET_SHARD_WEIGHTS, by MODELFLEET_REPLICA_INDEX; with --sharding Adaptive, moved toward the measured
+throughput every --rebalance-steps) and the loss is scaled so the update equals single-process training on the whole
+batch. --teacher distils from an artifact, --prune-amount prunes (see modelfleet.runtime.compression). Checkpoints every
 MODELFLEET_CHECKPOINT_INTERVAL steps (atomic), resumed on restart; the final model goes to MODELFLEET_OUTPUT_DIR.
 Rank 0 serves its progress on http://0.0.0.0:$MODELFLEET_METRICS_PORT/metrics (see modelfleet.runtime.progress).
 Every file it reads (checkpoint, data) is loaded with `weights_only=True`: tensors and plain containers, no pickled code.
