@@ -169,7 +169,7 @@ def print_table(title: str, results: dict[str, list[dict[str, Any]]], keys: list
     for key in keys:
         table.add_row(key, *(median_and_spread(results[n], key)[1] for n in results),
                       "higher" if key in HIGHER_BETTER else "lower")  # fmt: skip
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 def ratios(results: dict[str, list[dict[str, Any]]], keys: list[str]) -> dict[str, dict[str, float | None]]:
@@ -198,7 +198,7 @@ def main() -> None:
     print_table(f"{count} jobs on 72 8-GPU nodes in 3 regions at saturation (offered load 1.07), seeds {seeds}; "
                 "minutes", plain, keys)  # fmt: skip
     report["plain"] = {"runs": plain, "modelfleet_over_peer": ratios(plain, keys)}
-    Console().print(report["plain"]["modelfleet_over_peer"])
+    Console(width=200).print(report["plain"]["modelfleet_over_peer"])
     prio = run_all(count, seeds, priorities=True, only=("modelfleet", "kueue-strict", "kueue-best", "volcano"))
     prio_keys = ["high_priority_p99", "low_priority_p99", "queue_delay_p99", "gpu_allocated_ratio", "preemptions",
                  "jobs_never_started"]  # fmt: skip
