@@ -17,6 +17,7 @@ from modelfleet.api.common import GANG_ATTEMPT_LABEL
 from modelfleet.scheduling.cluster import NodeInfo, build_view, pod_gpu_request, pod_holds_resources, pod_node
 from modelfleet.scheduling.gpus import gpu_type_matches
 from modelfleet.scheduling.priority import slim_priority_class
+from modelfleet.scheduling.quota import slim_gpu_quota
 
 RESERVATION_TTL = 60.0
 Slim = Callable[[Mapping[str, Any]], dict[str, Any] | None]
@@ -111,6 +112,7 @@ class ClusterState:
     gpu_pods: ObjectStore = field(default_factory=lambda: ObjectStore(gpu_pod))
     reservations: dict[tuple[str, str, str | None], tuple[dict[str, Any], float]] = field(default_factory=dict)
     priority_classes: ObjectStore = field(default_factory=lambda: ObjectStore(slim_priority_class))
+    gpu_quotas: ObjectStore = field(default_factory=lambda: ObjectStore(slim_gpu_quota))
 
     def reserve(self, pods: Iterable[dict[str, Any]]) -> None:
         """Counts freshly created pods until the watch delivers them, so two plans never share GPUs."""

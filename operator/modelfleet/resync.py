@@ -60,6 +60,8 @@ class Resync:
                 plural=plural,
             )
             dropped[plural] = len(loops.prune({key_of(item) for item in items}, started))
+        quotas = await _list_all(custom.list_cluster_custom_object, group=GROUP, version=VERSION, plural="gpuquotas")
+        dropped["gpuquotas"] = CLUSTER.gpu_quotas.replace(quotas, started)
         if any(dropped.values()):
             log.warning("resync dropped what a watch gap hid: %s", dropped)
         return dropped

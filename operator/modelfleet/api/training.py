@@ -340,7 +340,7 @@ class QueueStatus(ApiModel):
     reason: str = Field(
         description="Capacity (does not fit now), Reserved (fits, but the GPUs are held for jobs ahead), "
         "Preempting (waits for the jobs it preempted to stop), Draining (its previous workers are stopping), "
-        "PriorityClassNotFound."
+        "PriorityClassNotFound, QuotaExceeded (its namespace's GPUQuota is used up)."
     )
     message: str = Field(default="", description="Why it waits, for a person.")
     reserved_nodes: list[str] = Field(default_factory=list, description="Nodes whose GPUs are held for it.")

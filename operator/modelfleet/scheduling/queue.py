@@ -11,6 +11,9 @@ Pure: the operator's planning pass and `benchmarks/placement.py` call `plan_queu
   end soonest (by their length bound, else the oldest) have ended. Gangs behind it backfill only onto capacity the
   reservation does not hold, or onto held capacity when their own length bound ends before the reservation starts
   (conservative backfill). A reservation is recomputed every pass, so it follows the cluster as it changes.
+- Quotas (scheduling/quota.py): a gang over its namespace's GPUQuota waits (QuotaExceeded) and holds nothing; one
+  admitted only by borrowing idle quota never reserves or preempts; a gang within its own quota that does not fit
+  takes borrowed GPUs back (whole gangs of namespaces above their quota, newest first) before preempting by priority.
 - A running elastic gang grows (a gang restart at the new size) when capacity is free and no waiting gang could use
   the nodes it would grow onto.
 """
@@ -25,6 +28,7 @@ from dataclasses import dataclass, replace
 from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.scheduling.gpus import gpu_type_matches
 from modelfleet.scheduling.planner import GangDemand, Plan, Unschedulable, eligible_nodes, plan_gang
+from modelfleet.scheduling.quota import Ledger, Quota
 
 Key = tuple[str, str]
 """(namespace, name) of a job."""
@@ -86,7 +90,8 @@ class Wait:
     """1 + the waiting gangs ahead of it that compete for the same regions."""
     reason: str
     """Capacity (does not fit now), Reserved (fits, but the capacity is held for gangs ahead), Preempting (waits for
-    the gangs it preempted to stop), Draining (its own previous pods are still stopping)."""
+    the gangs it preempted to stop), Draining (its own previous pods are still stopping), QuotaExceeded (its
+    namespace's GPUQuota is used up)."""
     message: str
     reserved: tuple[str, ...] = ()
     """Nodes whose GPUs are held for it."""
@@ -283,6 +288,41 @@ class _Pass:
         self.hold(gang.key, held, self.now, plan.region)
         return Wait(0, "Preempting", f"waiting for {victims} to stop", tuple(sorted(held)))
 
+    def reclaim(self, gang: QueuedGang, ledger: Ledger) -> Wait | None:
+        """For a gang within its namespace's own quota that does not fit: preempts whole gangs of namespaces that
+        borrow (hold more than their quota), newest first, until it fits; None when that cannot or need not help."""
+        lender = gang.key[0]
+        if lender not in ledger.quotas or isinstance(plan_gang(self.view(self.coming_free()), gang.demand), Plan):
+            return None
+        eligible = {n.name for n in eligible_nodes(self.nodes, gang.demand)}
+        borrowers = sorted(
+            (g for g in self.running.values() if g.key[0] != lender and not eligible.isdisjoint(g.nodes)),
+            key=lambda g: (-g.started, g.key),
+        )
+        room, chosen = self.coming_free(), []
+        plan: Plan | Unschedulable = Unschedulable("")
+        for g in borrowers:
+            if not ledger.borrowing(g.key[0]):
+                continue
+            chosen.append(g)
+            ledger.take(g.key[0], ledger.count(g.key[0], g.holds()), sign=-1)
+            room = _add(room, g.holds())
+            if isinstance(plan := plan_gang(self.view(room), gang.demand), Plan):
+                break
+        if not isinstance(plan, Plan):
+            for g in chosen:
+                ledger.take(g.key[0], ledger.count(g.key[0], g.holds()))
+            return None
+        for g in chosen:
+            message = f"preempted: namespace {g.key[0]} borrowed GPUs beyond its GPUQuota, taken back for {_key_text(gang.key)}"
+            self.verdicts[g.key] = Evict("Preempted", message, 0)
+            self.freeing = _add(self.freeing, g.holds())
+            del self.running[g.key]
+        held = gpus_on((n.name for n in plan.nodes), gang.demand.gpus_per_worker)
+        self.hold(gang.key, held, self.now, plan.region)
+        victims = ", ".join(_key_text(g.key) for g in chosen)
+        return Wait(0, "Preempting", f"waiting for {victims} to stop (borrowed quota taken back)", tuple(sorted(held)))
+
     def reserve(self, gang: QueuedGang, depth: int, why: Wait) -> Wait:
         """Holds the nodes it would get soonest, if its regions have a reservation to spare."""
         regions = set(gang.demand.regions) or self.all_regions
@@ -343,22 +383,41 @@ def plan_queue(
     now: float = 0.0,
     depth: int = RESERVATION_DEPTH,
     grow_after: float = 0.0,
+    quotas: Mapping[str, Quota] | None = None,
 ) -> dict[Key, Verdict]:
     """A verdict for every queued gang (Admit or Wait) and for running gangs that must stop (Evict).
 
     `nodes` carry the GPUs free now (every live pod subtracted, stopping ones included); `freeing` is what pods
-    already stopping hold per node; `grow_after` is how long an elastic gang runs before it may grow."""
+    already stopping hold per node; `grow_after` is how long an elastic gang runs before it may grow; `quotas`: the
+    GPUQuota of each namespace that has one."""
     state = _Pass(nodes, running, freeing or {}, now)
+    ledger = Ledger(quotas or {}, {n.name: n.gpu_type for n in nodes})
+    for g in running:
+        ledger.take(g.key[0], ledger.count(g.key[0], g.holds()))
     named = {g.demand.gpu_type for g in queued if g.demand.gpu_type and g.demand.gpus_per_worker}
     state.contended = {n.name for n in nodes if any(gpu_type_matches(n.gpu_type, t) for t in named)}
     waiting: list[tuple[QueuedGang, Wait]] = []
     for gang in sorted(queued, key=queue_order):
+        namespace, demand = gang.key[0], gang.demand
+        surely = ledger.count_demand(namespace, (demand.min_workers or demand.workers) * demand.gpus_per_worker,
+                                     demand.gpu_type)  # fmt: skip
+        if refused := ledger.refusal(namespace, surely):
+            waiting.append((gang, Wait(0, "QuotaExceeded", refused)))
+            continue
         outcome = state.admit(gang)
         if isinstance(outcome, Plan):
-            state.take(outcome, gang.demand.gpus_per_worker)
+            counted = ledger.count(namespace, gpus_on((n.name for n in outcome.nodes), demand.gpus_per_worker))
+            if refused := ledger.refusal(namespace, counted):
+                waiting.append((gang, Wait(0, "QuotaExceeded", refused)))
+                continue
+            ledger.take(namespace, counted)
+            state.take(outcome, demand.gpus_per_worker)
             state.verdicts[gang.key] = Admit(outcome)
             continue
-        wait = state.preempt(gang) or state.reserve(gang, depth, outcome)
+        if ledger.excess(namespace, surely):  # it would borrow: it takes only what is free, holds nothing
+            waiting.append((gang, outcome))
+            continue
+        wait = state.reclaim(gang, ledger) or state.preempt(gang) or state.reserve(gang, depth, outcome)
         waiting.append((gang, wait))
     state.grow([g for g, _ in waiting], grow_after)
     pools: list[frozenset[str]] = []

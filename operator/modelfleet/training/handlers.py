@@ -10,7 +10,7 @@ import kopf
 from pydantic import ValidationError
 
 from modelfleet import kube, policy
-from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from modelfleet.api.common import GROUP, JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.cluster_state import CLUSTER
 from modelfleet.loops import ObjectGone, ReconcileLoops
@@ -264,4 +264,10 @@ async def worker_event(event: dict[str, Any], **_: Any) -> None:
 @kopf.on.event("scheduling.k8s.io", "v1", "priorityclasses")
 async def priority_class_event(event: dict[str, Any], **_: Any) -> None:
     CLUSTER.priority_classes.observe(event["object"], deleted=event.get("type") == "DELETED")
+    QUEUE.request()
+
+
+@kopf.on.event(GROUP, VERSION, "gpuquotas")
+async def gpu_quota_event(event: dict[str, Any], **_: Any) -> None:
+    CLUSTER.gpu_quotas.observe(event["object"], deleted=event.get("type") == "DELETED")
     QUEUE.request()

@@ -1,9 +1,9 @@
 """The operator's GPU queue: one planning pass for every TrainingJob at once, whose verdicts the handlers carry out.
 
-A pass reads only in-memory state (the jobs the loops know, the node and GPU-pod stores, the PriorityClasses),
-calls the pure `plan_queue`, and wakes the loops of the jobs whose verdict changed. Passes are coalesced: job,
-worker, node and PriorityClass events request one, and a timer runs one every few seconds. Only the leader runs
-the operator, so only the leader plans.
+A pass reads only in-memory state (the jobs the loops know, the node and GPU-pod stores, the PriorityClasses and
+GPUQuotas), calls the pure `plan_queue`, and wakes the loops of the jobs whose verdict changed. Passes are coalesced:
+job, worker, node, PriorityClass and GPUQuota events request one, and a timer runs one every few seconds. Only the
+leader runs the operator, so only the leader plans.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from modelfleet.loops import Key, ReconcileLoops, key_of
 from modelfleet.scheduling.planner import GangDemand
 from modelfleet.scheduling.priority import resolve_priority
 from modelfleet.scheduling.queue import QueuedGang, RunningGang, Verdict, Wait, plan_queue
+from modelfleet.scheduling.quota import quotas_by_namespace
 from modelfleet.training.lifecycle import parse_time, refusal
 from modelfleet.training.status import desired_workers
 
@@ -134,8 +135,9 @@ class GpuQueue:
         queued, running, held = snapshot(bodies, self.cluster.priority_classes.values(), self.draining)
         moment = (now or datetime.now().astimezone()).timestamp()
         verdicts: dict[Key, Verdict] = {**held}
+        quotas = quotas_by_namespace(self.cluster.gpu_quotas.values())
         verdicts.update(plan_queue(self.cluster.view(), queued, running, self.cluster.freeing(), moment,
-                                   grow_after=GROW_AFTER))  # fmt: skip
+                                   grow_after=GROW_AFTER, quotas=quotas))  # fmt: skip
         previous, self.verdicts = self.verdicts, verdicts
         self.passes += 1
         for key in set(previous) | set(verdicts):
