@@ -114,3 +114,11 @@ def test_gpu_quota_objects_become_quotas_by_namespace() -> None:
             {"metadata": {"name": "bad"}, "spec": {"gpus": -1}}]  # fmt: skip
     slims = [s for o in objs if (s := slim_gpu_quota(o))]
     assert quotas_by_namespace(slims) == {"team-a": Quota({"A100": 4, ANY: 8}, borrowing=True)}
+
+
+def test_an_elastic_gang_grows_only_within_its_namespace_quota() -> None:
+    elastic = RunningGang(("a", "el"), GangDemand(4, 4, min_workers=1), ("n1",), started=0)
+    grown = plan_queue(cluster({"n1": 4, "n2": 8}), [], [elastic], now=100, quotas={"a": Quota({ANY: 16})})
+    assert grown[("a", "el")] == Evict("ElasticGrow", "growing from 1 to 4 workers", 4)
+    held = plan_queue(cluster({"n1": 4, "n2": 8}), [], [elastic], now=100, quotas={"a": Quota({ANY: 12})})
+    assert held == {}, "it grows to what fits, and 4 workers would hold 16 GPUs"

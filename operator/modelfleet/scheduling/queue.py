@@ -357,7 +357,7 @@ class _Pass:
 
     # -- elastic growth -------------------------------------------------------------------------------------
 
-    def grow(self, waiting: Sequence[QueuedGang], grow_after: float) -> None:
+    def grow(self, waiting: Sequence[QueuedGang], grow_after: float, ledger: Ledger) -> None:
         for g in sorted(self.running.values(), key=lambda g: (-g.priority, g.started, g.key)):
             if len(g.nodes) >= g.demand.workers or self.now - g.started < grow_after:
                 continue
@@ -368,11 +368,16 @@ class _Pass:
             onto = {n.name for n in plan.nodes}
             if any(not onto.isdisjoint(n.name for n in eligible_nodes(self.nodes, w.demand)) for w in waiting):
                 continue  # a waiting gang could use these nodes: it comes first
-            size = len(plan.nodes)
-            self.verdicts[g.key] = Evict("ElasticGrow", f"growing from {len(g.nodes)} to {size} workers", size)
             own = g.holds()
             grown = gpus_on((n.name for n in plan.nodes), g.demand.gpus_per_worker)
-            self.hold(g.key, {n: max(gpus - own.get(n, 0), 0) for n, gpus in grown.items()}, self.now, plan.region)
+            added = {n: max(gpus - own.get(n, 0), 0) for n, gpus in grown.items()}
+            counted = ledger.count(g.key[0], _add(grown, own, sign=-1))
+            if ledger.refusal(g.key[0], counted):
+                continue  # its namespace's quota does not allow the growth
+            ledger.take(g.key[0], counted)
+            size = len(plan.nodes)
+            self.verdicts[g.key] = Evict("ElasticGrow", f"growing from {len(g.nodes)} to {size} workers", size)
+            self.hold(g.key, added, self.now, plan.region)
 
 
 def plan_queue(
@@ -419,7 +424,7 @@ def plan_queue(
             continue
         wait = state.reclaim(gang, ledger) or state.preempt(gang) or state.reserve(gang, depth, outcome)
         waiting.append((gang, wait))
-    state.grow([g for g, _ in waiting], grow_after)
+    state.grow([g for g, _ in waiting], grow_after, ledger)
     pools: list[frozenset[str]] = []
     for gang, wait in waiting:
         pool = frozenset(gang.demand.regions) or state.all_regions
