@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import yaml
+
+from modelfleet.crdgen import render_all
 from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.scheduling.planner import GangDemand
 from modelfleet.scheduling.queue import Admit, Evict, QueuedGang, RunningGang, Wait, plan_queue
@@ -122,3 +125,12 @@ def test_an_elastic_gang_grows_only_within_its_namespace_quota() -> None:
     assert grown[("a", "el")] == Evict("ElasticGrow", "growing from 1 to 4 workers", 4)
     held = plan_queue(cluster({"n1": 4, "n2": 8}), [], [elastic], now=100, quotas={"a": Quota({ANY: 12})})
     assert held == {}, "it grows to what fits, and 4 workers would hold 16 GPUs"
+
+
+def test_the_gpu_quota_crd_is_cluster_scoped_without_status_and_checks_its_name() -> None:
+    crd = yaml.safe_load(render_all()["gpuquotas.yaml"])
+    version = crd["spec"]["versions"][0]
+    root = version["schema"]["openAPIV3Schema"]
+    assert crd["spec"]["scope"] == "Cluster" and version["subresources"] == {} and "status" not in root["properties"]
+    assert all("self.metadata.name" in r["rule"] for r in root["x-kubernetes-validations"])
+    assert all(p.get("description") for p in root["properties"]["spec"]["properties"].values())
