@@ -134,3 +134,15 @@ def test_the_gpu_quota_crd_is_cluster_scoped_without_status_and_checks_its_name(
     assert crd["spec"]["scope"] == "Cluster" and version["subresources"] == {} and "status" not in root["properties"]
     assert all("self.metadata.name" in r["rule"] for r in root["x-kubernetes-validations"])
     assert all(p.get("description") for p in root["properties"]["spec"]["properties"].values())
+
+
+def test_quota_a_waiting_lender_needs_is_not_lent_so_a_reclaimed_borrower_does_not_come_straight_back() -> None:
+    quotas = {"a": Quota({ANY: 4}, borrowing=True), "b": Quota({ANY: 12})}
+    busy = [running("a", "own", ("n1",), started=1)]
+    stream = [queued("a", "reclaimed", 2, submitted=1), queued("b", "owner", 3, submitted=2)]
+    nodes = cluster({"n1": 4, "n2": 0, "n3": 0})  # the reclaimed gang's pods still stop on n2 and n3
+    verdicts = plan_queue(nodes, stream, busy, freeing={"n2": 4, "n3": 4}, now=10, quotas=quotas)
+    assert verdicts[("a", "reclaimed")].reason == "QuotaExceeded", verdicts
+    assert verdicts[("a", "reclaimed")].message.endswith("other namespaces' quotas leave 0 idle to borrow")
+    assert isinstance(verdicts[("b", "owner")], Wait) and verdicts[("b", "owner")].reserved
+    assert [verdicts[k].position for k in (("a", "reclaimed"), ("b", "owner"))] == [1, 2]

@@ -402,28 +402,40 @@ def plan_queue(
     named = {g.demand.gpu_type for g in queued if g.demand.gpu_type and g.demand.gpus_per_worker}
     state.contended = {n.name for n in nodes if any(gpu_type_matches(n.gpu_type, t) for t in named)}
     waiting: list[tuple[QueuedGang, Wait]] = []
-    for gang in sorted(queued, key=queue_order):
-        namespace, demand = gang.key[0], gang.demand
-        surely = ledger.count_demand(namespace, (demand.min_workers or demand.workers) * demand.gpus_per_worker,
-                                     demand.gpu_type)  # fmt: skip
-        if refused := ledger.refusal(namespace, surely):
-            waiting.append((gang, Wait(0, "QuotaExceeded", refused)))
-            continue
+    borrowing: list[QueuedGang] = []
+
+    def sure_demand(gang: QueuedGang) -> dict[str, int]:
+        demand = gang.demand
+        gpus = (demand.min_workers or demand.workers) * demand.gpus_per_worker
+        return ledger.count_demand(gang.key[0], gpus, demand.gpu_type)
+
+    def admit(gang: QueuedGang) -> Plan | Wait:
         outcome = state.admit(gang)
         if isinstance(outcome, Plan):
-            counted = ledger.count(namespace, gpus_on((n.name for n in outcome.nodes), demand.gpus_per_worker))
-            if refused := ledger.refusal(namespace, counted):
-                waiting.append((gang, Wait(0, "QuotaExceeded", refused)))
-                continue
-            ledger.take(namespace, counted)
-            state.take(outcome, demand.gpus_per_worker)
+            counted = ledger.count(gang.key[0], gpus_on((n.name for n in outcome.nodes), gang.demand.gpus_per_worker))
+            if refused := ledger.refusal(gang.key[0], counted):
+                return Wait(0, "QuotaExceeded", refused)
+            ledger.take(gang.key[0], counted)
+            state.take(outcome, gang.demand.gpus_per_worker)
             state.verdicts[gang.key] = Admit(outcome)
-            continue
-        if ledger.excess(namespace, surely):  # it would borrow: it takes only what is free, holds nothing
+        return outcome
+
+    for gang in sorted(queued, key=queue_order):
+        namespace, surely = gang.key[0], sure_demand(gang)
+        if refused := ledger.refusal(namespace, surely):
+            waiting.append((gang, Wait(0, "QuotaExceeded", refused)))
+        elif ledger.excess(namespace, surely):
+            borrowing.append(gang)
+        elif isinstance(outcome := admit(gang), Wait):
+            if outcome.reason != "QuotaExceeded":
+                ledger.claim(namespace, surely)
+                outcome = state.reclaim(gang, ledger) or state.preempt(gang) or state.reserve(gang, depth, outcome)
             waiting.append((gang, outcome))
-            continue
-        wait = state.reclaim(gang, ledger) or state.preempt(gang) or state.reserve(gang, depth, outcome)
-        waiting.append((gang, wait))
+    for gang in borrowing:  # after the gangs within their quotas (and what they claim): free GPUs only, no holds
+        refused = ledger.refusal(gang.key[0], sure_demand(gang))
+        if isinstance(outcome := Wait(0, "QuotaExceeded", refused) if refused else admit(gang), Wait):
+            waiting.append((gang, outcome))
+    waiting.sort(key=lambda item: queue_order(item[0]))
     state.grow([g for g, _ in waiting], grow_after, ledger)
     pools: list[frozenset[str]] = []
     for gang, wait in waiting:

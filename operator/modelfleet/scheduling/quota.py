@@ -55,6 +55,8 @@ class Ledger:
         self.gpu_types = gpu_types
         """Node name -> GPU product label."""
         self.used: dict[str, dict[str, int]] = {ns: dict.fromkeys(q.limits, 0) for ns, q in quotas.items()}
+        self.claimed: dict[str, dict[str, int]] = {ns: dict.fromkeys(q.limits, 0) for ns, q in quotas.items()}
+        """What waiting gangs within their own quota will need: not idle, so not lent."""
 
     def count(self, namespace: str, held: Mapping[str, int]) -> dict[str, int]:
         """GPUs per node, counted against each of the namespace's limits."""
@@ -80,6 +82,10 @@ class Ledger:
         for key, gpus in counted.items():
             self.used[namespace][key] += sign * gpus
 
+    def claim(self, namespace: str, counted: Mapping[str, int]) -> None:
+        for key, gpus in counted.items():
+            self.claimed[namespace][key] += gpus
+
     def excess(self, namespace: str, counted: Mapping[str, int]) -> dict[str, int]:
         """GPUs above its own limits it would hold with `counted` more."""
         quota = self.quotas.get(namespace)
@@ -89,9 +95,12 @@ class Ledger:
         return {key: gpus for key, gpus in over.items() if gpus > 0}
 
     def idle(self, key: str, borrower: str) -> int:
-        """What the other quotas with this limit leave idle, net of what is already borrowed from them."""
+        """What the other quotas with this limit leave idle (neither held nor claimed by a waiting gang), net of
+        what is already borrowed from them."""
         return sum(
-            q.limits[key] - self.used[ns][key] for ns, q in self.quotas.items() if ns != borrower and key in q.limits
+            q.limits[key] - self.used[ns][key] - self.claimed[ns][key]
+            for ns, q in self.quotas.items()
+            if ns != borrower and key in q.limits
         )
 
     def refusal(self, namespace: str, counted: Mapping[str, int]) -> str | None:
