@@ -92,16 +92,16 @@ def test_chart_renders_the_policy_and_takes_global_values(kube: Kube) -> None:
     assert bad.returncode != 0 and "allowHostPath" in bad.stderr
 
 
+CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "nodes", "priorityclasses", "gpuquotas"}
+
+
 def test_chart_rbac_is_namespaced_when_watch_namespaces_is_set(kube: Kube) -> None:
     cluster_wide = rendered(kube)
     assert not [d for d in cluster_wide if d["kind"] == "Role" and d["metadata"]["name"] == "mf-modelfleet"]
     docs = rendered(kube, "watchNamespaces={team-a,team-b}")
     cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
-    assert sorted(r for rule in cluster_role["rules"] for r in rule["resources"]) == [
-        "customresourcedefinitions",
-        "namespaces",
-        "nodes",
-    ]
+    cluster_wide_resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
+    assert {"customresourcedefinitions", "namespaces", "nodes"} <= cluster_wide_resources <= CLUSTER_SCOPED
     roles = {
         d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "mf-modelfleet"
     }
@@ -112,9 +112,7 @@ def test_chart_rbac_is_namespaced_when_watch_namespaces_is_set(kube: Kube) -> No
     }
     assert set(roles) == bindings == {"team-a", "team-b"}
     whole = next(d for d in cluster_wide if d["kind"] == "ClusterRole")["rules"]
-    assert roles["team-a"]["rules"] == [
-        r for r in whole if "nodes" not in r["resources"] and "customresourcedefinitions" not in r["resources"]
-    ]
+    assert roles["team-a"]["rules"] == [r for r in whole if not CLUSTER_SCOPED & set(r["resources"])]
     binding = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding")
     selector = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
     assert selector == [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]

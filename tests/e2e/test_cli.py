@@ -38,7 +38,7 @@ def test_deploy_train_and_status(kube: Kube, namespace: str) -> None:
     refused = cli(
         kube,
         "deploy",
-        "m.pt",
+        "file:///models/m.pt",
         "--name",
         "bad",
         "--regions",
