@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from modelfleet.devcluster import DevCluster, binaries_dir
-from tests.support.kube import Kube
+from modelfleet.devcluster.nodes import RUN_PODS_LABEL, default_inventory, fake_nodes, run_pods_inventory
+from tests.support.kube import Kube, wait_for
 from tests.support.operator import OperatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,11 @@ def local_cluster() -> Iterator[DevCluster | None]:
     if os.environ.get("KUBECONFIG"):
         yield None
         return
-    cluster = DevCluster(Path(tempfile.mkdtemp(prefix="modelfleet-e2e-")), bin_dir=binaries_dir()).up()
+    # Without the run-pods nodes: a job that names no region could land there and run for real instead of as KWOK
+    # simulates it. The modules that need them add them (run_pods_nodes).
+    cluster = DevCluster(
+        Path(tempfile.mkdtemp(prefix="modelfleet-e2e-")), bin_dir=binaries_dir(), nodes=fake_nodes(default_inventory())
+    ).up()
     try:
         yield cluster
     finally:
@@ -49,6 +54,31 @@ def cluster(local_cluster: DevCluster | None) -> DevCluster:
     if local_cluster is None:
         pytest.skip("the session uses an external cluster (KUBECONFIG)")
     return local_cluster
+
+
+@pytest.fixture(scope="module")
+def run_pods_nodes(kube: Kube, local_cluster: DevCluster | None) -> Iterator[None]:
+    """The local cluster's run-pods nodes (their pods run for real, as local processes) while a module needs them."""
+    selector = f"{RUN_PODS_LABEL}=true"
+    if local_cluster is None:
+        if not kube.get_json("nodes", "-l", selector)["items"]:
+            pytest.skip("the cluster has no run-pods nodes (the local cluster's pod runner)")
+        yield
+        return
+    nodes = fake_nodes(run_pods_inventory())
+    for node in nodes:
+        kube.apply(node)
+
+    def ready() -> bool:
+        items = kube.get_json("nodes", "-l", selector)["items"]
+        return len(items) == len(nodes) and all(
+            any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+            for n in items
+        )
+
+    wait_for(ready, timeout=60, what="run-pods nodes Ready")
+    yield
+    kube.kubectl("delete", "nodes", "-l", selector, "--wait=false", check=False)
 
 
 @pytest.fixture

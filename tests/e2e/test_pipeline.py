@@ -12,7 +12,6 @@ import httpx
 import pytest
 import yaml
 
-from modelfleet.devcluster.nodes import RUN_PODS_LABEL
 from tests.e2e.test_cli import cli
 from tests.support.kube import Kube, wait_for
 from tests.support.operator import OperatorProcess
@@ -31,14 +30,8 @@ def get(kube: Kube, kind: str, namespace: str, name: str) -> dict[str, Any]:
     return kube.get_json(kind, name, "-n", namespace)
 
 
-@pytest.fixture
-def run_pods(kube: Kube) -> None:
-    if not kube.get_json("nodes", "-l", f"{RUN_PODS_LABEL}=true")["items"]:
-        pytest.skip("the cluster has no run-pods nodes (the local cluster's pod runner)")
-
-
 def test_a_training_job_is_trained_served_and_answers(
-    kube: Kube, namespace: str, operator: OperatorProcess, run_pods: None
+    kube: Kube, namespace: str, operator: OperatorProcess, run_pods_nodes: None
 ) -> None:
     kube.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "model-store.yaml"))
     job = example(

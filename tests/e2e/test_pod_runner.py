@@ -59,13 +59,7 @@ def pod(name: str, arg: str, grace: int = 30) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def run_pods(kube: Kube) -> None:
-    if not kube.get_json("nodes", "-l", f"{RUN_PODS_LABEL}=true")["items"]:
-        pytest.skip("the cluster has no run-pods nodes (the local cluster's pod runner)")
-
-
-def test_exit_code_message_env_and_claim_reach_the_pod_status(kube: Kube, namespace: str, run_pods: None) -> None:
+def test_exit_code_message_env_and_claim_reach_the_pod_status(kube: Kube, namespace: str, run_pods_nodes: None) -> None:
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared"},
              "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}  # fmt: skip
     kube.apply(claim, namespace)
@@ -90,7 +84,7 @@ def test_exit_code_message_env_and_claim_reach_the_pod_status(kube: Kube, namesp
     assert done["works"]["status"]["podIP"] != failed["podIP"]
 
 
-def test_a_deleted_pod_is_stopped_within_its_grace_period(kube: Kube, namespace: str, run_pods: None) -> None:
+def test_a_deleted_pod_is_stopped_within_its_grace_period(kube: Kube, namespace: str, run_pods_nodes: None) -> None:
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared"},
              "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}  # fmt: skip
     kube.apply(claim, namespace)
