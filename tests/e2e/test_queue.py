@@ -117,3 +117,52 @@ def test_an_elastic_job_starts_at_what_fits_and_grows_when_capacity_frees(kube: 
     assert condition(grown, "Resized")["status"] == "False" and grown["restarts"] == 0
     assert any(e.startswith("ElasticGrow: growing from 2 to 4 workers") for e in events_of(kube, namespace, "elastic"))
     assert len(workers(kube, namespace, "elastic")) == 4
+
+
+def gpu_quota(namespace: str, gpus: int, borrowing: bool = False) -> dict:
+    return {"apiVersion": "modelfleet.dev/v1alpha1", "kind": "GPUQuota", "metadata": {"name": namespace},
+            "spec": {"gpus": gpus, "borrowing": borrowing}}  # fmt: skip
+
+
+@pytest.fixture
+def lender(kube: Kube) -> Iterator[str]:
+    """A second namespace; both namespaces' GPUQuotas go with it."""
+    name = kube.new_namespace()
+    yield name
+    kube.kubectl("delete", "gpuquota", name, check=False)
+    kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.mark.kwok
+def test_a_namespace_waits_at_its_gpu_quota_borrows_idle_quota_and_gives_it_back(
+    kube: Kube, namespace: str, lender: str
+) -> None:
+    refused = kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({**gpu_quota(namespace, 8), "spec": {}}),
+                           check=False)  # fmt: skip
+    assert refused.returncode != 0 and "set gpus, gpusPerType or both" in refused.stderr, refused.stderr
+    try:
+        kube.apply(gpu_quota(namespace, 8))
+        kube.apply(gpu_quota(lender, 24))
+        kube.apply(a100_job("mine", 1), namespace)  # jobs run until stopped
+        wait_phase(kube, namespace, "mine", "Running")
+        kube.apply(a100_job("extra", 2), namespace)
+        over = wait_for(
+            lambda: (s := status(kube, namespace, "extra")).get("queue", {}).get("reason") == "QuotaExceeded" and s,
+            what="extra waiting for quota",
+        )
+        assert over["phase"] == "Queued" and over["queue"]["message"].startswith(
+            f"namespace {namespace} holds 8 of its 8 GPU quota and this job needs 16"
+        ), over["queue"]
+        kube.apply(gpu_quota(namespace, 8, borrowing=True))  # the lender's 24 idle GPUs may be borrowed
+        wait_phase(kube, namespace, "extra", "Running", timeout=60)
+        kube.apply(a100_job("owner", 3), lender)  # within its own quota, but only 8 GPUs are free: take them back
+        wait_phase(kube, lender, "owner", "Running", timeout=60)
+        extra = wait_for(
+            lambda: (s := status(kube, namespace, "extra")).get("queue", {}).get("reason") == "QuotaExceeded" and s,
+            what="extra preempted and waiting for quota again",
+        )
+        assert condition(extra, "Preempted")["status"] == "True", extra
+        assert f"taken back for {lender}/owner" in condition(extra, "Preempted")["message"]
+        assert status(kube, namespace, "mine")["phase"] == "Running", "a gang within its own quota is not touched"
+    finally:
+        kube.kubectl("delete", "gpuquota", namespace, check=False)
