@@ -28,9 +28,21 @@ def busy_a100_pods(kube: Kube) -> list[str]:
     return [p["metadata"]["name"] for p in pods if p["spec"].get("nodeName") in nodes]
 
 
+def unfinished_jobs(kube: Kube) -> list[str]:
+    jobs = kube.get_json("trainingjobs", "-A")["items"]
+    return [
+        f"{j['metadata']['namespace']}/{j['metadata']['name']}"
+        for j in jobs
+        if (j.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]
+
+
 @pytest.fixture(autouse=True)
 def free_region(kube: Kube) -> None:
     wait_for(lambda: not busy_a100_pods(kube), timeout=90, what="cn-beijing's A100 nodes free of earlier tests")
+    # The queue is one per cluster: an earlier test's job still waiting (its namespace being deleted) would hold a
+    # place ahead of this test's jobs.
+    wait_for(lambda: not unfinished_jobs(kube), timeout=90, what="no earlier test's TrainingJob left unfinished")
 
 
 def a100_job(name: str, workers: int | dict[str, int], **kw) -> dict:

@@ -1,4 +1,4 @@
-"""The gateway's HTTP side (thin): V2 paths in, one forwarded attempt (plus one retry) out, via httpx's pool.
+"""The gateway's HTTP side (thin): V2 paths in, one forwarded attempt (plus one retry) out, via aiohttp's pool.
 
 Every decision is made elsewhere: the client's region (regions.py), the region (ranking.py via router.py), the
 replica's health (outlier.py), waiting for a replica (activator.py).
@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,7 +33,7 @@ HOP_BY_HOP = frozenset(
      "upgrade", "host", "content-length"}
 )  # fmt: skip
 SERVED_BY = "X-Modelfleet-Region"
-PROBE_TIMEOUT = 1.0
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Gateway:
         self.router = Router(config, self.store)
         self.activator = Activator(config.queue_size, config.queue_timeout_seconds)
         self.metrics = GatewayMetrics()
-        self.client: httpx.AsyncClient | None = None
+        self.client: aiohttp.ClientSession | None = None
         self.store.listeners.append(self._store_changed)
 
     def _store_changed(self, key: tuple[str, str]) -> None:
@@ -131,17 +131,19 @@ class Gateway:
         assert self.client is not None
         labels = self.labels(service, replica.region)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        url = f"http://{replica.address}{request.url.path}"
+        query = f"?{request.url.query}" if request.url.query else ""
+        url = f"http://{replica.address}{request.url.path}{query}"
         inflight = self.metrics.inflight.labels(**labels)
         self.router.inflight[replica] += 1
         inflight.inc()
         started = time.monotonic()
         try:
-            upstream = await self.client.request(
-                request.method, url, params=request.query_params, content=body, headers=headers
-            )
-        except httpx.TransportError as exc:
-            refused = isinstance(exc, httpx.ConnectError)
+            async with self.client.request(
+                request.method, url, data=body, headers=headers, allow_redirects=False
+            ) as upstream:
+                content = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            refused = isinstance(exc, aiohttp.ClientConnectorError)
             if self.router.outliers.failed(replica, time.monotonic(), refused=refused):
                 self.metrics.ejections.labels(**labels).inc()
             return Attempt(None, True, f"{replica.region}: {type(exc).__name__}")
@@ -149,11 +151,11 @@ class Gateway:
             self.router.inflight[replica] -= 1
             inflight.dec()
         elapsed = time.monotonic() - started
-        self.metrics.requests.labels(**labels, code=str(upstream.status_code)).inc()
+        self.metrics.requests.labels(**labels, code=str(upstream.status)).inc()
         self.metrics.latency.labels(**labels).observe(elapsed)
         headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
-        response = Response(upstream.content, upstream.status_code, {**headers, SERVED_BY: replica.region})
-        if upstream.status_code >= 500:
+        response = Response(content, upstream.status, {**headers, SERVED_BY: replica.region})
+        if upstream.status >= 500:
             if self.router.outliers.failed(replica, time.monotonic()):
                 self.metrics.ejections.labels(**labels).inc()
             return Attempt(response, True)
@@ -176,10 +178,10 @@ class Gateway:
     async def _probe(self, replica: Replica) -> bool:
         assert self.client is not None
         try:
-            answer = await self.client.get(f"http://{replica.address}/v2/health/ready", timeout=PROBE_TIMEOUT)
-        except httpx.HTTPError:
+            async with self.client.get(f"http://{replica.address}/v2/health/ready", timeout=PROBE_TIMEOUT) as answer:
+                return answer.status == 200
+        except (aiohttp.ClientError, TimeoutError):
             return False
-        return answer.status_code == 200
 
 
 def _bad_gateway(error: str) -> Response:
@@ -191,10 +193,12 @@ def build_app(config: GatewayConfig, gateway: Gateway | None = None, watch_clust
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-        timeout = httpx.Timeout(config.upstream_timeout_seconds, connect=min(2.0, config.upstream_timeout_seconds))
+        connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, use_dns_cache=True)
+        timeout = aiohttp.ClientTimeout(
+            total=config.upstream_timeout_seconds, connect=min(2.0, config.upstream_timeout_seconds)
+        )
         stop = threading.Event()
-        async with httpx.AsyncClient(limits=limits, timeout=timeout, follow_redirects=False, trust_env=False) as c:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as c:
             gw.client = c
             prober = asyncio.create_task(gw.probe_forever(), name="probe")
             if watch_cluster:
