@@ -12,11 +12,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.autoscaling_sim import simulate
 from benchmarks.peers import KnativeKPA, KubernetesHPA
 from benchmarks.traces import TRACES
 from modelfleet.api.inference import Autoscaling
 from modelfleet.inference.autoscaler import RegionScaler, decide
-from modelfleet.inference.simulation import simulate
 
 CAPACITY = 10.0
 MAX_REPLICAS = 50
@@ -28,7 +28,7 @@ def modelfleet_policy():
     state = RegionScaler()
 
     def scale(now: float, concurrency: float | None, current: int, ready: int) -> int:
-        state.observe(now, None if concurrency is None else concurrency / policy.target)
+        state.add_sample(now, None if concurrency is None else concurrency / policy.target)
         return decide(policy, state, now, current, ready, 1, MAX_REPLICAS).desired
 
     return scale

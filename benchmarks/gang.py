@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfleet.api.training import TrainingJobSpec
-from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.training.builders import worker_env, worker_weights
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.queue_peers import FirstFitSpread, Job, Kueue, ModelfleetQueue, PerJobRetry, Volcano
-from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.scheduling.nodes import NodeInfo
 
 REGIONS = ("cn-hangzhou", "cn-beijing", "us-west-1")
 SHAPES = [(1, 1), (1, 2), (1, 4), (1, 8), (2, 8), (4, 8), (8, 8), (2, 4), (4, 4)]  # (workers, gpus per worker)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.scheduling.gpus import gpu_type_matches
+from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.scheduling.planner import GangDemand, Plan, plan_gang
 from modelfleet.scheduling.queue import Admit, Evict, QueuedGang, RunningGang, plan_queue
 

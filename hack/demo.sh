@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/env.sh
-BIN="$(bash tests/cluster/build-binaries.sh)"
+BIN="$(bash operator/modelfleet/devcluster/build-binaries.sh)"
 export PATH="$BIN:$PATH"
 STATE="$MODELFLEET_CACHE/dev-cluster"
 modelfleet dev-cluster up --dir "$STATE"

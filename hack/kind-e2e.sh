@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v docker >/dev/null && command -v kind >/dev/null || { echo "needs docker and kind" >&2; exit 1; }
 source hack/env.sh
-BIN="$(bash tests/cluster/build-binaries.sh)"
+BIN="$(bash operator/modelfleet/devcluster/build-binaries.sh)"
 export PATH="$BIN:$PATH"
 kind get clusters | grep -qx modelfleet || kind create cluster --config kind-config.yaml
 export KUBECONFIG="$(mktemp)"

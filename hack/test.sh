@@ -7,7 +7,7 @@ source hack/env.sh
 unset KUBECONFIG  # the e2e suite starts its own control plane unless MODELFLEET_E2E_KUBECONFIG is set
 if [[ -n "${MODELFLEET_E2E_KUBECONFIG:-}" ]]; then export KUBECONFIG="$MODELFLEET_E2E_KUBECONFIG"; fi
 start=$(date +%s)
-bash tests/cluster/build-binaries.sh >/dev/null
+bash operator/modelfleet/devcluster/build-binaries.sh >/dev/null
 echo "[test] control-plane binaries ready after $(( $(date +%s) - start ))s"
 ruff check .
 ruff format --check .

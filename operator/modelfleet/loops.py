@@ -56,7 +56,7 @@ class ReconcileLoops:
         self.seen: dict[Key, float] = {}
         """When each body last came from the API (monotonic), for `prune`."""
 
-    def observe(self, body: dict[str, Any], deleted: bool = False) -> None:
+    def apply_event(self, body: dict[str, Any], deleted: bool = False) -> None:
         """Takes a watch event's object: remembers it (if newer) and wakes its loop, or stops the loop."""
         key = key_of(body)
         if deleted:

@@ -15,11 +15,11 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from modelfleet.cluster_state import CLUSTER
+from modelfleet.capacity import CAPACITY
 from modelfleet.inference import handlers as inference
 from modelfleet.leader import default_identity
 from modelfleet.resync import RESYNC
-from modelfleet.scheduling.cluster import node_is_ready, pod_gpu_request
+from modelfleet.scheduling.nodes import node_is_ready, pod_gpu_request
 from modelfleet.training import handlers as training
 from modelfleet.training.queueing import QUEUE
 
@@ -64,7 +64,7 @@ async def node_event(event: dict[str, Any], **_: Any) -> None:
     if event.get("type") is None:
         RESYNC.request()
     deleted = event.get("type") == "DELETED"
-    CLUSTER.nodes.observe(node, deleted=deleted)
+    CAPACITY.nodes.apply_event(node, deleted=deleted)
     QUEUE.request()
     if deleted or not node_is_ready(node):
         training.LOOPS.wake_all()
@@ -75,6 +75,6 @@ async def pod_event(event: dict[str, Any], **_: Any) -> None:
     """Keeps the store of pods that hold GPUs (anyone's: the capacity they hold is not free)."""
     if event.get("type") is None:
         RESYNC.request()
-    CLUSTER.gpu_pods.observe(event["object"], deleted=event.get("type") == "DELETED")
+    CAPACITY.gpu_pods.apply_event(event["object"], deleted=event.get("type") == "DELETED")
     if pod_gpu_request(event["object"]):
         QUEUE.request()

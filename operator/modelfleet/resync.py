@@ -18,7 +18,7 @@ from typing import Any
 
 from modelfleet import kube
 from modelfleet.api.common import GROUP, VERSION
-from modelfleet.cluster_state import CLUSTER
+from modelfleet.capacity import CAPACITY
 from modelfleet.loops import ReconcileLoops, key_of
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,11 @@ class Resync:
         """One pass: fresh lists of nodes, pods and each custom resource; returns what was dropped, by kind."""
         started = time.monotonic()
         nodes = await _list_all(kube.core().list_node)
-        dropped = {"nodes": CLUSTER.nodes.replace(nodes, started)}
+        dropped = {"nodes": CAPACITY.nodes.replace(nodes, started)}
         pods = await self._list(kube.core().list_pod_for_all_namespaces, kube.core().list_namespaced_pod)
-        dropped["pods"] = CLUSTER.gpu_pods.replace(pods, started)
+        dropped["pods"] = CAPACITY.gpu_pods.replace(pods, started)
         classes = await _list_all(kube.scheduling().list_priority_class)
-        dropped["priorityclasses"] = CLUSTER.priority_classes.replace(classes, started)
+        dropped["priorityclasses"] = CAPACITY.priority_classes.replace(classes, started)
         custom = kube.custom()
         for plural, loops in self.loops.items():
             items = await self._list(
@@ -61,7 +61,7 @@ class Resync:
             )
             dropped[plural] = len(loops.prune({key_of(item) for item in items}, started))
         quotas = await _list_all(custom.list_cluster_custom_object, group=GROUP, version=VERSION, plural="gpuquotas")
-        dropped["gpuquotas"] = CLUSTER.gpu_quotas.replace(quotas, started)
+        dropped["gpuquotas"] = CAPACITY.gpu_quotas.replace(quotas, started)
         if any(dropped.values()):
             log.warning("resync dropped what a watch gap hid: %s", dropped)
         return dropped

@@ -17,7 +17,7 @@ import torch
 from modelfleet.api.training import TrainingJobSpec
 from modelfleet.runtime.modelio import load_model
 from modelfleet.runtime.models import build_model
-from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.training.builders import worker_env, worker_weights
 from modelfleet.training.progress import progress_from_metrics
 from tests.support.processes import ServerProcess, env_with

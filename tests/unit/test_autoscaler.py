@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import random
 
+from benchmarks.autoscaling_sim import simulate
+
 from modelfleet.api.inference import Autoscaling
 from modelfleet.inference.autoscaler import RegionScaler, decide
-from modelfleet.inference.simulation import simulate
 
 CAPACITY = 10.0  # concurrent requests one replica serves
 
@@ -21,7 +22,7 @@ def scaler(pol: Autoscaling, min_replicas: int = 1, max_replicas: int = 50):
     decisions = []
 
     def scale(now: float, concurrency: float | None, current: int, ready: int) -> int:
-        state.observe(now, None if concurrency is None else concurrency / pol.target)
+        state.add_sample(now, None if concurrency is None else concurrency / pol.target)
         d = decide(pol, state, now, current, ready, min_replicas, max_replicas)
         decisions.append(d)
         return d.desired
@@ -91,11 +92,11 @@ def test_scale_to_zero_after_grace_and_back() -> None:
     state = RegionScaler()
     now, current = 0.0, 2
     for _ in range(40):
-        state.observe(now, 0.0)
+        state.add_sample(now, 0.0)
         current = decide(pol, state, now, current, current, 0, 5).desired
         now += 2
     assert current == 0
-    state.observe(now, 35 / pol.target)  # load seen again (from a source in front of the service)
+    state.add_sample(now, 35 / pol.target)  # load seen again (from a source in front of the service)
     assert decide(pol, state, now, 0, 0, 0, 5).desired >= 1
 
 
@@ -107,8 +108,8 @@ def test_missing_metrics_hold_the_current_size() -> None:
 
 def test_bounds_are_respected() -> None:
     state = RegionScaler()
-    state.observe(0.0, 1000.0)
+    state.add_sample(0.0, 1000.0)
     assert decide(policy(), state, 0.0, current=2, ready=2, min_replicas=1, max_replicas=5).desired == 5
     state = RegionScaler()
-    state.observe(0.0, 0.0)
+    state.add_sample(0.0, 0.0)
     assert decide(policy(), state, 0.0, current=3, ready=3, min_replicas=3, max_replicas=5).desired == 3

@@ -43,9 +43,9 @@ def test_nearest_region_first_corrected_by_measured_latency_which_fades() -> Non
     table = LatencyTable({"a": {"b": 10.0, "c": 30.0}, "b": {"c": 20.0}}, cross_region_ms=100.0)
     measured = MeasuredLatency(alpha=1.0, half_life_seconds=10.0)
     assert rank_regions("a", ["c", "b", "a"], table, measured, own="a", now=0.0) == ["a", "b", "c"]
-    measured.observe("a", 50.0, now=0.0)  # a alone measured: nothing to compare it with
+    measured.record("a", 50.0, now=0.0)  # a alone measured: nothing to compare it with
     assert rank_regions("a", ["a", "b", "c"], table, measured, own="a", now=0.0) == ["a", "b", "c"]
-    measured.observe("b", 12.0, now=0.0)  # a serves 48 ms slower than b, beyond their network distances
+    measured.record("b", 12.0, now=0.0)  # a serves 48 ms slower than b, beyond their network distances
     assert rank_regions("a", ["a", "b", "c"], table, measured, own="a", now=0.0) == ["b", "c", "a"]
     assert rank_regions("a", ["a", "b", "c"], table, measured, own="a", now=10.0) == ["b", "a", "c"]  # 25 ms left
     assert rank_regions("a", ["a", "b", "c"], table, measured, own="a", now=40.0) == ["a", "b", "c"]
@@ -54,7 +54,7 @@ def test_nearest_region_first_corrected_by_measured_latency_which_fades() -> Non
 def test_measured_latency_is_an_ewma() -> None:
     measured = MeasuredLatency(alpha=0.5, half_life_seconds=1e9)
     for ms in (10.0, 20.0, 20.0):
-        measured.observe("a", ms, now=0.0)
+        measured.record("a", ms, now=0.0)
     assert measured.excess_ms("a", predicted_ms=5.0, now=0.0) == pytest.approx(12.5)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from modelfleet.cluster_state import ClusterState, ObjectStore, gpu_pod, plain_node
+from modelfleet.capacity import CapacityStore, ObjectStore, gpu_pod, plain_node
 from modelfleet.loops import ReconcileLoops
 
 
@@ -23,40 +23,40 @@ def gpu_worker(name: str, uid: str, attempt: str, node_name: str = "n1", phase: 
 
 def test_a_relist_drops_what_it_lacks_unless_the_watch_saw_it_after_the_list_began() -> None:
     store = ObjectStore(plain_node)
-    store.observe(node("ghost", "u1"))
-    store.observe(node("kept", "u2"))
+    store.apply_event(node("ghost", "u1"))
+    store.apply_event(node("kept", "u2"))
     listed_at = time.monotonic()
-    store.observe(node("new", "u3"))  # created after the list was made: the watch is newer
+    store.apply_event(node("new", "u3"))  # created after the list was made: the watch is newer
     assert store.replace([node("kept", "u2")], listed_at) == 1
     assert sorted(n["metadata"]["name"] for n in store.values()) == ["kept", "new"]
 
 
 def test_a_list_never_overrides_a_newer_watch_event() -> None:
     store = ObjectStore(plain_node)
-    store.observe(node("n", "u1", rv=7) | {"spec": {"unschedulable": True}})
+    store.apply_event(node("n", "u1", rv=7) | {"spec": {"unschedulable": True}})
     store.replace([node("n", "u1", rv=5)], time.monotonic())
     assert store.values()[0]["spec"] == {"unschedulable": True}
 
 
 def test_gpu_pods_leave_the_store_when_they_stop_holding_gpus_or_are_deleted() -> None:
     store = ObjectStore(gpu_pod)
-    store.observe(gpu_worker("w", "u1", "0"))
-    store.observe(gpu_worker("w", "u1", "0", phase="Failed"))
+    store.apply_event(gpu_worker("w", "u1", "0"))
+    store.apply_event(gpu_worker("w", "u1", "0", phase="Failed"))
     assert store.values() == []
-    store.observe(gpu_worker("w", "u2", "1"))
-    store.observe(gpu_worker("w", "u2", "1"), deleted=True)
+    store.apply_event(gpu_worker("w", "u2", "1"))
+    store.apply_event(gpu_worker("w", "u2", "1"), deleted=True)
     assert store.values() == []
 
 
 def test_a_reservation_is_not_hidden_by_an_old_pod_of_the_same_name() -> None:
-    state = ClusterState()
-    state.nodes.observe(node("n1", "n-u") | {"status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [
+    state = CapacityStore()
+    state.nodes.apply_event(node("n1", "n-u") | {"status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [
         {"type": "Ready", "status": "True"}]}})  # fmt: skip
-    state.gpu_pods.observe(gpu_worker("job-worker-0", "old", "0"))  # terminating, attempt 0
+    state.gpu_pods.apply_event(gpu_worker("job-worker-0", "old", "0"))  # terminating, attempt 0
     state.reserve([gpu_worker("job-worker-0", "", "1")])  # attempt 1, created but not yet watched
     assert state.view()[0].free_gpus == 0, "both hold 4 GPUs until the old one is gone"
-    state.gpu_pods.observe(gpu_worker("job-worker-0", "new", "1"))
-    state.gpu_pods.observe(gpu_worker("job-worker-0", "old", "0"), deleted=True)
+    state.gpu_pods.apply_event(gpu_worker("job-worker-0", "new", "1"))
+    state.gpu_pods.apply_event(gpu_worker("job-worker-0", "old", "0"), deleted=True)
     assert state.view()[0].free_gpus == 4 and not state.reservations
 
 
@@ -70,7 +70,7 @@ def test_loops_of_objects_a_fresh_list_lacks_are_stopped() -> None:
 
         loops = ReconcileLoops("test", reconcile)
         for name in ("gone", "here"):
-            loops.observe({"metadata": {"namespace": "ns", "name": name, "resourceVersion": "1"}})
+            loops.apply_event({"metadata": {"namespace": "ns", "name": name, "resourceVersion": "1"}})
         await asyncio.sleep(0.05)
         assert loops.prune({("ns", "here")}, time.monotonic()) == [("ns", "gone")]
         assert set(loops.tasks) == {("ns", "here")} and sorted(seen) == ["gone", "here"]

@@ -8,7 +8,7 @@ from modelfleet.api.inference import Autoscaling, InferenceServiceSpec, Region
 from modelfleet.inference.autoscaler import split_replicas
 from modelfleet.inference.builders import covers, deployment, model_location, service
 from modelfleet.inference.handlers import CREATE_FAILED_RETRY_SECONDS, Hold
-from modelfleet.inference.observe import ReplicaSample, parse_metrics, quantile, region_load
+from modelfleet.inference.load_sources import ReplicaSample, parse_metrics, quantile, region_load
 from modelfleet.kube import Refused
 
 META = {"name": "svc", "namespace": "ns", "uid": "u"}

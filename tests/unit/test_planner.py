@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from modelfleet.api.training import PlacementPolicy
-from modelfleet.scheduling.cluster import NodeInfo, build_view
 from modelfleet.scheduling.gpus import gpu_type_matches, shard_weights
+from modelfleet.scheduling.nodes import NodeInfo, build_view
 from modelfleet.scheduling.planner import GangDemand, Plan, Unschedulable, plan_gang
 
 TAINT = (("nvidia.com/gpu", "NoSchedule"),)

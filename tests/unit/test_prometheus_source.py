@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from modelfleet.api.inference import Autoscaling
-from modelfleet.inference.observe import prometheus_load
+from modelfleet.inference.load_sources import prometheus_load
 
 
 @pytest.fixture

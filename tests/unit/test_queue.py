@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.scheduling.planner import GangDemand
 from modelfleet.scheduling.queue import Admit, Evict, QueuedGang, RunningGang, Wait, plan_queue, queue_order
 

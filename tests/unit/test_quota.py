@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from modelfleet.crdgen import render_all
-from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.scheduling.planner import GangDemand
 from modelfleet.scheduling.queue import Admit, Evict, QueuedGang, RunningGang, Wait, plan_queue
 from modelfleet.scheduling.quota import ANY, Quota, quotas_by_namespace, slim_gpu_quota

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from modelfleet.api.training import TrainingJobSpec
-from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.training.builders import worker_pod
 
 META = {"name": "student", "namespace": "ns", "uid": "uid-1"}

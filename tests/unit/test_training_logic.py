@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
-from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.training.builders import headless_service, worker_pod
 from modelfleet.training.lifecycle import TERMINATION_POLL_SECONDS, Decision, decide
 from modelfleet.training.status import CreateRefused, Placed, compose_status

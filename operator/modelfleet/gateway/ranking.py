@@ -34,7 +34,7 @@ class MeasuredLatency:
     half_life_seconds: float = 30.0
     ewma: dict[str, tuple[float, float]] = field(default_factory=dict)
 
-    def observe(self, region: str, ms: float, now: float) -> None:
+    def record(self, region: str, ms: float, now: float) -> None:
         old = self.ewma.get(region)
         value = ms if old is None else old[0] + self.alpha * (ms - old[0])
         self.ewma[region] = (value, now)

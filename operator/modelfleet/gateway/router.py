@@ -42,7 +42,7 @@ class Router:
         self.outliers.succeeded(replica)
         self.answered[replica] += 1
         if self.answered[replica] > WARMUP_REQUESTS:
-            self.measured.observe(replica.region, seconds * 1000, self.clock())
+            self.measured.record(replica.region, seconds * 1000, self.clock())
 
     def loads(self, service: ServiceInfo) -> dict[str, RegionLoad]:
         replicas = self.store.replicas_of(service.key)

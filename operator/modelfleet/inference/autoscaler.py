@@ -20,7 +20,7 @@ The algorithm, per region, at every observation tick:
    zero once it has seen no load for `scaleToZeroGracePeriodSeconds`; otherwise it keeps at least one replica
    while it has any.
 
-Missing metrics (see `observe.py`) are never read as zero load: a ready replica whose scrape fails counts as
+Missing metrics (see `load_sources.py`) are never read as zero load: a ready replica whose scrape fails counts as
 exactly at target, and a tick where no replica could be read adds no sample, so the region holds its size.
 """
 
@@ -45,7 +45,7 @@ class RegionScaler:
     panic_until: float | None = None
     last_active: float | None = None
 
-    def observe(self, now: float, load: float | None) -> None:
+    def add_sample(self, now: float, load: float | None) -> None:
         """Adds a sample (replica-equivalents at target); None means nothing could be read."""
         if load is None:
             return

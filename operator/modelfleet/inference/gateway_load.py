@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet.api.inference import Autoscaling, MetricsSource, ScaleMetric
 from modelfleet.gateway import metrics as gw
-from modelfleet.inference.observe import LATENCY_QUANTILE, quantile, scrape
+from modelfleet.inference.load_sources import LATENCY_QUANTILE, quantile, scrape
 
 GATEWAY_URL_ENV = "MODELFLEET_GATEWAY_URL"
 GATEWAY_METRICS_ENV = "MODELFLEET_GATEWAY_METRICS_URLS"

@@ -21,12 +21,12 @@ from modelfleet.api.common import (
     now_iso,
 )
 from modelfleet.api.inference import InferenceServiceSpec, MetricsSource, Region, ServingPhase
-from modelfleet.cluster_state import CLUSTER
+from modelfleet.capacity import CAPACITY
 from modelfleet.inference import gateway_load
 from modelfleet.inference.autoscaler import RegionScaler, decide, split_replicas
 from modelfleet.inference.builders import REVISION_ANNOTATION, covers, deployment, region_object_name, service
+from modelfleet.inference.load_sources import ReplicaSample, prometheus_load, region_load, scrape_all
 from modelfleet.inference.model_source import resolve_for, services_serving
-from modelfleet.inference.observe import ReplicaSample, prometheus_load, region_load, scrape_all
 from modelfleet.inference.status import compose_status, pod_ready, region_status
 from modelfleet.loops import ObjectGone, ReconcileLoops
 from modelfleet.resync import RESYNC
@@ -213,7 +213,7 @@ async def _desired_replicas(
         MEMORY.samples[key] = {pod: s for pod, s in samples.items() if s is not None}
     scaler = MEMORY.scalers[key]
     now = time.monotonic()
-    scaler.observe(now, load)
+    scaler.add_sample(now, load)
     decision = decide(policy, scaler, now, current, len(ready_pods), region.min_replicas, region.max_replicas)
     return decision.desired, raw, decision.reason
 
@@ -231,7 +231,7 @@ async def _apply_region(
     wanted_service = service(meta, spec, region.name)
     if svc is None or not covers(svc, {k: wanted_service[k] for k in ("metadata", "spec")}):
         await kube.apply(kube.core().patch_namespaced_service, wanted_service)
-    products = CLUSTER.gpu_products(spec.resources.gpu_type) if spec.resources.gpu_type else []
+    products = CAPACITY.gpu_products(spec.resources.gpu_type) if spec.resources.gpu_type else []
     wanted = deployment(meta, spec, region, replicas, products)
     if dep is not None and _revision(dep) == _revision(wanted) and dep["spec"].get("replicas") == replicas:
         return dep
@@ -271,7 +271,7 @@ async def inference_service_event(event: dict[str, Any], **_: Any) -> None:
     if deleted:
         meta = event["object"]["metadata"]
         MEMORY.forget(meta["namespace"], meta["name"])
-    LOOPS.observe(event["object"], deleted=deleted)
+    LOOPS.apply_event(event["object"], deleted=deleted)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY, SERVICE_NAME_LABEL: kopf.PRESENT})

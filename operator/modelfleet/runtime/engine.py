@@ -41,7 +41,7 @@ class EngineConfig:
 
 
 class Metrics:
-    """Exactly the series the operator's autoscaler reads (see modelfleet.inference.observe). With several server
+    """Exactly the series the operator's autoscaler reads (see modelfleet.inference.load_sources). With several server
     processes (PROMETHEUS_MULTIPROC_DIR set), /metrics adds up every process's series."""
 
     def __init__(self, model: str) -> None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from modelfleet.api.common import GPU_RESOURCE
 from modelfleet.api.training import PlacementPolicy
-from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.scheduling.gpus import gpu_type_matches
+from modelfleet.scheduling.nodes import NodeInfo
 
 CPU_WORKER_SLOTS = 16
 """Workers without GPUs that one node takes in the plan (the real scheduler still checks CPU and memory)."""

@@ -25,8 +25,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.scheduling.gpus import gpu_type_matches
+from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.scheduling.planner import GangDemand, Plan, Unschedulable, eligible_nodes, plan_gang
 from modelfleet.scheduling.quota import Ledger, Quota
 

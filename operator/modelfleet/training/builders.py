@@ -24,8 +24,8 @@ from modelfleet.api.common import (
 from modelfleet.api.training import ShardingMode, TrainingJobSpec
 from modelfleet.runtime.progress import DEFAULT_PORT as METRICS_PORT
 from modelfleet.runtime.progress import PORT_ENV
-from modelfleet.scheduling.cluster import NodeInfo
 from modelfleet.scheduling.gpus import shard_weights
+from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.training.compression import compression_env, teacher_volume
 
 WORKER_CONTAINER = "worker"

@@ -12,10 +12,10 @@ from pydantic import ValidationError
 from modelfleet import kube, policy
 from modelfleet.api.common import GROUP, JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
-from modelfleet.cluster_state import CLUSTER
+from modelfleet.capacity import CAPACITY
 from modelfleet.loops import ObjectGone, ReconcileLoops
 from modelfleet.resync import RESYNC
-from modelfleet.scheduling.cluster import NodeInfo
+from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.scheduling.planner import Plan
 from modelfleet.scheduling.queue import Admit, Evict, Wait, gpus_on
 from modelfleet.training.artifact import artifact_from_pods
@@ -74,7 +74,7 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
         for p in await kube.list_pods(namespace, f"{JOB_NAME_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}")
         if any(ref.get("uid") == meta["uid"] for ref in p["metadata"].get("ownerReferences") or [])
     ]
-    nodes = CLUSTER.nodes_by_name()
+    nodes = CAPACITY.nodes_by_name()
     lost = {node for p in pods if (node := p["spec"].get("nodeName")) and (node not in nodes or not nodes[node].ready)}
     key = (namespace, name)
     evict = verdict if isinstance(verdict := QUEUE.verdict(key), Evict) else None
@@ -158,7 +158,7 @@ async def _delete_workers(namespace: str, decision: Decision) -> None:
     deletions = [kube.delete_pod(namespace, pod) for pod in decision.delete]
     deletions += [kube.delete_pod(namespace, pod, force=True) for pod in decision.force_delete]
     await asyncio.gather(*deletions)
-    CLUSTER.release(namespace, [*decision.delete, *decision.force_delete])
+    CAPACITY.release(namespace, [*decision.delete, *decision.force_delete])
 
 
 async def _ungate(namespace: str, name: str, uid: str) -> None:
@@ -173,14 +173,14 @@ async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, 
     if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
         raise ObjectGone(f"{namespace}/{meta['name']}")  # deleted while a watch gap hid it: make nothing
     async with placement_lock():
-        free = {n.name: n.free_gpus for n in CLUSTER.view() if n.ready and not n.unschedulable}
+        free = {n.name: n.free_gpus for n in CAPACITY.view() if n.ready and not n.unschedulable}
         wanted = gpus_on((n.name for n in plan.nodes), spec.resources.gpus)
         if any(free.get(node, -1) < gpus for node, gpus in wanted.items()):
             return NotPlaced("the capacity the queue planned on changed; planning again")
         pods = [
             worker_pod(meta, spec, i, plan.nodes, attempt, gated=spec.placement.gang) for i in range(len(plan.nodes))
         ]
-        CLUSTER.reserve(pods)
+        CAPACITY.reserve(pods)
     names = [p["metadata"]["name"] for p in pods]
     results = await asyncio.gather(
         kube.create(kube.core().create_namespaced_service, namespace, headless_service(meta, spec)),
@@ -193,7 +193,7 @@ async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, 
     if failed is not None:
         # Half a gang must not stay: delete what this pass made (still gated, so it never ran) and free the GPUs.
         await asyncio.gather(*(kube.delete_pod(namespace, p["metadata"]["name"], force=True) for p in created))
-        CLUSTER.release(namespace, names)
+        CAPACITY.release(namespace, names)
         if refused is not None:
             return CreateRefused(refused.reason, refused.message)
         raise failed
@@ -250,7 +250,7 @@ QUEUE.loops = LOOPS
 async def training_job_event(event: dict[str, Any], **_: Any) -> None:
     if event.get("type") is None:
         RESYNC.request()
-    LOOPS.observe(event["object"], deleted=event.get("type") == "DELETED")
+    LOOPS.apply_event(event["object"], deleted=event.get("type") == "DELETED")
     QUEUE.request()
 
 
@@ -263,11 +263,11 @@ async def worker_event(event: dict[str, Any], **_: Any) -> None:
 
 @kopf.on.event("scheduling.k8s.io", "v1", "priorityclasses")
 async def priority_class_event(event: dict[str, Any], **_: Any) -> None:
-    CLUSTER.priority_classes.observe(event["object"], deleted=event.get("type") == "DELETED")
+    CAPACITY.priority_classes.apply_event(event["object"], deleted=event.get("type") == "DELETED")
     QUEUE.request()
 
 
 @kopf.on.event(GROUP, VERSION, "gpuquotas")
 async def gpu_quota_event(event: dict[str, Any], **_: Any) -> None:
-    CLUSTER.gpu_quotas.observe(event["object"], deleted=event.get("type") == "DELETED")
+    CAPACITY.gpu_quotas.apply_event(event["object"], deleted=event.get("type") == "DELETED")
     QUEUE.request()

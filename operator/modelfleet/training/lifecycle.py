@@ -17,7 +17,7 @@ from typing import Any
 
 from modelfleet.api.common import GANG_ATTEMPT_LABEL, GANG_SCHEDULING_GATE, REPLICA_INDEX_LABEL
 from modelfleet.api.training import RestartPolicy, SuccessPolicy, TrainingJobSpec, TrainingPhase
-from modelfleet.scheduling.cluster import pod_node
+from modelfleet.scheduling.nodes import pod_node
 from modelfleet.scheduling.queue import Evict
 
 FINISHED = (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED)

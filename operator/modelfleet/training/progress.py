@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet.api.common import REPLICA_INDEX_LABEL
-from modelfleet.inference.observe import scrape_all
+from modelfleet.inference.load_sources import scrape_all
 from modelfleet.runtime.progress import (
     EPOCH,
     LOSS,

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from modelfleet import policy
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
-from modelfleet.cluster_state import CLUSTER, ClusterState
+from modelfleet.capacity import CAPACITY, CapacityStore
 from modelfleet.loops import Key, ReconcileLoops, key_of
 from modelfleet.scheduling.planner import GangDemand
 from modelfleet.scheduling.priority import resolve_priority
@@ -103,7 +103,7 @@ def snapshot(
 class GpuQueue:
     """The latest verdicts and the task that keeps them fresh."""
 
-    def __init__(self, cluster: ClusterState) -> None:
+    def __init__(self, cluster: CapacityStore) -> None:
         self.cluster = cluster
         self.loops: ReconcileLoops | None = None
         self.verdicts: dict[Key, Verdict] = {}
@@ -162,4 +162,4 @@ class GpuQueue:
                 log.warning("GPU queue pass over %d jobs took %.2fs", len(verdicts), took)
 
 
-QUEUE = GpuQueue(CLUSTER)
+QUEUE = GpuQueue(CAPACITY)

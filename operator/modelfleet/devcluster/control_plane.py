@@ -1,7 +1,7 @@
 """A real Kubernetes control plane on loopback, with KWOK simulating GPU nodes and pods.
 
 etcd, kube-apiserver (RBAC on, service-account tokens), kube-controller-manager, kube-scheduler and kwok run as
-local processes from binaries that tests/cluster/build-binaries.sh builds from their Go modules. Everything binds
+local processes from binaries that operator/modelfleet/devcluster/build-binaries.sh builds from their Go modules. Everything binds
 to 127.0.0.1 and kwok hands out pod IPs from a loopback range, so no test traffic leaves the machine. The pod runner
 (modelfleet.devcluster.runner) runs the pods of the run-pods nodes as real local processes, from `workdir`.
 """
@@ -25,8 +25,7 @@ import yaml
 
 from modelfleet.devcluster.nodes import default_inventory, fake_nodes, run_pods_inventory
 
-ROOT = Path(__file__).resolve().parents[3]
-BUILD_SCRIPT = ROOT / "tests" / "cluster" / "build-binaries.sh"
+BUILD_SCRIPT = Path(__file__).with_name("build-binaries.sh")
 STAGES = Path(__file__).with_name("stages.yaml")
 POD_CIDR = "127.100.0.0/16"
 SERVICE_CIDR = "10.96.0.0/16"

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelfleet.api.common import GANG_ATTEMPT_LABEL
-from modelfleet.scheduling.cluster import NodeInfo, build_view, pod_gpu_request, pod_holds_resources, pod_node
 from modelfleet.scheduling.gpus import gpu_type_matches
+from modelfleet.scheduling.nodes import NodeInfo, build_view, pod_gpu_request, pod_holds_resources, pod_node
 from modelfleet.scheduling.priority import slim_priority_class
 from modelfleet.scheduling.quota import slim_gpu_quota
 
@@ -69,7 +69,7 @@ class ObjectStore:
         self.entries: dict[str, tuple[dict[str, Any], int, float]] = {}
         """uid -> (slim value, resourceVersion, when it was last seen: monotonic)."""
 
-    def observe(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
+    def apply_event(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
         uid = obj.get("metadata", {}).get("uid")
         if not uid:
             return
@@ -89,7 +89,7 @@ class ObjectStore:
             present.add(uid)
             known = self.entries.get(uid)
             if known is None or _version(obj) >= known[1]:
-                self.observe(obj)
+                self.apply_event(obj)
         stale = [uid for uid, (_, _, seen) in self.entries.items() if uid not in present and seen < listed_at]
         for uid in stale:
             del self.entries[uid]
@@ -107,7 +107,7 @@ def reservation_key(pod: Mapping[str, Any]) -> tuple[str, str, str | None]:
 
 
 @dataclass
-class ClusterState:
+class CapacityStore:
     nodes: ObjectStore = field(default_factory=lambda: ObjectStore(plain_node))
     gpu_pods: ObjectStore = field(default_factory=lambda: ObjectStore(gpu_pod))
     reservations: dict[tuple[str, str, str | None], tuple[dict[str, Any], float]] = field(default_factory=dict)
@@ -154,4 +154,4 @@ class ClusterState:
         return {n.name: n for n in build_view(self.nodes.values(), [], datetime.now(UTC))}
 
 
-CLUSTER = ClusterState()
+CAPACITY = CapacityStore()
