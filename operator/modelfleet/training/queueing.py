@@ -26,7 +26,8 @@ from modelfleet.scheduling.planner import GangDemand
 from modelfleet.scheduling.priority import resolve_priority
 from modelfleet.scheduling.queue import QueuedGang, RunningGang, Verdict, Wait, plan_queue
 from modelfleet.scheduling.quota import quotas_by_namespace
-from modelfleet.training.lifecycle import parse_time, refusal
+from modelfleet.training.gang import parse_time
+from modelfleet.training.policies import refusal
 from modelfleet.training.status import desired_workers
 
 log = logging.getLogger(__name__)

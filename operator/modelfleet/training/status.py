@@ -10,7 +10,7 @@ from modelfleet.api.common import Condition, now_iso, set_condition
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.training.builders import placement_record
-from modelfleet.training.lifecycle import Decision, Worker
+from modelfleet.training.gang import Decision, Worker
 from modelfleet.training.progress import with_live_shares
 
 
