@@ -1,12 +1,17 @@
 """Operator at scale on the real control plane with KWOK nodes: modelfleet vs Kubeflow's training operator.
 
-    python -m benchmarks.scale [--quick] [--no-peer]
+    python -m benchmarks.scale [--quick | --large] [--jobs N] [--nodes N] [--systems modelfleet,peer,peer-tuned]
+    python -m benchmarks.scale --part services
 
-N fake 8-GPU nodes in 3 regions; M TrainingJobs of 1-6 one-GPU workers (seeded) submitted as fast as the API
-takes them; the same mix as PyTorchJobs (a Master and n-1 Workers) for the peer, on a fresh cluster of the same
-shape. Measured: submit -> every worker pod Running (p50, p99, total), the operator's peak RSS and CPU seconds,
-and (for modelfleet) the API requests its reconcilers made per job. Then 2,000 InferenceServices (300 with
---quick) on a fresh cluster: time until all are Ready, and what the operator spent.
+N fake GPU nodes in 3 regions; M TrainingJobs of 1-6 one-GPU workers (seeded) submitted as fast as the API takes
+them; the same mix as PyTorchJobs (a Master and n-1 Workers) for the peer, as shipped and tuned (more reconcile
+threads, a higher client rate), each system on a fresh cluster of the same shape. Measured: submit -> every worker pod Running (p50,
+p99, total); the API requests the operator made, by verb, from the apiserver's audit log of the operator's user
+(the same count for both); the requests it made in 30 s after everything ran (a cluster at rest); watch events
+handled where the operator counts them; its peak RSS and CPU seconds. Each system's figures are kept in
+benchmarks/results/scale-<jobs>.json, so the systems can be measured one per run (one lock hold each) and the
+table compares whatever that file holds. `--part services`: 2,000 InferenceServices (300 with --quick) until
+all are Ready, and what the operator spent.
 """
 
 from __future__ import annotations
@@ -22,27 +27,51 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 from kubernetes import client, config
+from kubernetes.watch.watch import iter_resp_lines
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from modelfleet.devcluster import DevCluster, binaries_dir
+from benchmarks.scale_cluster import READS, WRITES, ScaleCluster
+from modelfleet.api.common import GPU_RESOURCE
+from modelfleet.devcluster import binaries_dir
 from modelfleet.devcluster.nodes import NodeGroup, fake_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIONS = ("cn-hangzhou", "cn-beijing", "us-west-1")
+SYSTEMS = ("modelfleet", "peer", "peer-tuned")
+PEER_TUNED_FLAGS = ("--controller-threads=16", "--kube-api-qps=500", "--kube-api-burst=1000")
+"""The training operator's own throughput flags (defaults: 1 thread, 20 requests/s, burst 30), raised to the
+reconcile threads and client rate the cluster's controller-manager and scheduler get here."""
+IDLE_SECONDS = 30
 
 
-def inventory(nodes: int) -> list[dict[str, Any]]:
-    per_group = max(nodes // 12, 1)
+@dataclass(frozen=True)
+class Size:
+    jobs: int
+    nodes: int
+    gpus_per_node: int = 8
+
+    @property
+    def node_count(self) -> int:
+        return max(self.nodes // 12, 1) * 12
+
+
+def inventory(size: Size) -> list[dict[str, Any]]:
+    per_group = size.node_count // 12
     groups = [NodeGroup(r, f"{r}{z}", gpu, per_group) for r in REGIONS for z in "ab" for gpu in ("H100", "A100")]
-    return fake_nodes(groups)
+    nodes = fake_nodes(groups)
+    for node in nodes:
+        for amounts in (node["status"]["capacity"], node["status"]["allocatable"]):
+            amounts[GPU_RESOURCE] = str(size.gpus_per_node)
+    return nodes
 
 
 def job_mix(count: int, seed: int) -> list[tuple[str, int, str]]:
@@ -120,106 +149,160 @@ class ProcessSampler(threading.Thread):
             time.sleep(0.5)
 
 
-def running_times(
-    api: client.CoreV1Api, namespace: str, jobs: dict[str, int], label: str, submitted: dict[str, float], timeout: float
-) -> dict[str, float]:
-    """Seconds from submit until every worker of each job is Running, polling the pods."""
-    done: dict[str, float] = {}
-    deadline = time.monotonic() + timeout
-    while len(done) < len(jobs) and time.monotonic() < deadline:
-        counts: dict[str, int] = {}
-        for pod in api.list_namespaced_pod(namespace, label_selector=label).items:
-            if pod.status.phase == "Running" and not pod.metadata.deletion_timestamp:
-                owner = pod.metadata.labels.get(label)
-                counts[owner] = counts.get(owner, 0) + 1
-        now = time.monotonic()
-        for name, want in jobs.items():
-            if name not in done and counts.get(name, 0) >= want:
-                done[name] = now - submitted[name]
-        time.sleep(0.5)
-    return done
+class RunningPods(threading.Thread):
+    """When each job first had all its workers Running (not terminating), from a watch on the namespace's pods:
+    LISTing 17,500 pods every half second would cost the 2 cores more than the operators under test."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str, label: str, workers: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.core, self.namespace, self.label, self.workers = client.CoreV1Api(api_client), namespace, label, workers
+        self.running: dict[str, set[str]] = {name: set() for name in workers}
+        self.done: dict[str, float] = {}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        version = ""
+        while not self.stopped.is_set():
+            try:
+                version = version or self.relist()
+                response = self.core.list_namespaced_pod(
+                    self.namespace, label_selector=self.label, watch=True, resource_version=version,
+                    allow_watch_bookmarks=True, timeout_seconds=60, _preload_content=False,
+                )  # fmt: skip
+                for line in iter_resp_lines(response):
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":  # 410 Gone: the version is too old to watch from
+                        version = ""
+                        break
+                    version = event["object"]["metadata"]["resourceVersion"]
+                    if event["type"] != "BOOKMARK":
+                        self.record(event["object"], deleted=event["type"] == "DELETED")
+            except Exception:  # an apiserver under load drops a watch now and then: relist
+                version = ""
+                time.sleep(1)
+
+    def relist(self) -> str:
+        response = self.core.list_namespaced_pod(self.namespace, label_selector=self.label, _preload_content=False)
+        body = json.loads(response.data)
+        for pod in body["items"]:
+            self.record(pod, deleted=False)
+        return body["metadata"]["resourceVersion"]
+
+    def record(self, pod: dict[str, Any], deleted: bool) -> None:
+        job = (pod["metadata"].get("labels") or {}).get(self.label)
+        if job not in self.running:
+            return
+        name = pod["metadata"]["name"]
+        running = (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")
+        if running and not deleted:
+            self.running[job].add(name)
+        else:
+            self.running[job].discard(name)
+        if job not in self.done and len(self.running[job]) >= self.workers[job]:
+            self.done[job] = time.monotonic()
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.done) < len(self.workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self.stopped.set()
 
 
-def run(
-    system: str, nodes: int, mix: list[tuple[str, int, str]], peer_bin: str | None, peer_crd: str | None
-) -> dict[str, Any]:
+def run_jobs(system: str, size: Size, mix: list[tuple[str, int, str]]) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"modelfleet-scale-{system}-"))
-    cluster = DevCluster(work, bin_dir=binaries_dir(), nodes=inventory(nodes)).up(timeout=300)
+    cluster = ScaleCluster(work, bin_dir=binaries_dir(), nodes=inventory(size)).up(timeout=900)
     try:
-        return measure(system, cluster, work, mix, peer_bin, peer_crd)
+        return measure(system, cluster, work, mix)
     finally:
         cluster.down()
 
 
-def measure(
-    system: str,
-    cluster: DevCluster,
-    work: Path,
-    mix: list[tuple[str, int, str]],
-    peer_bin: str | None,
-    peer_crd: str | None,
-) -> dict[str, Any]:
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path)}
-    log = (work / "operator.log").open("wb")
+def operator_command(system: str, cluster: ScaleCluster, env: dict[str, str]) -> tuple[list[str], str, str, Any]:
+    """The operator's command line (after installing what it needs), and its resource's plural, label, maker."""
     if system == "modelfleet":
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cmd = [sys.executable, "-m", "modelfleet.cli", "operator", "--log-level", "warning"]
         env["MODELFLEET_METRICS_PORT"] = str(free_port())
-        group, plural, make, label = "modelfleet.dev", "trainingjobs", training_job, "modelfleet.dev/job-name"
-    else:
-        cluster.kubectl("apply", "--server-side", "-f", peer_crd)
-        cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(PEER_SETUP))
-        env["KUBEFLOW_NAMESPACE"] = "kubeflow"
-        cmd = [
-            peer_bin,
-            "--namespace=bench",
-            "--enable-scheme=pytorchjob",
-            "--metrics-bind-address=127.0.0.1:0",
-            "--health-probe-bind-address=127.0.0.1:0",
-        ]
-        group, plural, make, label = "kubeflow.org", "pytorchjobs", pytorch_job, "training.kubeflow.org/job-name"
+        cmd = [sys.executable, "-m", "modelfleet.cli", "operator", "--log-level", "warning"]
+        return cmd, "trainingjobs", "modelfleet.dev/job-name", training_job
+    binary, crd = build_peer()
+    cluster.kubectl("apply", "--server-side", "-f", crd)
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(PEER_SETUP))
+    env["KUBEFLOW_NAMESPACE"] = "kubeflow"
+    cmd = [binary, "--namespace=bench", "--enable-scheme=pytorchjob",
+           "--metrics-bind-address=127.0.0.1:0", "--health-probe-bind-address=127.0.0.1:0"]  # fmt: skip
+    if system == "peer-tuned":
+        cmd.extend(PEER_TUNED_FLAGS)
+    return cmd, "pytorchjobs", "training.kubeflow.org/job-name", pytorch_job
+
+
+def measure(system: str, cluster: ScaleCluster, work: Path, mix: list[tuple[str, int, str]]) -> dict[str, Any]:
+    env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig())}
+    cmd, plural, label, make = operator_command(system, cluster, env)
+    group, version = ("modelfleet.dev", "v1alpha1") if system == "modelfleet" else ("kubeflow.org", "v1")
     time.sleep(2)  # a CRD has no status.conditions for a moment after it is created
     cluster.kubectl("wait", "--for", "condition=Established", "crd", "--all", "--timeout=60s")
     cluster.kubectl("create", "namespace", "bench")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=env, stdout=(work / "operator.log").open("wb"), stderr=subprocess.STDOUT)
     if system != "modelfleet":
         threading.Thread(target=mount_peer_certs, args=(cluster,), daemon=True).start()
     sampler = ProcessSampler(proc.pid)
     sampler.start()
     time.sleep(3)
     api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig_path))
-    custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+    api_client.configuration.connection_pool_maxsize = 16
+    custom = client.CustomObjectsApi(api_client)
+    tracker = RunningPods(api_client, "bench", label, {name: workers for name, workers, _ in mix})
+    tracker.start()
     submitted: dict[str, float] = {}
 
     def submit(item: tuple[str, int, str]) -> None:
         name, workers, region = item
         submitted[name] = time.monotonic()
-        version = "v1alpha1" if system == "modelfleet" else "v1"
         custom.create_namespaced_custom_object(group, version, "bench", plural, make(name, workers, region))
 
     start = time.monotonic()
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(submit, mix))
     submit_seconds = time.monotonic() - start
-    times = running_times(core, "bench", {n: w for n, w, _ in mix}, label, submitted, timeout=600)
+    tracker.wait(timeout=600 + 0.3 * len(mix))
     total = time.monotonic() - start
-    api_requests = scrape_requests(env.get("MODELFLEET_METRICS_PORT")) if system == "modelfleet" else None
+    busy = cluster.operator_requests()
+    time.sleep(IDLE_SECONDS)
+    idle = sum(cluster.operator_requests().values()) - sum(busy.values())
+    events = scrape(env.get("MODELFLEET_METRICS_PORT"), "modelfleet_watch_events")
     stop(proc, sampler)
-    values = sorted(times.values())
+    verbs = cluster.operator_requests()
+    times = sorted(done - submitted[name] for name, done in tracker.done.items())
+    jobs = len(mix)
     return {
-        "jobs": len(mix), "jobs_running": len(values), "submit_seconds": round(submit_seconds, 1),
-        "p50_seconds": round(values[len(values) // 2], 2) if values else None,
-        "p99_seconds": round(values[max(int(len(values) * 0.99) - 1, 0)], 2) if values else None,
-        "total_seconds": round(total, 1), "peak_rss_mb": round(sampler.peak_rss_mb, 1),
-        "cpu_seconds": round(sampler.cpu_seconds, 1),
-        "api_requests_per_job": round(api_requests / len(mix), 1) if api_requests else None,
+        "jobs": jobs, "jobs_running": len(times), "submit_seconds": round(submit_seconds, 1),
+        "p50_seconds": round(times[len(times) // 2], 1) if times else None,
+        "p99_seconds": round(times[max(int(len(times) * 0.99) - 1, 0)], 1) if times else None,
+        "all_running_seconds": round(total, 1),
+        "reads_per_job": round(sum(verbs[v] for v in READS) / jobs, 2),
+        **{f"  {verb}": round(verbs[verb] / jobs, 2) for verb in READS},
+        "writes_per_job": round(sum(verbs[v] for v in WRITES) / jobs, 2),
+        **{f"  {verb}": round(verbs[verb] / jobs, 2) for verb in WRITES if verb != "deletecollection"},
+        f"requests_in_{IDLE_SECONDS}s_at_rest": idle,
+        "watch_events_handled": int(events) if events is not None else None,
+        "peak_rss_mb": round(sampler.peak_rss_mb, 1), "cpu_seconds": round(sampler.cpu_seconds, 1),
+        "measured": time.strftime("%H:%M UTC", time.gmtime()),
+        "build": f"modelfleet@{git_commit()}" if system == "modelfleet" else Path(cmd[0]).parent.name,
     }  # fmt: skip
+
+
+def build_peer() -> tuple[str, str]:
+    """The training operator's binary and its PyTorchJob CRD (built once, cached)."""
+    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "build_training_operator.sh")],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    binary, crd = out.stdout.split()[-2:]
+    return binary, crd
 
 
 PEER_CERT_DIR = Path("/tmp/k8s-webhook-server/serving-certs")
 
 
-def mount_peer_certs(cluster: DevCluster, timeout: float = 120) -> None:
+def mount_peer_certs(cluster: ScaleCluster, timeout: float = 120) -> None:
     """Plays the kubelet for the peer: its certificate rotator waits until the Secret it filled appears as files,
     which in a cluster is the Secret volume's job."""
     deadline = time.monotonic() + timeout
@@ -254,16 +337,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def scrape_requests(port: str | None) -> float | None:
+def scrape(port: str | None, family: str) -> float | None:
+    """The sum of a metric family's samples from the operator's /metrics; None when it has no such family."""
     if not port:
         return None
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    return sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "modelfleet_api_requests_total"
-    )
+    families = text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+    found = [f for f in families if f.name == family]
+    return sum(s.value for f in found for s in f.samples if s.name.endswith("_total")) if found else None
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip()
 
 
 def inference_service(name: str, _workers: int, region: str) -> dict[str, Any]:
@@ -274,16 +359,17 @@ def inference_service(name: str, _workers: int, region: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_inference(nodes: int, count: int) -> dict[str, Any]:
+def run_inference(size: Size, count: int) -> dict[str, Any]:
     """Time until `count` InferenceServices are all Ready (one GPU replica each), and what the operator spent."""
     work = Path(tempfile.mkdtemp(prefix="modelfleet-scale-isvc-"))
-    cluster = DevCluster(work, bin_dir=binaries_dir(), nodes=inventory(nodes)).up(timeout=300)
+    cluster = ScaleCluster(work, bin_dir=binaries_dir(), nodes=inventory(size)).up(timeout=900)
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         time.sleep(2)
         cluster.kubectl("wait", "--for", "condition=Established", "crd", "--all", "--timeout=60s")
         cluster.kubectl("create", "namespace", "bench")
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path), "MODELFLEET_METRICS_PORT": str(free_port())}
+        env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig()),
+               "MODELFLEET_METRICS_PORT": str(free_port())}  # fmt: skip
         proc = subprocess.Popen([sys.executable, "-m", "modelfleet.cli", "operator", "--log-level", "warning"], env=env,
                                 stdout=(work / "operator.log").open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
         sampler = ProcessSampler(proc.pid)
@@ -301,69 +387,105 @@ def run_inference(nodes: int, count: int) -> dict[str, Any]:
                 "items"
             ]
             ready = sum((i.get("status") or {}).get("phase") == "Ready" for i in items)
-            time.sleep(1)
+            time.sleep(2)
         total = time.monotonic() - start
-        requests = scrape_requests(env["MODELFLEET_METRICS_PORT"])
         stop(proc, sampler)
+        verbs = cluster.operator_requests()
         return {
             "services": count, "services_ready": ready, "all_ready_seconds": round(total, 1),
             "peak_rss_mb": round(sampler.peak_rss_mb, 1), "cpu_seconds": round(sampler.cpu_seconds, 1),
-            "api_requests_per_service": round(requests / count, 1) if requests else None,
+            "reads_per_service": round(sum(verbs[v] for v in READS) / count, 2),
+            "writes_per_service": round(sum(verbs[v] for v in WRITES) / count, 2),
         }  # fmt: skip
     finally:
         cluster.down()
 
 
+def ratio(a: Any, b: Any) -> str:
+    return f"{a / b:.2f}" if isinstance(a, int | float) and isinstance(b, int | float) and a and b else "-"
+
+
+def print_jobs(size: Size, results: dict[str, dict[str, Any]]) -> None:
+    print(
+        f"Operator at scale: {size.jobs:,} jobs of 1-6 GPU workers on {size.node_count:,} KWOK nodes of "
+        f"{size.gpus_per_node} GPUs (lower is better). peer: Kubeflow's training operator as shipped; "
+        f"peer-tuned: {' '.join(PEER_TUNED_FLAGS)}. Requests are the apiserver's audit of the operator's user."
+    )
+    table = Table()
+    systems = [s for s in SYSTEMS if s in results]
+    table.add_column("figure")
+    for system in systems:
+        table.add_column(system, justify="right")
+    peers = [p for p in ("peer", "peer-tuned") if p in results and "modelfleet" in results]
+    for peer in peers:
+        table.add_column(f"modelfleet / {peer}", justify="right")
+    keys = next(iter(results.values())).keys()
+    for key in keys:
+        values = [results[s].get(key) for s in systems]
+        ratios = [ratio(results["modelfleet"].get(key), results[p].get(key)) for p in peers]
+        table.add_row(key, *("n/a" if v is None else str(v) for v in values), *ratios)
+    Console(width=160).print(table)
+    for line in targets(size, results):
+        print(line)
+
+
+def targets(size: Size, results: dict[str, dict[str, Any]]) -> list[str]:
+    """The issue's done-criteria, each with whether the figures here meet it."""
+    mf, peer, tuned = (results.get(s) for s in SYSTEMS)
+    if not mf:
+        return []
+    lines = [f"{'met' if mf['jobs_running'] == mf['jobs'] else 'NOT met'}: all {mf['jobs']:,} jobs reach Running"]
+
+    def check(label: str, value: Any, limit: Any, factor: float = 1.0) -> None:
+        if value is None or limit is None:
+            lines.append(f"not measured: {label}")
+        else:
+            met = value <= limit * factor
+            lines.append(f"{'met' if met else 'NOT met'}: {label} ({value} vs {round(limit * factor, 1)})")
+
+    check("peak RSS <= 200 MB", mf["peak_rss_mb"], 200)
+    check("CPU <= 1.5x the as-shipped peer's", mf["cpu_seconds"], peer and peer["cpu_seconds"], 1.5)
+    check("p99 to Running <= 0.5x the as-shipped peer's", mf["p99_seconds"], peer and peer["p99_seconds"], 0.5)
+    check("p99 to Running <= 1.0x the tuned peer's", mf["p99_seconds"], tuned and tuned["p99_seconds"])
+    if size.jobs != 1000:
+        lines.append("(the issue sets RSS, CPU and p99 targets at 1,000 jobs; here they are for reference)")
+    return lines
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-peer", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="200 jobs on 120 nodes, 300 services")
+    parser.add_argument("--large", action="store_true", help="5,000 jobs on 2,000 nodes of 16 GPUs")
+    parser.add_argument("--jobs", type=int, help="jobs (default 1,000; --quick 200; --large 5,000)")
+    parser.add_argument("--nodes", type=int, help="nodes, rounded down to a multiple of 12")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="which to measure now: " + ", ".join(SYSTEMS))
+    parser.add_argument("--no-peer", action="store_true", help="same as --systems modelfleet")
     parser.add_argument("--part", choices=["jobs", "services", "all"], default="all")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/scale-<jobs>.json")
     args = parser.parse_args()
-    nodes, jobs = (120, 200) if args.quick else (500, 1000)
-    results: dict[str, Any] = {}
+    size = Size(200, 120) if args.quick else Size(5000, 2000, 16) if args.large else Size(1000, 500)
+    size = Size(args.jobs or size.jobs, args.nodes or size.nodes, size.gpus_per_node)
+    systems = ["modelfleet"] if args.no_peer else [s for s in args.systems.split(",") if s]
+    if unknown := set(systems) - set(SYSTEMS):
+        parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    out = args.out or ROOT / "benchmarks" / "results" / f"scale-{size.jobs}.json"
+    results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     if args.part in ("jobs", "all"):
-        mix = job_mix(jobs, seed=11)
-        results["modelfleet"] = run("modelfleet", nodes, mix, None, None)
-        if not args.no_peer:
-            out = subprocess.run(
-                ["bash", str(ROOT / "benchmarks" / "build_training_operator.sh")],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            peer_bin, peer_crd = out.stdout.split()[-2:]
-            results["training-operator"] = run("training-operator", nodes, mix, peer_bin, peer_crd)
-        table = Table(
-            title=f"Operator at scale: {jobs} jobs of 1-6 GPU workers on {nodes // 12 * 12} KWOK nodes (lower is better)"
-        )
-        table.add_column("figure")
-        for system in results:
-            table.add_column(system, justify="right")
-        if len(results) > 1:
-            table.add_column("ratio", justify="right")
-        for key in results["modelfleet"]:
-            values = [results[s][key] for s in results]
-            ratio = (
-                [f"{values[0] / values[1]:.2f}"]
-                if len(values) > 1 and values[0] and values[1]
-                else (["-"] if len(values) > 1 else [])
-            )
-            table.add_row(key, *map(str, values), *ratio)
-        Console(width=140).print(table)
-    if args.part == "jobs":
-        write(args.out, results)
-        return
-    services = run_inference(nodes, 300 if args.quick else 2000)
-    isvc = Table(title="InferenceServices reconciled to Ready (one GPU replica each, autoscaling off)")
-    isvc.add_column("figure")
-    isvc.add_column("modelfleet", justify="right")
-    for key, value in services.items():
-        isvc.add_row(key, str(value))
-    Console(width=140).print(isvc)
-    results["inference-services"] = services
-    write(args.out, results)
+        mix = job_mix(size.jobs, seed=11)
+        for system in systems:
+            results[system] = run_jobs(system, size, mix)
+            write(out, results)
+        print_jobs(size, {s: results[s] for s in SYSTEMS if s in results})
+    if args.part in ("services", "all"):
+        services = run_inference(Size(size.jobs, size.nodes), 300 if args.quick else 2000)
+        isvc = Table(title="InferenceServices reconciled to Ready (one GPU replica each, autoscaling off; no peer)")
+        isvc.add_column("figure")
+        isvc.add_column("modelfleet", justify="right")
+        for key, value in services.items():
+            isvc.add_row(key, str(value))
+        Console(width=140).print(isvc)
+        results["inference-services"] = services
+        write(out, results)
 
 
 def write(out: Path, results: dict[str, Any]) -> None:
