@@ -29,7 +29,9 @@ def modelfleet_policy():
 
     def scale(now: float, concurrency: float | None, current: int, ready: int) -> int:
         state.add_sample(now, None if concurrency is None else concurrency / policy.target)
-        return decide(policy, state, now, current, ready, 1, MAX_REPLICAS).desired
+        decision = decide(policy, state, now, current, ready, 1, MAX_REPLICAS)
+        state.record(now, decision, policy)
+        return decision.desired
 
     return scale
 

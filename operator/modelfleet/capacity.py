@@ -8,7 +8,7 @@ drops what the list no longer holds. A ghost node never looks Ready and a delete
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +21,7 @@ from modelfleet.scheduling.quota import slim_gpu_quota
 
 RESERVATION_TTL = 60.0
 Slim = Callable[[Mapping[str, Any]], dict[str, Any] | None]
+Owner = Callable[[Mapping[str, Any]], Hashable | None]
 
 
 def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
@@ -54,6 +55,10 @@ def plain_node(node: Mapping[str, Any]) -> dict[str, Any]:
     return {key: dict(node.get(key) or {}) for key in ("metadata", "spec", "status")}
 
 
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _version(obj: Mapping[str, Any]) -> int:
     try:
         return int(obj.get("metadata", {}).get("resourceVersion") or 0)
@@ -62,12 +67,18 @@ def _version(obj: Mapping[str, Any]) -> int:
 
 
 class ObjectStore:
-    """One kind of object by uid, fed by watch events, pruned against a fresh list after a watch gap."""
+    """One kind of object by uid, fed by watch events, pruned against a fresh list after a watch gap.
 
-    def __init__(self, slim: Slim) -> None:
+    With `owner` (a function of the slim value), it is also indexed by owner, so a reconcile reads its object's
+    children from memory instead of listing them."""
+
+    def __init__(self, slim: Slim, owner: Owner | None = None) -> None:
         self.slim = slim
+        self.owner = owner
         self.entries: dict[str, tuple[dict[str, Any], int, float]] = {}
         """uid -> (slim value, resourceVersion, when it was last seen: monotonic)."""
+        self.by_owner: dict[Hashable, set[str]] = {}
+        """owner key -> uids, when the store has an `owner`."""
 
     def apply_event(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
         uid = obj.get("metadata", {}).get("uid")
@@ -75,9 +86,12 @@ class ObjectStore:
             return
         value = None if deleted else self.slim(obj)
         if value is None:
-            self.entries.pop(uid, None)
+            self._drop(uid)
         else:
+            self._unindex(uid)
             self.entries[uid] = (value, _version(obj), time.monotonic())
+            if self.owner and (key := self.owner(value)) is not None:
+                self.by_owner.setdefault(key, set()).add(uid)
 
     def replace(self, listed: Iterable[Mapping[str, Any]], listed_at: float) -> int:
         """Takes a fresh list made at `listed_at`: adds or updates what it holds (unless the watch already brought
@@ -92,11 +106,38 @@ class ObjectStore:
                 self.apply_event(obj)
         stale = [uid for uid, (_, _, seen) in self.entries.items() if uid not in present and seen < listed_at]
         for uid in stale:
-            del self.entries[uid]
+            self._drop(uid)
         return len(stale)
 
     def values(self) -> list[dict[str, Any]]:
         return [value for value, _, _ in self.entries.values()]
+
+    def owned_by(self, key: Hashable) -> list[dict[str, Any]]:
+        """The slim values of the objects this owner key indexes (no API request)."""
+        return [self.entries[uid][0] for uid in self.by_owner.get(key, ())]
+
+    def mark_deleting(self, uids: Iterable[str], gone: bool = False) -> None:
+        """What a pass just deleted, before the watch says so: stopping (gone: removed at once, as a pod deleted
+        with no grace period), so the next pass neither counts it live nor deletes it again."""
+        for uid in uids:
+            if gone:
+                self._drop(uid)
+            elif known := self.entries.get(uid):
+                value, version, seen = known
+                meta = {**value["metadata"], "deletionTimestamp": value["metadata"].get("deletionTimestamp") or _now()}
+                self.entries[uid] = ({**value, "metadata": meta}, version, seen)
+
+    def _drop(self, uid: str) -> None:
+        self._unindex(uid)
+        self.entries.pop(uid, None)
+
+    def _unindex(self, uid: str) -> None:
+        if self.owner and (known := self.entries.get(uid)) and (key := self.owner(known[0])) is not None:
+            uids = self.by_owner.get(key)
+            if uids is not None:
+                uids.discard(uid)
+                if not uids:
+                    del self.by_owner[key]
 
 
 def reservation_key(pod: Mapping[str, Any]) -> tuple[str, str, str | None]:

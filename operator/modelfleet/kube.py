@@ -122,19 +122,15 @@ async def delete_pod(namespace: str, name: str, force: bool = False) -> None:
             raise
 
 
-async def patch_pod(namespace: str, name: str, patch: Any, ignore: tuple[int, ...] = (404,)) -> None:
-    """Patches a pod (a list is a JSON patch); the statuses in `ignore` are fine (404: gone already)."""
+async def patch_pod(namespace: str, name: str, patch: Any, ignore: tuple[int, ...] = (404,)) -> dict[str, Any] | None:
+    """Patches a pod (a list is a JSON patch) and returns it as it now is; None for the statuses in `ignore`
+    (404: gone already)."""
     try:
-        await call(core().patch_namespaced_pod, name, namespace, patch)
+        return api().sanitize_for_serialization(await call(core().patch_namespaced_pod, name, namespace, patch))
     except ApiException as exc:
         if exc.status not in ignore:
             raise
-
-
-async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
-    """A fresh (quorum) read of the pods that match, as plain dicts."""
-    result = await call(core().list_namespaced_pod, namespace, label_selector=selector)
-    return [api().sanitize_for_serialization(p) for p in result.items]
+        return None
 
 
 class Conflict(Exception):
@@ -199,9 +195,10 @@ async def report_invalid_spec(
     if prev.get("observedGeneration") == generation:
         return None
     message = validation_message(exc)
-    kopf.warn(body, reason="InvalidSpec", message=message)
     status = invalid_spec_status(prev, generation, message, condition_type, phase)
-    return await patch_status(plural, meta["namespace"], meta["name"], status)
+    updated = await patch_status(plural, meta["namespace"], meta["name"], status)
+    kopf.warn(body, reason="InvalidSpec", message=message)
+    return updated
 
 
 FIELD_MANAGER = "modelfleet"
@@ -243,5 +240,6 @@ async def report_refused(
     ]
     if all(prev.get(k) == v for k, v in status.items()):
         return None
+    updated = await patch_status(plural, meta["namespace"], meta["name"], status)
     kopf.warn(body, reason=refused.reason, message=refused.message)
-    return await patch_status(plural, meta["namespace"], meta["name"], status)
+    return updated

@@ -2,7 +2,8 @@
 
 kopf's daemons and timers put a finalizer on every object, so a job could not be deleted while the operator is
 down. Instead, silent kopf event handlers feed this registry: the latest body of each object, a wake-up on any
-change of it or of its children, a periodic resync, and an exponential back-off after errors.
+change of it or of its children, a periodic resync (what the reconcile returns: seconds, None for the default,
+NO_RESYNC for none), and an exponential back-off after errors.
 
 A loop ends when its object is deleted (the watch says so), when a reconcile finds it gone (ObjectGone: a
 deletion the watch missed during a gap), or when a fresh list no longer holds it (`prune`).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +29,8 @@ RECONCILE_SECONDS = Histogram("modelfleet_reconcile_duration_seconds", "Time one
 
 Key = tuple[str, str]
 Reconcile = Callable[[dict[str, Any]], Awaitable[float | None]]
+NO_RESYNC = math.inf
+"""What a reconcile returns when its object needs no resync: the next pass comes only from a wake-up."""
 
 
 class ObjectGone(Exception):
@@ -118,7 +122,7 @@ class ReconcileLoops:
             if event is None:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=delay)
+                await asyncio.wait_for(event.wait(), timeout=None if delay == NO_RESYNC else delay)
             event.clear()
             body = self.bodies.get(key)
             if body is None:

@@ -3,7 +3,8 @@
 A kopf watch that gets 410 Gone lists again, but an object deleted during the gap never produces a DELETED
 event: its node would stay Ready, its pod would hold GPUs, its job's loop would go on. So the listing that kopf
 does after a gap (seen as events of type None) requests a resync here, and one also runs every few minutes:
-each store and loop registry is compared with a fresh list and what the list lacks is dropped.
+each store, index (modelfleet.owned) and loop registry is compared with a fresh list and what the list lacks is
+dropped. These lists are the operator's only LISTs: a reconcile reads the indexes.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from modelfleet import kube
-from modelfleet.api.common import GROUP, VERSION
+from modelfleet.api.common import GROUP, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 from modelfleet.capacity import CAPACITY
 from modelfleet.loops import ReconcileLoops, key_of
+from modelfleet.owned import DEPLOYMENTS, SERVER_PODS, SERVICES, TRAINING_RESULTS, WORKER_PODS
 
 log = logging.getLogger(__name__)
 PERIOD = 300.0
@@ -48,6 +50,15 @@ class Resync:
         dropped = {"nodes": CAPACITY.nodes.replace(nodes, started)}
         pods = await self._list(kube.core().list_pod_for_all_namespaces, kube.core().list_namespaced_pod)
         dropped["pods"] = CAPACITY.gpu_pods.replace(pods, started)
+        dropped["workers"] = WORKER_PODS.replace(pods, started)
+        dropped["servers"] = SERVER_PODS.replace(pods, started)
+        del pods
+        ours = {"label_selector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"}
+        apps, core = kube.apps(), kube.core()
+        deployments = await self._list(apps.list_deployment_for_all_namespaces, apps.list_namespaced_deployment, **ours)
+        dropped["deployments"] = DEPLOYMENTS.replace(deployments, started)
+        services = await self._list(core.list_service_for_all_namespaces, core.list_namespaced_service, **ours)
+        dropped["services"] = SERVICES.replace(services, started)
         classes = await _list_all(kube.scheduling().list_priority_class)
         dropped["priorityclasses"] = CAPACITY.priority_classes.replace(classes, started)
         custom = kube.custom()
@@ -60,6 +71,8 @@ class Resync:
                 plural=plural,
             )
             dropped[plural] = len(loops.prune({key_of(item) for item in items}, started))
+            if plural == "trainingjobs":
+                dropped["trainingresults"] = TRAINING_RESULTS.replace(items, started)
         quotas = await _list_all(custom.list_cluster_custom_object, group=GROUP, version=VERSION, plural="gpuquotas")
         dropped["gpuquotas"] = CAPACITY.gpu_quotas.replace(quotas, started)
         if any(dropped.values()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from copy import deepcopy
 
 from benchmarks.autoscaling_sim import simulate
 
@@ -24,6 +25,7 @@ def scaler(pol: Autoscaling, min_replicas: int = 1, max_replicas: int = 50):
     def scale(now: float, concurrency: float | None, current: int, ready: int) -> int:
         state.add_sample(now, None if concurrency is None else concurrency / pol.target)
         d = decide(pol, state, now, current, ready, min_replicas, max_replicas)
+        state.record(now, d, pol)
         decisions.append(d)
         return d.desired
 
@@ -93,7 +95,9 @@ def test_scale_to_zero_after_grace_and_back() -> None:
     now, current = 0.0, 2
     for _ in range(40):
         state.add_sample(now, 0.0)
-        current = decide(pol, state, now, current, current, 0, 5).desired
+        d = decide(pol, state, now, current, current, 0, 5)
+        state.record(now, d, pol)
+        current = d.desired
         now += 2
     assert current == 0
     state.add_sample(now, 35 / pol.target)  # load seen again (from a source in front of the service)
@@ -113,3 +117,16 @@ def test_bounds_are_respected() -> None:
     state = RegionScaler()
     state.add_sample(0.0, 0.0)
     assert decide(policy(), state, 0.0, current=3, ready=3, min_replicas=3, max_replicas=5).desired == 3
+
+
+def test_decide_changes_nothing_and_record_keeps_the_windows() -> None:
+    pol = policy()
+    state = RegionScaler()
+    for t in range(0, 100, 2):
+        state.add_sample(float(t), 50.0)
+    before = deepcopy(state)
+    d = decide(pol, state, 100.0, current=2, ready=2, min_replicas=1, max_replicas=50)
+    assert state == before and d.panic_until is not None and d.desired > 2
+    state.record(100.0, d, pol)
+    assert state.panic_until == d.panic_until and state.recommendations[-1] == (100.0, d.recommendation)
+    assert all(t >= 100.0 - pol.stable_window_seconds for t, _ in state.samples)

@@ -1,4 +1,5 @@
-"""Replicas per region from observed load: a pure function of what was seen and what is running.
+"""Replicas per region from observed load: `decide` is a pure function of what was seen and what is running;
+`RegionScaler` is what is seen (its samples, recommendations and panic), changed only by its own methods.
 
 The algorithm, per region, at every observation tick:
 
@@ -53,6 +54,18 @@ class RegionScaler:
         if load > 0:
             self.last_active = now
 
+    def record(self, now: float, decision: ScaleDecision, policy: Autoscaling) -> None:
+        """Remembers a decision made at `now` (its recommendation and panic), and forgets the samples and
+        recommendations that have left their windows."""
+        if decision.recommendation is not None:
+            self.recommendations.append((now, decision.recommendation))
+        self.panic_until = decision.panic_until
+        while self.samples and self.samples[0][0] < now - policy.stable_window_seconds:
+            self.samples.popleft()
+        horizon = now - max(policy.stable_window_seconds, policy.scale_down_delay_seconds)
+        while self.recommendations and self.recommendations[0][0] < horizon:
+            self.recommendations.popleft()
+
 
 @dataclass(frozen=True)
 class ScaleDecision:
@@ -60,6 +73,10 @@ class ScaleDecision:
     reason: str
     panic: bool
     stable_load: float
+    recommendation: int | None = None
+    """The window's recommendation before tolerance and stabilisation (None without metrics)."""
+    panic_until: float | None = None
+    """When panic mode ends (None: not in panic)."""
 
 
 def _mean_since(samples: deque[tuple[float, float]], since: float) -> float | None:
@@ -76,44 +93,41 @@ def decide(
     min_replicas: int,
     max_replicas: int,
 ) -> ScaleDecision:
-    """Desired replicas for one region. `current` counts requested replicas, `ready` those serving."""
-    horizon = now - max(policy.stable_window_seconds, policy.scale_down_delay_seconds)
-    while state.samples and state.samples[0][0] < now - policy.stable_window_seconds:
-        state.samples.popleft()
-    while state.recommendations and state.recommendations[0][0] < horizon:
-        state.recommendations.popleft()
-
+    """Desired replicas for one region. `current` counts requested replicas, `ready` those serving. Pure: the
+    caller hands the decision back to `state.record`."""
     floor = min_replicas
     if min_replicas == 0 and not policy.scale_to_zero:
         floor = 1
     stable = _mean_since(state.samples, now - policy.stable_window_seconds)
     if stable is None:
         held = max(floor, min(current, max_replicas))
-        return ScaleDecision(held, "NoMetrics", False, 0.0)
+        return ScaleDecision(held, "NoMetrics", False, 0.0, panic_until=state.panic_until)
     panic_load = _mean_since(state.samples, now - policy.panic_window_seconds) or 0.0
     stable_count = math.ceil(round(stable / policy.target_utilization, 6))
     panic_count = math.ceil(round(panic_load / policy.target_utilization, 6))
 
+    panic_until = state.panic_until
     if panic_count >= policy.panic_threshold * max(ready, 1) and panic_count > current:
-        state.panic_until = now + policy.stable_window_seconds
-    panic = state.panic_until is not None and now < state.panic_until
+        panic_until = now + policy.stable_window_seconds
+    panic = panic_until is not None and now < panic_until
     if panic:
         recommended = max(panic_count, current)
         reason = "Panic"
     else:
-        state.panic_until = None
+        panic_until = None
         recommended = stable_count
         reason = "StableWindow"
 
     up_limit = max(math.ceil(policy.max_scale_up_rate * max(ready, 1)), ready + 1)
     recommended = min(recommended, max(up_limit, current))
-    state.recommendations.append((now, recommended))
+    recommendation = recommended
 
     if not panic and current and abs(stable / policy.target_utilization - current) <= TOLERANCE * current:
         recommended = current  # close enough: as HPA, ignore changes within 10%
     desired = recommended
     if desired < current:
-        delayed = max(r for t, r in state.recommendations if t >= now - policy.scale_down_delay_seconds)
+        since = now - policy.scale_down_delay_seconds
+        delayed = max([r for t, r in state.recommendations if t >= since] + [recommendation])
         desired = max(desired, delayed, math.ceil(current / policy.max_scale_down_rate))
         if desired < current:
             reason = "ScaleDown"
@@ -123,11 +137,12 @@ def decide(
     idle_since = state.last_active if state.last_active is not None else -math.inf
     idle = now - idle_since >= policy.scale_to_zero_grace_period_seconds
     if policy.scale_to_zero and min_replicas == 0 and recommended == 0 and idle:
-        return ScaleDecision(0, "ScaleToZero" if current else "Idle", panic, stable)
+        return ScaleDecision(0, "ScaleToZero" if current else "Idle", panic, stable, recommendation, panic_until)
     keep_one = 1 if current or stable > 0 else 0
     if desired > max_replicas:
         reason = "AtMaxReplicas"
-    return ScaleDecision(min(max(desired, floor, keep_one), max_replicas), reason, panic, stable)
+    desired = min(max(desired, floor, keep_one), max_replicas)
+    return ScaleDecision(desired, reason, panic, stable, recommendation, panic_until)
 
 
 def split_replicas(total: int | None, regions: Sequence[Region]) -> dict[str, int]:

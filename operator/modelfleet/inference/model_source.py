@@ -17,9 +17,9 @@ import kopf
 from modelfleet import kube
 from modelfleet.api.common import Condition, EnvVar, set_condition
 from modelfleet.api.inference import InferenceServiceSpec, ServingPhase
+from modelfleet.owned import TRAINING_RESULTS
 
 DIGEST_ENV = "MODELFLEET_MODEL_DIGEST"
-TRAINING_JOBS = "trainingjobs"
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,12 @@ def services_serving(bodies: Mapping[tuple[str, str], Mapping[str, Any]], namesp
 
 
 async def resolve_for(body: dict[str, Any], spec: InferenceServiceSpec) -> Resolved | None:
-    """Reads the named job and resolves; while there is nothing to serve, says why in status (phase Pending,
+    """Reads the named job (from the watch-fed index) and resolves; while there is nothing to serve, says why in status (phase Pending,
     Ready False with the reason, an Event on each new reason) and returns None."""
     meta, prev = body["metadata"], body.get("status") or {}
     job = None
     if spec.model.from_training_job:
-        job = await kube.get_custom(TRAINING_JOBS, meta["namespace"], spec.model.from_training_job)
+        job = next(iter(TRAINING_RESULTS.owned_by((meta["namespace"], spec.model.from_training_job))), None)
     source = resolve(spec, job, prev.get("artifact"))
     if isinstance(source, Resolved):
         return source
@@ -89,7 +89,7 @@ async def resolve_for(body: dict[str, Any], spec: InferenceServiceSpec) -> Resol
     )
     conditions = set_condition(list(prev.get("conditions") or []), condition)
     if conditions != prev.get("conditions") or prev.get("phase") != ServingPhase.PENDING:
-        kopf.event(body, type="Normal", reason=source.reason, message=source.message)
         status = {"phase": str(ServingPhase.PENDING), "conditions": conditions, "observedGeneration": generation}
         await kube.patch_status("inferenceservices", meta["namespace"], meta["name"], status)
+        kopf.event(body, type="Normal", reason=source.reason, message=source.message)
     return None

@@ -13,41 +13,23 @@ from modelfleet import kube, policy
 from modelfleet.api.common import GROUP, JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.capacity import CAPACITY
-from modelfleet.loops import ObjectGone, ReconcileLoops
+from modelfleet.loops import NO_RESYNC, ObjectGone, ReconcileLoops
+from modelfleet.owned import WORKER_PODS
 from modelfleet.resync import RESYNC
 from modelfleet.scheduling.nodes import NodeInfo
-from modelfleet.scheduling.planner import Plan
-from modelfleet.scheduling.queue import Admit, Evict, Wait, gpus_on
+from modelfleet.scheduling.queue import Admit, Evict, Wait
 from modelfleet.training.artifact import artifact_from_pods
-from modelfleet.training.builders import headless_service, worker_pod, worker_weights
-from modelfleet.training.lifecycle import Decision, decide
+from modelfleet.training.lifecycle import FINISHED, Decision, decide
+from modelfleet.training.placement import PLURAL, delete_workers, place_gang, ungate
 from modelfleet.training.progress import ProgressScraper
 from modelfleet.training.queueing import QUEUE
 from modelfleet.training.status import CreateRefused, NotPlaced, Outcome, Placed, Queued, compose_status
 
-PLURAL = "trainingjobs"
 NO_VERDICT_RETRY_SECONDS = 1.0
 CREATE_FAILED_RETRY_SECONDS = 60.0
-_placement_lock: asyncio.Lock | None = None
 PROGRESS = ProgressScraper()
 _create_retry_at: dict[tuple[str, str], float] = {}
 """Jobs whose workers the API refused for a reason outside the spec (403): when to try again (monotonic)."""
-
-
-def placement_lock() -> asyncio.Lock:
-    """Plans are made one at a time, so two gangs never count the same free GPUs."""
-    global _placement_lock
-    if _placement_lock is None:
-        _placement_lock = asyncio.Lock()
-    return _placement_lock
-
-
-def ungate_patch(uid: str) -> list[dict[str, Any]]:
-    """Removes the scheduling gates of exactly the pod with this uid (the test fails on a same-named other)."""
-    return [
-        {"op": "test", "path": "/metadata/uid", "value": uid},
-        {"op": "replace", "path": "/spec/schedulingGates", "value": []},
-    ]
 
 
 async def reconcile(body: dict[str, Any]) -> float | None:
@@ -69,11 +51,7 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
         LOOPS.remember(await kube.report_refused(body, PLURAL, denied, "Created", str(TrainingPhase.PENDING)))
         return None
 
-    pods = [
-        p
-        for p in await kube.list_pods(namespace, f"{JOB_NAME_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}")
-        if any(ref.get("uid") == meta["uid"] for ref in p["metadata"].get("ownerReferences") or [])
-    ]
+    pods = WORKER_PODS.owned_by(meta["uid"])
     nodes = CAPACITY.nodes_by_name()
     lost = {node for p in pods if (node := p["spec"].get("nodeName")) and (node not in nodes or not nodes[node].ready)}
     key = (namespace, name)
@@ -84,7 +62,7 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
     # What the decision means for status is written first: a crash after it never loses a restart or a failure.
     artifact = artifact_from_pods(spec, pods, meta["uid"]) if decision.finished else None
     body = await _write_status(body, spec, decision, nodes, progress=progress, artifact=artifact)
-    await _delete_workers(namespace, decision)
+    await delete_workers(namespace, pods, decision.delete, decision.force_delete)
     if decision.evicted:
         QUEUE.consume(key)
         QUEUE.request()
@@ -104,13 +82,13 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
             return NO_VERDICT_RETRY_SECONDS  # the next pass will have a verdict for it
         await _write_status(body, spec, decision, nodes, outcome)
     if decision.ungate:
-        await asyncio.gather(*(_ungate(namespace, w.name, w.uid) for w in decision.ungate))
+        await asyncio.gather(*(ungate(namespace, w.name, w.uid) for w in decision.ungate))
 
     if decision.delete_job:
-        kopf.event(
-            body, type="Normal", reason="TTLExpired", message="deleting the finished job (ttlSecondsAfterFinished)"
-        )
         await kube.delete_custom(PLURAL, namespace, name)
+        kopf.event(
+            body, type="Normal", reason="TTLExpired", message="deleted the finished job (ttlSecondsAfterFinished)"
+        )
     if isinstance(outcome, NotPlaced):
         QUEUE.request()
         return NO_VERDICT_RETRY_SECONDS
@@ -124,6 +102,8 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
     _create_retry_at.pop(key, None)
     if outcome is not None or decision.ungate or decision.delete or decision.force_delete:
         return 1.0  # look again soon: the pods we touched are moving
+    if (body.get("status") or {}).get("phase") in FINISHED:
+        return decision.requeue_after or NO_RESYNC  # only the TTL timer remains (and the watch's wake-ups)
     return min((t for t in (decision.requeue_after, PROGRESS.due_in(meta["uid"])) if t is not None), default=None)
 
 
@@ -152,54 +132,6 @@ async def _write_status(
     _announce(body, prev, status, decision, outcome)
     LOOPS.remember(updated)
     return updated
-
-
-async def _delete_workers(namespace: str, decision: Decision) -> None:
-    deletions = [kube.delete_pod(namespace, pod) for pod in decision.delete]
-    deletions += [kube.delete_pod(namespace, pod, force=True) for pod in decision.force_delete]
-    await asyncio.gather(*deletions)
-    CAPACITY.release(namespace, [*decision.delete, *decision.force_delete])
-
-
-async def _ungate(namespace: str, name: str, uid: str) -> None:
-    """Ungates that pod; a pod of that name with another uid (a failed test op: 422) or none (404) is left be."""
-    await kube.patch_pod(namespace, name, ungate_patch(uid), ignore=(404, 422))
-
-
-async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan) -> Outcome:
-    """Creates every worker of the queue's plan gated; the gates go only when all exist and all are ours."""
-    namespace = meta["namespace"]
-    fresh = await kube.get_custom(PLURAL, namespace, meta["name"])
-    if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
-        raise ObjectGone(f"{namespace}/{meta['name']}")  # deleted while a watch gap hid it: make nothing
-    async with placement_lock():
-        free = {n.name: n.free_gpus for n in CAPACITY.view() if n.ready and not n.unschedulable}
-        wanted = gpus_on((n.name for n in plan.nodes), spec.resources.gpus)
-        if any(free.get(node, -1) < gpus for node, gpus in wanted.items()):
-            return NotPlaced("the capacity the queue planned on changed; planning again")
-        pods = [
-            worker_pod(meta, spec, i, plan.nodes, attempt, gated=spec.placement.gang) for i in range(len(plan.nodes))
-        ]
-        CAPACITY.reserve(pods)
-    names = [p["metadata"]["name"] for p in pods]
-    results = await asyncio.gather(
-        kube.create(kube.core().create_namespaced_service, namespace, headless_service(meta, spec)),
-        *(kube.create(kube.core().create_namespaced_pod, namespace, pod) for pod in pods),
-        return_exceptions=True,
-    )
-    created = [r for r in results[1:] if isinstance(r, dict)]
-    refused = next((r for r in results if isinstance(r, kube.Refused)), None)
-    failed = next((r for r in results if isinstance(r, BaseException)), None)
-    if failed is not None:
-        # Half a gang must not stay: delete what this pass made (still gated, so it never ran) and free the GPUs.
-        await asyncio.gather(*(kube.delete_pod(namespace, p["metadata"]["name"], force=True) for p in created))
-        CAPACITY.release(namespace, names)
-        if refused is not None:
-            return CreateRefused(refused.reason, refused.message)
-        raise failed
-    if spec.placement.gang and len(created) == len(pods):
-        await asyncio.gather(*(_ungate(namespace, p["metadata"]["name"], p["metadata"]["uid"]) for p in created))
-    return Placed(plan.nodes, tuple(names), tuple(worker_weights(spec, plan.nodes)))
 
 
 def _changed(prev: dict[str, Any], status: dict[str, Any]) -> bool:
@@ -256,6 +188,8 @@ async def training_job_event(event: dict[str, Any], **_: Any) -> None:
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, JOB_NAME_LABEL: kopf.PRESENT})
 async def worker_event(event: dict[str, Any], **_: Any) -> None:
+    """Keeps the worker index, and wakes the worker's job."""
+    WORKER_PODS.apply_event(event["object"], deleted=event.get("type") == "DELETED")
     meta = event["object"]["metadata"]
     LOOPS.wake((meta["namespace"], meta["labels"][JOB_NAME_LABEL]))
     QUEUE.request()

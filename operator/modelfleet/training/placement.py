@@ -1,0 +1,95 @@
+"""Placing a gang: create every worker of the queue's plan gated, ungate them only when all exist and all are ours.
+
+What is created goes into the worker index and the capacity reservations at once, so the next pass sees it (no
+twins) and the next plan does not count its GPUs as free, before the watch delivers the new pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from modelfleet import kube
+from modelfleet.api.training import TrainingJobSpec
+from modelfleet.capacity import CAPACITY
+from modelfleet.loops import ObjectGone
+from modelfleet.owned import WORKER_PODS
+from modelfleet.scheduling.planner import Plan
+from modelfleet.scheduling.queue import gpus_on
+from modelfleet.training.builders import headless_service, worker_pod, worker_weights
+from modelfleet.training.status import CreateRefused, NotPlaced, Outcome, Placed
+
+PLURAL = "trainingjobs"
+_placement_lock: asyncio.Lock | None = None
+
+
+def placement_lock() -> asyncio.Lock:
+    """Plans are made one at a time, so two gangs never count the same free GPUs."""
+    global _placement_lock
+    if _placement_lock is None:
+        _placement_lock = asyncio.Lock()
+    return _placement_lock
+
+
+def ungate_patch(uid: str) -> list[dict[str, Any]]:
+    """Removes the scheduling gates of exactly the pod with this uid (the test fails on a same-named other)."""
+    return [
+        {"op": "test", "path": "/metadata/uid", "value": uid},
+        {"op": "replace", "path": "/spec/schedulingGates", "value": []},
+    ]
+
+
+async def ungate(namespace: str, name: str, uid: str) -> None:
+    """Ungates that pod; a pod of that name with another uid (a failed test op: 422) or none (404) is left be."""
+    if patched := await kube.patch_pod(namespace, name, ungate_patch(uid), ignore=(404, 422)):
+        WORKER_PODS.apply_event(patched)
+
+
+async def delete_workers(namespace: str, pods: list[dict[str, Any]], names: list[str], force: list[str]) -> None:
+    """Deletes these workers of `pods` (`force`: with no grace period, their node is lost) and frees their GPUs."""
+    await asyncio.gather(
+        *(kube.delete_pod(namespace, pod) for pod in names),
+        *(kube.delete_pod(namespace, pod, force=True) for pod in force),
+    )
+    uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
+    WORKER_PODS.mark_deleting(uids[name] for name in names if name in uids)
+    WORKER_PODS.mark_deleting((uids[name] for name in force if name in uids), gone=True)
+    CAPACITY.release(namespace, [*names, *force])
+
+
+async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan) -> Outcome:
+    """Creates every worker of the queue's plan gated; the gates go only when all exist and all are ours."""
+    namespace = meta["namespace"]
+    fresh = await kube.get_custom(PLURAL, namespace, meta["name"])
+    if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
+        raise ObjectGone(f"{namespace}/{meta['name']}")  # deleted while a watch gap hid it: make nothing
+    async with placement_lock():
+        free = {n.name: n.free_gpus for n in CAPACITY.view() if n.ready and not n.unschedulable}
+        wanted = gpus_on((n.name for n in plan.nodes), spec.resources.gpus)
+        if any(free.get(node, -1) < gpus for node, gpus in wanted.items()):
+            return NotPlaced("the capacity the queue planned on changed; planning again")
+        pods = [
+            worker_pod(meta, spec, i, plan.nodes, attempt, gated=spec.placement.gang) for i in range(len(plan.nodes))
+        ]
+        CAPACITY.reserve(pods)
+    names = [p["metadata"]["name"] for p in pods]
+    results = await asyncio.gather(
+        kube.create(kube.core().create_namespaced_service, namespace, headless_service(meta, spec)),
+        *(kube.create(kube.core().create_namespaced_pod, namespace, pod) for pod in pods),
+        return_exceptions=True,
+    )
+    created = [r for r in results[1:] if isinstance(r, dict)]
+    for pod in created:
+        WORKER_PODS.apply_event(pod)
+    refused = next((r for r in results if isinstance(r, kube.Refused)), None)
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        # Half a gang must not stay: delete what this pass made (still gated, so it never ran) and free the GPUs.
+        await delete_workers(namespace, created, [], [p["metadata"]["name"] for p in created])
+        CAPACITY.release(namespace, names)
+        if refused is not None:
+            return CreateRefused(refused.reason, refused.message)
+        raise failed
+    if spec.placement.gang and len(created) == len(pods):
+        await asyncio.gather(*(ungate(namespace, p["metadata"]["name"], p["metadata"]["uid"]) for p in created))
+    return Placed(plan.nodes, tuple(names), tuple(worker_weights(spec, plan.nodes)))

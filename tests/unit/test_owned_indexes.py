@@ -1,0 +1,107 @@
+"""The watch-fed indexes by owner: slim values, owner keys, local marks of a pass's own writes, healing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
+from modelfleet.capacity import ObjectStore
+from modelfleet.owned import controller_uid, service_key, slim_deployment, slim_pod
+
+
+def worker(name: str, uid: str, job_uid: str, rv: str = "1", **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": uid,
+            "resourceVersion": rv,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY, JOB_NAME_LABEL: "job", "other": "x"},
+            "annotations": {"modelfleet.dev/progress": "{}", "kubectl.kubernetes.io/last-applied": "x" * 1000},
+            "ownerReferences": [{"uid": job_uid, "controller": True, "kind": "TrainingJob", "name": "job"}],
+            "managedFields": [{"manager": "x" * 1000}],
+        },
+        "spec": {
+            "nodeName": "n1",
+            "containers": [
+                {
+                    "name": "worker",
+                    "image": "img",
+                    "env": [{"name": "WORLD_SIZE", "value": "2"}, {"name": "PYTHONPATH", "value": "/x"}],
+                    "ports": [{"name": "metrics", "containerPort": 9090}],
+                }
+            ],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+        },
+        "status": {
+            "phase": status.get("phase", "Running"),
+            "podIP": "127.100.0.1",
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "Initialized", "status": "True"}],
+            "containerStatuses": [
+                {"name": "worker", "state": {"terminated": {"exitCode": 3, "reason": "Error", "message": "m"}}}
+            ],
+        },
+    }
+
+
+def workers() -> ObjectStore:
+    return ObjectStore(slim_pod(JOB_NAME_LABEL), owner=controller_uid)
+
+
+def test_a_worker_is_kept_slim_and_found_by_its_jobs_uid() -> None:
+    store = workers()
+    store.apply_event(worker("job-worker-0", "p0", "job-uid"))
+    store.apply_event(worker("other-worker-0", "p1", "other-uid"))
+    (pod,) = store.owned_by("job-uid")
+    assert pod["metadata"]["annotations"] == {"modelfleet.dev/progress": "{}"}
+    assert "managedFields" not in pod["metadata"] and "volumes" not in pod["spec"]
+    assert pod["spec"]["containers"][0]["env"] == [{"name": "WORLD_SIZE", "value": "2"}]
+    assert [c["type"] for c in pod["status"]["conditions"]] == ["Ready"]
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+    assert store.owned_by("nobody") == []
+
+
+def test_pods_of_others_are_not_kept() -> None:
+    store = workers()
+    stranger = worker("x", "p9", "job-uid")
+    stranger["metadata"]["labels"] = {"app": "x"}
+    store.apply_event(stranger)
+    assert store.entries == {} and store.by_owner == {}
+
+
+def test_deletion_and_local_marks_keep_the_index_true() -> None:
+    store = workers()
+    store.apply_event(worker("job-worker-0", "p0", "job-uid"))
+    store.apply_event(worker("job-worker-1", "p1", "job-uid"))
+    store.mark_deleting(["p0"])
+    assert [bool(p["metadata"].get("deletionTimestamp")) for p in store.owned_by("job-uid")] == [True, False]
+    store.mark_deleting(["p1"], gone=True)
+    store.apply_event(worker("job-worker-0", "p0", "job-uid"), deleted=True)
+    assert store.owned_by("job-uid") == [] and store.by_owner == {}
+
+
+def test_a_fresh_list_drops_what_a_watch_gap_hid_from_the_index() -> None:
+    store = workers()
+    store.apply_event(worker("job-worker-0", "p0", "job-uid"))
+    store.apply_event(worker("job-worker-1", "p1", "job-uid"))
+    dropped = store.replace([worker("job-worker-1", "p1", "job-uid", rv="2", phase="Succeeded")], listed_at=1e12)
+    (pod,) = store.owned_by("job-uid")
+    assert dropped == 1 and pod["status"]["phase"] == "Succeeded"
+
+
+def test_server_pods_by_service_and_deployments_by_owner() -> None:
+    servers = ObjectStore(slim_pod(SERVICE_NAME_LABEL), owner=service_key)
+    pod = worker("svc-x-abc", "s0", "rs-uid")
+    pod["metadata"]["labels"] = {MANAGED_BY_LABEL: MANAGED_BY, SERVICE_NAME_LABEL: "svc"}
+    servers.apply_event(pod)
+    assert [p["metadata"]["name"] for p in servers.owned_by(("ns", "svc"))] == ["svc-x-abc"]
+    deployments = ObjectStore(slim_deployment, owner=controller_uid)
+    dep = {
+        "metadata": {**pod["metadata"], "uid": "d0", "ownerReferences": [{"uid": "svc-uid", "controller": True}]},
+        "spec": {"replicas": 2, "template": {"metadata": {"annotations": {"modelfleet.dev/revision": "r1"}}}},
+        "status": {"replicas": 2, "conditions": [{"type": "Available"}]},
+    }
+    deployments.apply_event(dep)
+    (slim,) = deployments.owned_by("svc-uid")
+    assert slim["spec"] == {"replicas": 2, "template": {"metadata": {"annotations": {"modelfleet.dev/revision": "r1"}}}}
+    assert "status" not in slim
