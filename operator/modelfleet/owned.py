@@ -89,11 +89,13 @@ def slim_deployment(dep: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def slim_service(svc: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A region's Service: whole spec (small), to compare with what the builder wants."""
+    """A region's Service: its whole metadata but managedFields, and spec (small), to compare with what the builder
+    wants."""
     meta = svc.get("metadata") or {}
     if not _ours(meta, SERVICE_NAME_LABEL):
         return None
     slim_meta = _slim_meta(meta)
+    slim_meta["ownerReferences"] = list(meta.get("ownerReferences") or [])
     slim_meta["annotations"] = dict(meta.get("annotations") or {})
     return {"metadata": slim_meta, "spec": dict(svc.get("spec") or {})}
 

@@ -77,6 +77,8 @@ class Resync:
         dropped["gpuquotas"] = CAPACITY.gpu_quotas.replace(quotas, started)
         if any(dropped.values()):
             log.warning("resync dropped what a watch gap hid: %s", dropped)
+            for loops in self.loops.values():  # an owner whose child went unseen looks again (it may not resync)
+                loops.wake_all()
         return dropped
 
     async def _list(

@@ -74,7 +74,8 @@ def test_deletion_and_local_marks_keep_the_index_true() -> None:
     store.apply_event(worker("job-worker-0", "p0", "job-uid"))
     store.apply_event(worker("job-worker-1", "p1", "job-uid"))
     store.mark_deleting(["p0"])
-    assert [bool(p["metadata"].get("deletionTimestamp")) for p in store.owned_by("job-uid")] == [True, False]
+    stopping = {p["metadata"]["name"]: bool(p["metadata"].get("deletionTimestamp")) for p in store.owned_by("job-uid")}
+    assert stopping == {"job-worker-0": True, "job-worker-1": False}
     store.mark_deleting(["p1"], gone=True)
     store.apply_event(worker("job-worker-0", "p0", "job-uid"), deleted=True)
     assert store.owned_by("job-uid") == [] and store.by_owner == {}

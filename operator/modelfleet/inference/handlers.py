@@ -111,8 +111,8 @@ async def reconcile(body: dict[str, Any]) -> float | None:
     wanted = {r.name for r in spec.regions}
     for gone in sorted((deployments.keys() | services.keys()) - wanted):
         await _remove_region(body, namespace, region_object_name(name, gone), gone)
-        DEPLOYMENTS.mark_deleting([deployments[gone]["metadata"]["uid"]] if gone in deployments else [], gone=True)
-        SERVICES.mark_deleting([services[gone]["metadata"]["uid"]] if gone in services else [], gone=True)
+        for index, owned in ((DEPLOYMENTS, deployments), (SERVICES, services)):
+            index.mark_deleting([owned[gone]["metadata"]["uid"]] if gone in owned else [], gone=True)
     manual = split_replicas(spec.replicas, spec.regions)
     cap = sum(r.max_replicas for r in spec.regions)
     if not spec.autoscaling.enabled and spec.replicas is not None and spec.replicas > cap:
@@ -186,13 +186,13 @@ def _revision(dep: dict[str, Any]) -> str | None:
 
 
 async def _remove_region(body: dict[str, Any], namespace: str, object_name: str, region: str) -> None:
-    kopf.event(body, type="Normal", reason="RegionRemoved", message=f"deleting {object_name} ({region})")
     for delete in (kube.apps().delete_namespaced_deployment, kube.core().delete_namespaced_service):
         try:
             await kube.call(delete, object_name, namespace)
         except ApiException as exc:
             if exc.status != 404:
                 raise
+    kopf.event(body, type="Normal", reason="RegionRemoved", message=f"deleted {object_name} ({region})")
 
 
 LOOPS = ReconcileLoops("inferenceservice", reconcile)
