@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the peer for benchmarks/scale.py, Kubeflow's training operator, from its Go module (no replace lines, so a
-# plain `go install` works). v1.9.2 rather than v1.8.1: v1.8.1's client is held to 20 requests/s with no flag to
-# raise it; v1.9.2 has --kube-api-qps/--kube-api-burst (v1.9.0 does not), which the tuned run raises. Cached per
-# version. Prints the binary's path and its PyTorchJob CRD's (in the module cache).
+# plain `go install` works), cached per version: TRAINING_OPERATOR_VERSION, default v1.8.1 (the peer as shipped);
+# the tuned peer is v1.9.2, the first with --kube-api-qps/--kube-api-burst (v1.8.1 has only --controller-threads).
+# Prints the binary's path and its PyTorchJob CRD's (in the module cache).
 set -euo pipefail
-VERSION="${TRAINING_OPERATOR_VERSION:-v1.9.2}"
+VERSION="${TRAINING_OPERATOR_VERSION:-v1.8.1}"
 CACHE="${MODELFLEET_CACHE:-$HOME/.cache/modelfleet}/bin/training-operator-$VERSION"
 if [[ ! -x "$CACHE/training-operator.v1" ]]; then
   mkdir -p "$CACHE"

@@ -1,17 +1,18 @@
-"""Operator at scale on the real control plane with KWOK nodes: modelfleet vs Kubeflow's training operator.
+"""Operator at scale on the real control plane with KWOK nodes: modelfleet vs Kubeflow's training operator (jobs)
+and KServe's controller (services).
 
-    python -m benchmarks.scale [--quick | --large] [--jobs N] [--nodes N] [--systems modelfleet,peer,peer-tuned]
-    python -m benchmarks.scale --part services
+    python -m benchmarks.scale [--quick | --large] [--jobs N] [--nodes N] [--part jobs|services|all]
+                               [--systems modelfleet,peer,peer-tuned,kserve]
 
 N fake GPU nodes in 3 regions; M TrainingJobs of 1-6 one-GPU workers (seeded) submitted as fast as the API takes
 them; the same mix as PyTorchJobs (a Master and n-1 Workers) for the peer, as shipped and tuned (more reconcile
-threads, a higher client rate), each system on a fresh cluster of the same shape. Measured: submit -> every worker pod Running (p50,
-p99, total); the API requests the operator made, by verb, from the apiserver's audit log of the operator's user
-(the same count for both); the requests it made in 30 s after everything ran (a cluster at rest); watch events
-handled where the operator counts them; its peak RSS and CPU seconds. Each system's figures are kept in
-benchmarks/results/scale-<jobs>.json, so the systems can be measured one per run (one lock hold each) and the
-table compares whatever that file holds. `--part services`: 2,000 InferenceServices (300 with --quick) until
-all are Ready, and what the operator spent.
+threads, a higher client rate), each system on a fresh cluster of the same shape. Measured: submit -> every worker
+pod Running (p50, p99, total); the API requests the operator made, by verb, from the apiserver's audit log of the
+operator's user (the same count for both); the requests it made in 30 s after everything ran (a cluster at rest);
+watch events handled where the operator counts them; its peak RSS and CPU seconds. `--part services`: 2,000
+InferenceServices (300 with --quick) until all are Ready, modelfleet's and KServe's (RawDeployment mode,
+benchmarks/scale_kserve.py). Each system's figures are kept in benchmarks/results/scale-<jobs>.json, so systems
+can be measured one per run (one e2e-lock hold each) and the tables compare whatever that file holds.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import scale_kserve
 from benchmarks.scale_cluster import READS, WRITES, ScaleCluster
 from modelfleet.api.common import GPU_RESOURCE
 from modelfleet.devcluster import binaries_dir
@@ -47,6 +49,11 @@ from modelfleet.devcluster.nodes import NodeGroup, fake_nodes
 ROOT = Path(__file__).resolve().parents[1]
 REGIONS = ("cn-hangzhou", "cn-beijing", "us-west-1")
 SYSTEMS = ("modelfleet", "peer", "peer-tuned")
+SERVICE_SYSTEMS = ("modelfleet", "kserve")
+PEER_VERSIONS = {"peer": "v1.8.1", "peer-tuned": "v1.9.2"}
+"""v1.8.1 as shipped; its client is held to 20 requests/s, burst 30 (controller-runtime's defaults) with no flag to
+raise them, so the tuned peer is v1.9.2, the first release with --kube-api-qps/--kube-api-burst. (v1.9.2 as shipped
+is slower than v1.8.1: its one rate limiter is shared by every client, events included.)"""
 PEER_TUNED_FLAGS = ("--controller-threads=16", "--kube-api-qps=500", "--kube-api-burst=1000")
 """The training operator's own throughput flags (defaults: 1 thread, 20 requests/s, burst 30), raised to the
 reconcile threads and client rate the cluster's controller-manager and scheduler get here."""
@@ -224,7 +231,7 @@ def operator_command(system: str, cluster: ScaleCluster, env: dict[str, str]) ->
         env["MODELFLEET_METRICS_PORT"] = str(free_port())
         cmd = [sys.executable, "-m", "modelfleet.cli", "operator", "--log-level", "warning"]
         return cmd, "trainingjobs", "modelfleet.dev/job-name", training_job
-    binary, crd = build_peer()
+    binary, crd = build_peer(PEER_VERSIONS[system])
     cluster.kubectl("apply", "--server-side", "-f", crd)
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(PEER_SETUP))
     env["KUBEFLOW_NAMESPACE"] = "kubeflow"
@@ -291,10 +298,11 @@ def measure(system: str, cluster: ScaleCluster, work: Path, mix: list[tuple[str,
     }  # fmt: skip
 
 
-def build_peer() -> tuple[str, str]:
-    """The training operator's binary and its PyTorchJob CRD (built once, cached)."""
+def build_peer(version: str) -> tuple[str, str]:
+    """The training operator's binary and its PyTorchJob CRD (built once per version, cached)."""
+    env = {**os.environ, "TRAINING_OPERATOR_VERSION": version}
     out = subprocess.run(["bash", str(ROOT / "benchmarks" / "build_training_operator.sh")],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
     binary, crd = out.stdout.split()[-2:]
     return binary, crd
 
@@ -359,19 +367,37 @@ def inference_service(name: str, _workers: int, region: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_inference(size: Size, count: int) -> dict[str, Any]:
+def service_ready(service: dict[str, Any]) -> bool:
+    return (service.get("status") or {}).get("phase") == "Ready"
+
+
+def run_inference(system: str, size: Size, count: int) -> dict[str, Any]:
     """Time until `count` InferenceServices are all Ready (one GPU replica each), and what the operator spent."""
-    work = Path(tempfile.mkdtemp(prefix="modelfleet-scale-isvc-"))
+    work = Path(tempfile.mkdtemp(prefix=f"modelfleet-scale-isvc-{system}-"))
     cluster = ScaleCluster(work, bin_dir=binaries_dir(), nodes=inventory(size)).up(timeout=900)
     try:
-        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig())}
+        if system == "modelfleet":
+            cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+            env["MODELFLEET_METRICS_PORT"] = str(free_port())
+            cmd = [sys.executable, "-m", "modelfleet.cli", "operator", "--log-level", "warning"]
+            group, version, make = "modelfleet.dev", "v1alpha1", inference_service
+            is_ready = service_ready
+        else:
+            binary, module = scale_kserve.build()
+            scale_kserve.install(cluster, module)
+            env["POD_NAMESPACE"] = scale_kserve.NAMESPACE
+            cmd = scale_kserve.command(binary, webhook_port=free_port())
+            group, version, make, is_ready = (
+                "serving.kserve.io",
+                "v1beta1",
+                scale_kserve.inference_service,
+                scale_kserve.ready,
+            )
         time.sleep(2)
         cluster.kubectl("wait", "--for", "condition=Established", "crd", "--all", "--timeout=60s")
         cluster.kubectl("create", "namespace", "bench")
-        env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig()),
-               "MODELFLEET_METRICS_PORT": str(free_port())}  # fmt: skip
-        proc = subprocess.Popen([sys.executable, "-m", "modelfleet.cli", "operator", "--log-level", "warning"], env=env,
-                                stdout=(work / "operator.log").open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, stdout=(work / "operator.log").open("wb"), stderr=subprocess.STDOUT)
         sampler = ProcessSampler(proc.pid)
         sampler.start()
         time.sleep(3)
@@ -379,23 +405,22 @@ def run_inference(size: Size, count: int) -> dict[str, Any]:
         start = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda item: custom.create_namespaced_custom_object(
-                "modelfleet.dev", "v1alpha1", "bench", "inferenceservices", inference_service(*item)),
-                job_mix(count, seed=12)))  # fmt: skip
+                group, version, "bench", "inferenceservices", make(*item)), job_mix(count, seed=12)))  # fmt: skip
         ready, deadline = 0, time.monotonic() + 900
-        while ready < count and time.monotonic() < deadline:
-            items = custom.list_namespaced_custom_object("modelfleet.dev", "v1alpha1", "bench", "inferenceservices")[
-                "items"
-            ]
-            ready = sum((i.get("status") or {}).get("phase") == "Ready" for i in items)
+        while ready < count and time.monotonic() < deadline and proc.poll() is None:
+            items = custom.list_namespaced_custom_object(group, version, "bench", "inferenceservices")["items"]
+            ready = sum(map(is_ready, items))
             time.sleep(2)
         total = time.monotonic() - start
         stop(proc, sampler)
         verbs = cluster.operator_requests()
         return {
             "services": count, "services_ready": ready, "all_ready_seconds": round(total, 1),
-            "peak_rss_mb": round(sampler.peak_rss_mb, 1), "cpu_seconds": round(sampler.cpu_seconds, 1),
             "reads_per_service": round(sum(verbs[v] for v in READS) / count, 2),
             "writes_per_service": round(sum(verbs[v] for v in WRITES) / count, 2),
+            "peak_rss_mb": round(sampler.peak_rss_mb, 1), "cpu_seconds": round(sampler.cpu_seconds, 1),
+            "measured": time.strftime("%H:%M UTC", time.gmtime()),
+            "build": f"modelfleet@{git_commit()}" if system == "modelfleet" else Path(cmd[0]).parent.name,
         }  # fmt: skip
     finally:
         cluster.down()
@@ -408,8 +433,9 @@ def ratio(a: Any, b: Any) -> str:
 def print_jobs(size: Size, results: dict[str, dict[str, Any]]) -> None:
     print(
         f"Operator at scale: {size.jobs:,} jobs of 1-6 GPU workers on {size.node_count:,} KWOK nodes of "
-        f"{size.gpus_per_node} GPUs (lower is better). peer: Kubeflow's training operator as shipped; "
-        f"peer-tuned: {' '.join(PEER_TUNED_FLAGS)}. Requests are the apiserver's audit of the operator's user."
+        f"{size.gpus_per_node} GPUs (lower is better). peer: Kubeflow's training operator {PEER_VERSIONS['peer']} "
+        f"as shipped; peer-tuned: {PEER_VERSIONS['peer-tuned']} {' '.join(PEER_TUNED_FLAGS)}. Requests: the "
+        "apiserver's audit log of the operator's user."
     )
     table = Table()
     systems = [s for s in SYSTEMS if s in results]
@@ -452,13 +478,31 @@ def targets(size: Size, results: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def print_services(count: int, services: dict[str, dict[str, Any]]) -> None:
+    print(f"{count:,} InferenceServices reconciled to Ready (one GPU replica each, autoscaling off); kserve: KServe's "
+          "controller, RawDeployment mode")  # fmt: skip
+    table = Table()
+    systems = [s for s in SERVICE_SYSTEMS if s in services]
+    table.add_column("figure")
+    for system in systems:
+        table.add_column(system, justify="right")
+    compare = "modelfleet" in services and "kserve" in services
+    if compare:
+        table.add_column("modelfleet / kserve", justify="right")
+    for key in next(iter(services.values())):
+        values = [services[s].get(key) for s in systems]
+        table.add_row(key, *map(str, values), *([ratio(*values)] if compare else []))
+    Console(width=160).print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="200 jobs on 120 nodes, 300 services")
     parser.add_argument("--large", action="store_true", help="5,000 jobs on 2,000 nodes of 16 GPUs")
     parser.add_argument("--jobs", type=int, help="jobs (default 1,000; --quick 200; --large 5,000)")
     parser.add_argument("--nodes", type=int, help="nodes, rounded down to a multiple of 12")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="which to measure now: " + ", ".join(SYSTEMS))
+    every = dict.fromkeys(SYSTEMS + SERVICE_SYSTEMS)
+    parser.add_argument("--systems", default=",".join(every), help="which to measure now: " + ", ".join(every))
     parser.add_argument("--no-peer", action="store_true", help="same as --systems modelfleet")
     parser.add_argument("--part", choices=["jobs", "services", "all"], default="all")
     parser.add_argument("--out", type=Path, help="default benchmarks/results/scale-<jobs>.json")
@@ -466,26 +510,23 @@ def main() -> None:
     size = Size(200, 120) if args.quick else Size(5000, 2000, 16) if args.large else Size(1000, 500)
     size = Size(args.jobs or size.jobs, args.nodes or size.nodes, size.gpus_per_node)
     systems = ["modelfleet"] if args.no_peer else [s for s in args.systems.split(",") if s]
-    if unknown := set(systems) - set(SYSTEMS):
+    if unknown := set(systems) - set(every):
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
     out = args.out or ROOT / "benchmarks" / "results" / f"scale-{size.jobs}.json"
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     if args.part in ("jobs", "all"):
         mix = job_mix(size.jobs, seed=11)
-        for system in systems:
+        for system in (s for s in SYSTEMS if s in systems):
             results[system] = run_jobs(system, size, mix)
             write(out, results)
         print_jobs(size, {s: results[s] for s in SYSTEMS if s in results})
     if args.part in ("services", "all"):
-        services = run_inference(Size(size.jobs, size.nodes), 300 if args.quick else 2000)
-        isvc = Table(title="InferenceServices reconciled to Ready (one GPU replica each, autoscaling off; no peer)")
-        isvc.add_column("figure")
-        isvc.add_column("modelfleet", justify="right")
-        for key, value in services.items():
-            isvc.add_row(key, str(value))
-        Console(width=140).print(isvc)
-        results["inference-services"] = services
-        write(out, results)
+        count = 300 if args.quick else 2000
+        services = results.setdefault("services", {})
+        for system in (s for s in SERVICE_SYSTEMS if s in systems):
+            services[system] = run_inference(system, Size(size.jobs, size.nodes), count)
+            write(out, results)
+        print_services(count, services)
 
 
 def write(out: Path, results: dict[str, Any]) -> None:
