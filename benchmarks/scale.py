@@ -235,8 +235,10 @@ def operator_command(system: str, cluster: ScaleCluster, env: dict[str, str]) ->
     cluster.kubectl("apply", "--server-side", "-f", crd)
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(PEER_SETUP))
     env["KUBEFLOW_NAMESPACE"] = "kubeflow"
+    env["PEER_METRICS_PORT"] = str(free_port())
     cmd = [binary, "--namespace=bench", "--enable-scheme=pytorchjob",
-           "--metrics-bind-address=127.0.0.1:0", "--health-probe-bind-address=127.0.0.1:0"]  # fmt: skip
+           f"--metrics-bind-address=127.0.0.1:{env['PEER_METRICS_PORT']}",
+           "--health-probe-bind-address=127.0.0.1:0"]  # fmt: skip
     if system == "peer-tuned":
         cmd.extend(PEER_TUNED_FLAGS)
     return cmd, "pytorchjobs", "training.kubeflow.org/job-name", pytorch_job
@@ -277,6 +279,9 @@ def measure(system: str, cluster: ScaleCluster, work: Path, mix: list[tuple[str,
     time.sleep(IDLE_SECONDS)
     idle = sum(cluster.operator_requests().values()) - sum(busy.values())
     events = scrape(env.get("MODELFLEET_METRICS_PORT"), "modelfleet_watch_events")
+    reconciles = scrape(env.get("MODELFLEET_METRICS_PORT"), "modelfleet_reconcile") or scrape(
+        env.get("PEER_METRICS_PORT"), "controller_runtime_reconcile"
+    )
     stop(proc, sampler)
     verbs = cluster.operator_requests()
     times = sorted(done - submitted[name] for name, done in tracker.done.items())
@@ -292,6 +297,7 @@ def measure(system: str, cluster: ScaleCluster, work: Path, mix: list[tuple[str,
         **{f"  {verb}": round(verbs[verb] / jobs, 2) for verb in WRITES if verb != "deletecollection"},
         f"requests_in_{IDLE_SECONDS}s_at_rest": idle,
         "watch_events_handled": int(events) if events is not None else None,
+        "reconciles": int(reconciles) if reconciles is not None else None,
         "peak_rss_mb": round(sampler.peak_rss_mb, 1), "cpu_seconds": round(sampler.cpu_seconds, 1),
         "measured": time.strftime("%H:%M UTC", time.gmtime()),
         "build": f"modelfleet@{git_commit()}" if system == "modelfleet" else Path(cmd[0]).parent.name,

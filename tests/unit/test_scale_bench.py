@@ -1,0 +1,50 @@
+"""The scale benchmark's pure parts: its inventory, its audit count, its KWOK config and its target checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from benchmarks.scale import Size, inventory, targets
+from benchmarks.scale_cluster import OPERATOR_USER, ScaleCluster
+
+
+def test_large_inventory_has_room_for_every_worker() -> None:
+    size = Size(jobs=5000, nodes=2000, gpus_per_node=16)
+    nodes = inventory(size)
+    assert len(nodes) == size.node_count == 1992
+    assert {n["status"]["allocatable"]["nvidia.com/gpu"] for n in nodes} == {"16"}
+    assert len(nodes) * 16 > 1.5 * 17_500  # ~17,500 workers (3.5 a job), in 3 regions picked at random, all fit
+
+
+def test_operator_requests_count_each_request_once_by_verb(tmp_path: Path) -> None:
+    cluster = ScaleCluster(tmp_path)
+    cluster.audit_log.parent.mkdir(parents=True)
+    entries = [
+        {"auditID": "a", "verb": "watch", "stage": "ResponseStarted", "user": {"username": OPERATOR_USER}},
+        {"auditID": "a", "verb": "watch", "stage": "ResponseComplete", "user": {"username": OPERATOR_USER}},
+        {"auditID": "b", "verb": "create", "stage": "ResponseComplete", "user": {"username": OPERATOR_USER}},
+        {"auditID": "c", "verb": "list", "stage": "ResponseComplete", "user": {"username": "someone-else"}},
+    ]
+    cluster.audit_log.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    assert cluster.operator_requests() == {"watch": 1, "create": 1}
+
+
+def test_kwok_config_reports_node_status_as_a_kubelet_does(tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all(ScaleCluster(tmp_path).kwok_config().read_text()))
+    heartbeat = next(d for d in docs if d["kind"] == "Stage" and d["metadata"]["name"] == "node-heartbeat")
+    assert heartbeat["spec"]["delay"]["durationMilliseconds"] >= 240_000
+    assert any(d["kind"] == "KwokConfiguration" for d in docs)
+
+
+def test_targets_say_which_are_met() -> None:
+    figures = {"jobs": 1000, "jobs_running": 1000, "peak_rss_mb": 180.0, "cpu_seconds": 50.0, "p99_seconds": 100.0}
+    results = {
+        "modelfleet": figures,
+        "peer": {**figures, "cpu_seconds": 30.0, "p99_seconds": 300.0},
+        "peer-tuned": {**figures, "p99_seconds": 90.0},
+    }
+    lines = targets(Size(1000, 500), results)
+    assert lines[0].startswith("met: all 1,000 jobs")
+    assert [line.split(":")[0] for line in lines[1:]] == ["met", "NOT met", "met", "NOT met"]
