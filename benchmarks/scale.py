@@ -8,7 +8,7 @@ N fake GPU nodes in 3 regions; M TrainingJobs of 1-6 one-GPU workers (seeded) su
 them; the same mix as PyTorchJobs (a Master and n-1 Workers) for the peer, as shipped and tuned (more reconcile
 threads, a higher client rate), each system on a fresh cluster of the same shape. Measured: submit -> every worker
 pod Running (p50, p99, total); the API requests the operator made, by verb, from the apiserver's audit log of the
-operator's user (the same count for both); the requests it made in 30 s after everything ran (a cluster at rest);
+operator's user (the same count for both); the requests it made in the 30 s after all were Running (nothing changes);
 watch events handled where the operator counts them; its peak RSS and CPU seconds. `--part services`: 2,000
 InferenceServices (300 with --quick) until all are Ready, modelfleet's and KServe's (RawDeployment mode,
 benchmarks/scale_kserve.py). Each system's figures are kept in benchmarks/results/scale-<jobs>.json, so systems
@@ -295,7 +295,7 @@ def measure(system: str, cluster: ScaleCluster, work: Path, mix: list[tuple[str,
         **{f"  {verb}": round(verbs[verb] / jobs, 2) for verb in READS},
         "writes_per_job": round(sum(verbs[v] for v in WRITES) / jobs, 2),
         **{f"  {verb}": round(verbs[verb] / jobs, 2) for verb in WRITES if verb != "deletecollection"},
-        f"requests_in_{IDLE_SECONDS}s_at_rest": idle,
+        f"requests_{IDLE_SECONDS}s_after_all_running": idle,
         "watch_events_handled": int(events) if events is not None else None,
         "reconciles": int(reconciles) if reconciles is not None else None,
         "peak_rss_mb": round(sampler.peak_rss_mb, 1), "cpu_seconds": round(sampler.cpu_seconds, 1),
