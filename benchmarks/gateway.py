@@ -68,9 +68,7 @@ def pod_object(name: str, region: str, address: str) -> dict[str, Any]:
 
 
 def serve_static(replicas: Path, port: int, region: str) -> None:
-    import uvicorn
-
-    from modelfleet.gateway.app import Gateway, build_app
+    from modelfleet.gateway.app import Gateway, build_app, server
     from modelfleet.gateway.config import GatewayConfig
 
     config = GatewayConfig(region=region, latency_ms={"a": {"b": 30}})
@@ -87,14 +85,15 @@ def serve_static(replicas: Path, port: int, region: str) -> None:
                 gateway.store.reset_pods(data["pods"])
             await asyncio.sleep(0.1)
 
+    gateway_server = server(app, "127.0.0.1", port)
+
     async def main() -> None:
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                               access_log=False, server_header=False, date_header=False))  # fmt: skip
         task = asyncio.create_task(follow())
-        await server.serve()
+        await gateway_server.serve()
         task.cancel()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=gateway_server.config.get_loop_factory()) as runner:  # uvloop, as the CLI's
+        runner.run(main())
 
 
 class Proxy:

@@ -80,9 +80,7 @@ def operator(args: argparse.Namespace) -> int:
 
 
 def gateway(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from modelfleet.gateway.app import build_app
+    from modelfleet.gateway.app import build_app, server
     from modelfleet.gateway.config import GatewayConfig
 
     logging.basicConfig(
@@ -91,10 +89,7 @@ def gateway(args: argparse.Namespace) -> int:
     config = GatewayConfig.load(
         Path(args.config) if args.config else None, region=args.region, namespaces=args.namespace
     )
-    uvicorn.run(
-        build_app(config), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-        server_header=False, date_header=False,  # the replica's own headers pass through
-    )  # fmt: skip
+    server(build_app(config), args.host, args.port, args.log_level).run()
     return 0
 
 

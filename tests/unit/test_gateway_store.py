@@ -72,3 +72,21 @@ def test_the_router_picks_the_least_loaded_probed_replica() -> None:
     assert router.route(info, "b").primary == "a" and router.route(info, "b").cold == "b"
     store.reset_pods([])
     assert router.outliers.health == {}
+
+
+def test_the_router_caches_a_services_replicas_until_the_store_or_an_outlier_changes() -> None:
+    store = Store()
+    router = Router(GatewayConfig(region="a"), store)
+    store.listeners.append(router.sync)
+    store.reset_services([service("svc")])
+    store.reset_pods([pod("p1", ip="127.100.0.1")])
+    info = store.service_for_model("svc")
+    (p1,) = store.replicas_of(info.key)
+    router.outliers.probed(p1, True, 0.0)
+    assert router.pick(info, "a") == p1
+    router.outliers.failed(p1, 1.0, refused=True)  # ejected: the cached pool is dropped
+    assert router.pick(info, "a") is None and router.route(info, "a").primary is None
+    store.pod_event("ADDED", pod("p2", ip="127.100.0.2"))
+    p2 = next(r for r in store.replicas_of(info.key) if r.pod == "p2")
+    router.outliers.probed(p2, True, 2.0)
+    assert router.pick(info, "a") == p2 and router.loads(info)["a"].pods == 2

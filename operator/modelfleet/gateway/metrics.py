@@ -44,3 +44,37 @@ class GatewayMetrics:
             "modelfleet_gateway_rejected", "Requests refused: queue full or no replica in time.",
             [*LABELS, "reason"], registry=r,
         )  # fmt: skip
+        self._series: dict[tuple[str, str, str], RegionSeries] = {}
+
+    def series(self, namespace: str, service: str, region: str) -> RegionSeries:
+        """One service's series in one region, resolved once (a `labels()` lookup per request costs a lock and a
+        dict key of strings each time)."""
+        key = (namespace, service, region)
+        if (found := self._series.get(key)) is None:
+            found = self._series[key] = RegionSeries(self, key)
+        return found
+
+
+class RegionSeries:
+    def __init__(self, metrics: GatewayMetrics, labels: tuple[str, str, str]) -> None:
+        self._metrics, self._labels = metrics, labels
+        self.inflight = 0
+        """Requests in flight here: a plain count the gauge reads at scrape time (no lock per request)."""
+        metrics.inflight.labels(*labels).set_function(lambda: self.inflight)
+        self.queued = metrics.queued.labels(*labels)
+        self.redirected = metrics.redirected.labels(*labels)
+        self.latency = metrics.latency.labels(*labels)
+        self.retries = metrics.retries.labels(*labels)
+        self.failovers = metrics.failovers.labels(*labels)
+        self.spills = metrics.spills.labels(*labels)
+        self.ejections = metrics.ejections.labels(*labels)
+        self.activations = metrics.activations.labels(*labels)
+        self._answered: dict[int, Counter] = {}
+
+    def answered(self, status: int) -> Counter:
+        if (child := self._answered.get(status)) is None:
+            child = self._answered[status] = self._metrics.requests.labels(*self._labels, str(status))
+        return child
+
+    def rejected(self, reason: str) -> Counter:
+        return self._metrics.rejected.labels(*self._labels, reason)

@@ -36,12 +36,17 @@ class Outliers:
     def __init__(self, policy: Ejection) -> None:
         self.policy = policy
         self.health: dict[Hashable, Health] = {}
+        self.generation = 0
+        """Bumped whenever the set of routable replicas may have changed (callers cache what they derive)."""
 
     def track(self, key: Hashable) -> None:
-        self.health.setdefault(key, Health())
+        if key not in self.health:
+            self.health[key] = Health()
+            self.generation += 1
 
     def forget(self, key: Hashable) -> None:
-        self.health.pop(key, None)
+        if self.health.pop(key, None) is not None:
+            self.generation += 1
 
     def routable(self, key: Hashable) -> bool:
         return (h := self.health.get(key)) is not None and h.state is State.HEALTHY
@@ -72,6 +77,7 @@ class Outliers:
             return
         if ok:
             h.state, h.failures = State.HEALTHY, 0
+            self.generation += 1
         elif h.state is State.NEW:
             h.until = now + self.policy.probe_interval_seconds
         else:
@@ -81,3 +87,4 @@ class Outliers:
         seconds = min(self.policy.base_seconds * 2**h.ejections, self.policy.max_seconds)
         h.state, h.failures, h.until = State.EJECTED, 0, now + seconds
         h.ejections += 1
+        self.generation += 1

@@ -86,6 +86,8 @@ class Store:
         """(namespace, pod) -> replica."""
         self.listeners: list[Callable[[ServiceKey], None]] = []
         self.synced = {"services": False, "pods": False}
+        self._by_model: dict[str, ServiceInfo] | None = None
+        """model name -> service, derived from `services` on first use after a change."""
 
     def _watched(self, namespace: str) -> bool:
         return not self.namespaces or namespace in self.namespaces
@@ -97,8 +99,12 @@ class Store:
 
     def service_for_model(self, model: str) -> ServiceInfo | None:
         """The service serving `model`; when several do, the oldest (so a newcomer cannot take a name over)."""
-        matches = [s for s in self.services.values() if s.model == model]
-        return min(matches, key=lambda s: (s.created, s.namespace, s.name)) if matches else None
+        if self._by_model is None:
+            by_model: dict[str, ServiceInfo] = {}
+            for info in sorted(self.services.values(), key=lambda s: (s.created, s.namespace, s.name), reverse=True):
+                by_model[info.model] = info
+            self._by_model = by_model
+        return self._by_model.get(model)
 
     def replicas_of(self, key: ServiceKey) -> list[Replica]:
         return [r for r in self.replicas.values() if (r.namespace, r.service) == key]
@@ -110,6 +116,7 @@ class Store:
         kept = {k: s for k, s in self.services.items() if namespace is not None and k[0] != namespace}
         infos = [i for o in objects if (i := service_info(o)) and self._watched(i.namespace)]
         self.services = {**kept, **{i.key: i for i in infos}}
+        self._by_model = None
         self.synced["services"] = True
         self._changed(before | set(self.services))
 
@@ -121,6 +128,7 @@ class Store:
             self.services.pop(key, None)
         else:
             self.services[key] = info
+        self._by_model = None
         self._changed([key])
 
     def reset_pods(self, pods: Iterable[Mapping[str, Any]], namespace: str | None = None) -> None:
