@@ -46,6 +46,12 @@ def operator(args: argparse.Namespace) -> int:
         os.environ[GATEWAY_URL_ENV] = args.gateway_url
     if args.gateway_metrics:
         os.environ[GATEWAY_METRICS_ENV] = " ".join(args.gateway_metrics)
+    from modelfleet.inference import routes
+
+    if args.httproute_parent:
+        os.environ[routes.PARENT_ENV] = args.httproute_parent
+    if args.httproute_header:
+        os.environ[routes.HEADER_ENV] = args.httproute_header
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -220,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--gateway-metrics", action="append", help="a gateway /metrics URL (repeatable; default <gateway-url>/metrics)"
     )
+    run.add_argument(
+        "--httproute-parent",
+        help="[namespace/]name of a Gateway API Gateway: write an HTTPRoute per InferenceService attached to it "
+        "(where the cluster serves HTTPRoutes)",
+    )
+    run.add_argument("--httproute-header", help="the HTTPRoutes' client-region header (default: X-Client-Region)")
     run.set_defaults(func=operator)
 
     gw = commands.add_parser("gateway", help="the serving data plane: one URL for every InferenceService")

@@ -25,6 +25,7 @@ from modelfleet.inference import gateway_load
 from modelfleet.inference.autoscaler import split_replicas
 from modelfleet.inference.builders import REVISION_ANNOTATION, covers, deployment, region_object_name, service
 from modelfleet.inference.model_source import resolve_for, services_serving
+from modelfleet.inference.routes import ROUTES
 from modelfleet.inference.scaling import SCALING, resync_seconds
 from modelfleet.inference.status import compose_status, region_status
 from modelfleet.loops import NO_RESYNC, ObjectGone, ReconcileLoops
@@ -144,6 +145,7 @@ async def reconcile(body: dict[str, Any]) -> float | None:
         regions_status.append(
             region_status(name, namespace, region.name, dep, pods, tick.desired, tick.load, last_scale)
         )
+    await ROUTES.sync(body, spec)
     status = compose_status(prev, spec, name, generation, regions_status, gateway.model_url(spec.model.name or name))
     status["artifact"] = source.artifact
     if any(prev.get(k) != v for k, v in status.items()):
