@@ -41,6 +41,21 @@ def key_of(body: dict[str, Any]) -> Key:
     return body["metadata"].get("namespace", ""), body["metadata"]["name"]
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def without_bookkeeping(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without managedFields and kubectl's copy of the last applied spec: no reconcile reads them, and
+    they are most of what thousands of kept bodies would weigh."""
+    meta = body["metadata"]
+    if "managedFields" not in meta and LAST_APPLIED not in (meta.get("annotations") or {}):
+        return body
+    slim = {k: v for k, v in meta.items() if k != "managedFields"}
+    if annotations := meta.get("annotations"):
+        slim["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return {**body, "metadata": slim}
+
+
 def _version(body: dict[str, Any]) -> int:
     try:
         return int(body["metadata"].get("resourceVersion", "0"))
@@ -79,7 +94,7 @@ class ReconcileLoops:
         key = key_of(body)
         known = self.bodies.get(key)
         if known is None or _version(body) >= _version(known):
-            self.bodies[key] = body
+            self.bodies[key] = without_bookkeeping(body)
             self.seen[key] = time.monotonic()
 
     def forget(self, key: Key) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from modelfleet.capacity import ObjectStore
+from modelfleet.loops import LAST_APPLIED, without_bookkeeping
 from modelfleet.owned import controller_uid, service_key, slim_deployment, slim_pod
 
 
@@ -106,3 +107,19 @@ def test_server_pods_by_service_and_deployments_by_owner() -> None:
     (slim,) = deployments.owned_by("svc-uid")
     assert slim["spec"] == {"replicas": 2, "template": {"metadata": {"annotations": {"modelfleet.dev/revision": "r1"}}}}
     assert "status" not in slim
+
+
+def test_a_loop_keeps_its_objects_body_without_bookkeeping() -> None:
+    body = {
+        "metadata": {
+            "name": "job",
+            "namespace": "ns",
+            "resourceVersion": "5",
+            "managedFields": [{"manager": "kubectl"}],
+            "annotations": {LAST_APPLIED: "{...}", "team": "a"},
+        },
+        "spec": {"workers": {"replicas": 2}},
+    }
+    kept = without_bookkeeping(body)
+    assert kept["metadata"] == {"name": "job", "namespace": "ns", "resourceVersion": "5", "annotations": {"team": "a"}}
+    assert kept["spec"] is body["spec"] and without_bookkeeping(kept) is kept

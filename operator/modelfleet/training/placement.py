@@ -1,4 +1,5 @@
 """Placing a gang: create every worker of the queue's plan gated, ungate them only when all exist and all are ours.
+The gang's headless Service is server-side applied (field manager `modelfleet`, as every Deployment and Service).
 
 What is created goes into the worker index and the capacity reservations at once, so the next pass sees it (no
 twins) and the next plan does not count its GPUs as free, before the watch delivers the new pods.
@@ -74,7 +75,7 @@ async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, 
         CAPACITY.reserve(pods)
     names = [p["metadata"]["name"] for p in pods]
     results = await asyncio.gather(
-        kube.create(kube.core().create_namespaced_service, namespace, headless_service(meta, spec)),
+        kube.apply(kube.core().patch_namespaced_service, headless_service(meta, spec)),
         *(kube.create(kube.core().create_namespaced_pod, namespace, pod) for pod in pods),
         return_exceptions=True,
     )
