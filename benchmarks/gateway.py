@@ -44,7 +44,7 @@ from modelfleet.runtime.modelio import save_artifact
 from modelfleet.runtime.models import build_model
 
 BODY = {"inputs": [{"name": "input__0", "shape": [1, 3], "datatype": "FP32", "data": [[0.1, 0.2, 0.3]]}]}
-console = Console()
+console = Console(width=max(160, Console().width))
 
 
 # --- the gateway with a static replica list -------------------------------------------------------------------
@@ -360,32 +360,35 @@ def trace_rows(quick: bool) -> list[dict]:
 
 
 def med(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
+    values = [round(v, 2) for v in values if v is not None]
     if not values:
         return "-"
     return f"{statistics.median(values):g} [{min(values):g}-{max(values):g}]"
 
 
+def paired(runs: dict[int, dict], base: dict[int, dict], field: str) -> list[float]:
+    """`field` of each repeat less the same repeat's figure in `base` (the machine's noise moves both alike)."""
+    return [run[field] - base[k][field] for k, run in runs.items() if k in base]
+
+
 def report(results: dict[str, list[dict]]) -> None:
     rows = results["overhead"]
-    table = Table(title="Proxy overhead, one model server (median [min-max] over repeats)")
+    table = Table(title="Proxy overhead, one model server: median \\[min-max] over repeats; added latency and the "
+                        "req/s ratio paired within each repeat")  # fmt: skip
     for col in ("clients", "target", "p50 ms", "p99 ms", "req/s", "added p50 ms", "added p99 ms", "req/s vs nginx"):
         table.add_column(col, justify="right")
     for clients in (1, 16):
         at = {
-            t: [r for r in rows if r["clients"] == clients and r["target"] == t] for t in ("direct", "nginx", "gateway")
+            t: {r["repeat"]: r for r in rows if r["clients"] == clients and r["target"] == t}
+            for t in ("direct", "nginx", "gateway")
         }
-        direct_p50 = statistics.median(r["p50_ms"] for r in at["direct"])
-        direct_p99 = statistics.median(r["p99_ms"] for r in at["direct"])
-        nginx_rps = statistics.median(r["rps"] for r in at["nginx"])
         for target, runs in at.items():
-            p50 = statistics.median(r["p50_ms"] for r in runs)
-            p99 = statistics.median(r["p99_ms"] for r in runs)
-            rps = statistics.median(r["rps"] for r in runs)
+            ratios = [run["rps"] / at["nginx"][k]["rps"] for k, run in runs.items() if k in at["nginx"]]
+            added = [med(paired(runs, at["direct"], f)) if target != "direct" else "" for f in ("p50_ms", "p99_ms")]
             table.add_row(
-                str(clients), target, med([r["p50_ms"] for r in runs]), med([r["p99_ms"] for r in runs]),
-                med([r["rps"] for r in runs]), "" if target == "direct" else f"{p50 - direct_p50:.2f}",
-                "" if target == "direct" else f"{p99 - direct_p99:.2f}", f"{rps / nginx_rps:.2f}",
+                str(clients), target, med([r["p50_ms"] for r in runs.values()]),
+                med([r["p99_ms"] for r in runs.values()]), med([r["rps"] for r in runs.values()]), *added,
+                med([round(r, 2) for r in ratios]),
             )  # fmt: skip
         table.add_section()
     console.print(table)
