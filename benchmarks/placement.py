@@ -2,7 +2,7 @@
 (StrictFIFO, BestEffortFIFO) and Volcano (gang + binpack + reservation), re-implemented in benchmarks/queue_peers.py,
 all on the same seeded job stream. Time is in minutes; a policy runs whenever a job arrives, starts or ends.
 
-    python -m benchmarks.placement [--quick] [--seeds 42 43 44]
+    python -m benchmarks.placement [--quick] [--seeds 42 43 44] [--parts plain priorities quotas heavy] [--processes 2]
 """
 
 from __future__ import annotations
@@ -12,21 +12,29 @@ import json
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.queue_peers import FirstFitSpread, Job, Kueue, ModelfleetQueue, PerJobRetry, Volcano
+from benchmarks.queue_peers import FirstFitSpread, Job, Kueue, ModelfleetQueue, PerJobRetry, Volcano, worker_fits
 from modelfleet.scheduling.nodes import NodeInfo
+from modelfleet.scheduling.quota import ANY, Quota
 
 REGIONS = ("cn-hangzhou", "cn-beijing", "us-west-1")
 SHAPES = [(1, 1), (1, 2), (1, 4), (1, 8), (2, 8), (4, 8), (8, 8), (2, 4), (4, 4)]  # (workers, gpus per worker)
 CHECKPOINT_MINUTES = 10
 """A preempted job resumes from its last checkpoint: it loses at most this much work."""
 HIGH_PRIORITY, HIGH_SHARE = 1000, 0.2
+TEAM_QUOTAS = {"team-a": 0.4, "team-b": 0.3, "team-c": 0.2, "team-d": 0.1}
+"""The quota variant: each team's GPUQuota as a share of the cluster's GPUs (all may borrow); jobs are spread evenly
+over the teams, so team-d asks for about 2.5x its quota and borrows what team-a leaves idle."""
+ELASTIC_SHARE = 0.25
+"""The quota variant: this share of the multi-worker jobs is elastic, minReplicas = half its workers."""
 
 
 def cluster(per_region: int = 24) -> dict[str, NodeInfo]:
@@ -43,11 +51,13 @@ SATURATION_GAP = 3
 """Mean minutes between arrivals at which the stream asks for 1.07x the cluster's GPU-minutes (4: 0.77x)."""
 
 
-def job_stream(count: int, seed: int, gap: float = SATURATION_GAP, priorities: bool = False) -> list[Job]:
+def job_stream(
+    count: int, seed: int, gap: float = SATURATION_GAP, priorities: bool = False, teams: bool = False
+) -> list[Job]:
     """The jobs: shapes, durations, GPU types and regions from `seed` (the stream of the earlier benchmark, whose
     arrivals came every 4 minutes); length bounds (activeDeadlineSeconds, 1-2x the real duration) and priorities
-    from a second generator."""
-    rng, extra = random.Random(seed), random.Random(seed + 10_000)
+    from a second generator; with `teams`, namespaces and elastic sizes from a third."""
+    rng, extra, team_rng = random.Random(seed), random.Random(seed + 10_000), random.Random(seed + 20_000)
     jobs, t = [], 0
     for i in range(count):
         t += int(rng.expovariate(1 / gap))
@@ -56,13 +66,53 @@ def job_stream(count: int, seed: int, gap: float = SATURATION_GAP, priorities: b
         gpu_type, region = rng.choice([None, "H100", "A100"]), rng.choice([None, *REGIONS])
         bound = int(duration * extra.uniform(1.0, 2.0)) + 1
         priority = HIGH_PRIORITY if priorities and extra.random() < HIGH_SHARE else 0
-        jobs.append(Job(i, t, duration, workers, gpus, gpu_type, region, priority, bound, remaining=duration))
+        job = Job(i, t, duration, workers, gpus, gpu_type, region, priority, bound, remaining=duration)
+        if teams:
+            job.namespace = team_rng.choice(list(TEAM_QUOTAS))
+            job.min_workers = workers // 2 if workers > 1 and team_rng.random() < ELASTIC_SHARE else None
+        jobs.append(job)
     return jobs
+
+
+def team_quotas(nodes: dict[str, NodeInfo]) -> dict[str, Quota]:
+    total = sum(n.gpus for n in nodes.values())
+    return {team: Quota({ANY: round(share * total)}, borrowing=True) for team, share in TEAM_QUOTAS.items()}
 
 
 def percentile(values: list[int], q: float) -> int | None:
     ordered = sorted(values)
     return ordered[max(int(len(ordered) * q) - 1, 0)] if ordered else None
+
+
+class IdleBreakdown:
+    """Where the idle GPUs of a queue that reserves are, minute by minute while jobs arrive (mean GPUs):
+    `reserved` on nodes held for a waiting gang; `no_taker` where no waiting job could place even one worker
+    (GPU type, region, GPUs per worker, or nobody waiting); `stranded` where some waiting job could place a worker
+    but no whole gang fits (fragmentation, gangs too big for what is free)."""
+
+    def __init__(self) -> None:
+        self.totals: Counter[str] = Counter()
+        self.samples = 0
+
+    def __call__(self, policy: Any, nodes: dict[str, NodeInfo], free: dict[str, int], waiting: list[Job]) -> None:
+        reserved = getattr(policy, "reserved", set())
+        self.samples += 1
+        self.totals["queue_length"] += len(waiting)
+        for name, gpus in free.items():
+            if not gpus:
+                continue
+            if name in reserved:
+                self.totals["reserved"] += gpus
+            elif any(worker_fits(nodes[name], job, gpus) for job in waiting):
+                self.totals["stranded"] += gpus
+            else:
+                self.totals["no_taker"] += gpus
+
+    def figures(self, total: int) -> dict[str, float]:
+        share = {
+            f"idle_{k}": round(self.totals[k] / self.samples / total, 4) for k in ("reserved", "stranded", "no_taker")
+        }
+        return {**share, "queue_length_mean": round(self.totals["queue_length"] / self.samples, 1)}
 
 
 def simulate(jobs: list[Job], policy: Any, nodes: dict[str, NodeInfo]) -> dict[str, Any]:
@@ -73,10 +123,13 @@ def simulate(jobs: list[Job], policy: Any, nodes: dict[str, NodeInfo]) -> dict[s
     running: list[Job] = []
     alloc, useful, pass_ms = [], [], []
     half_placed_peak, t, changed = 0, 0, True
+    idle = IdleBreakdown()
+    held: Counter[str] = Counter()
+    elastic_sizes: list[float] = []
     last_arrival = max(j.arrival for j in jobs)
     horizon = last_arrival + 6000
     while t < horizon and (pending or waiting or running):
-        for job in [j for j in running if j.start + j.remaining <= t]:
+        for job in [j for j in running if j.start + j.run_left() <= t]:
             running.remove(job)
             for n in job.nodes:
                 free[n] += job.gpus
@@ -93,7 +146,7 @@ def simulate(jobs: list[Job], policy: Any, nodes: dict[str, NodeInfo]) -> dict[s
                 running.remove(job)
                 for n in job.nodes:
                     free[n] += job.gpus
-                done = (t - job.start) // CHECKPOINT_MINUTES * CHECKPOINT_MINUTES
+                done = (t - job.start) // CHECKPOINT_MINUTES * CHECKPOINT_MINUTES * len(job.nodes) // job.workers
                 job.remaining, job.nodes, job.start = job.remaining - done, [], None
                 job.preemptions += 1
                 waiting.append(job)
@@ -107,7 +160,12 @@ def simulate(jobs: list[Job], policy: Any, nodes: dict[str, NodeInfo]) -> dict[s
                 running.append(job)
         if t <= last_arrival:  # saturation: while jobs still arrive
             alloc.append((total - sum(free.values())) / total)
-            useful.append(sum(j.gpus * j.workers for j in running) / total)
+            useful.append(sum(j.gpus * len(j.nodes) for j in running) / total)
+            idle(policy, nodes, free, waiting)
+            for j in running:
+                held[j.namespace] += j.gpus * len(j.nodes)
+                if j.min_workers:
+                    elastic_sizes.append(len(j.nodes) / j.workers)
         if isinstance(policy, FirstFitSpread):
             half_placed_peak = max(half_placed_peak, policy.half_placed())
         t += 1
@@ -127,33 +185,44 @@ def simulate(jobs: list[Job], policy: Any, nodes: dict[str, NodeInfo]) -> dict[s
         "pass_ms_mean": round(statistics.mean(pass_ms), 2),
         "pass_ms_p99": round(percentile(sorted(pass_ms), 0.99) or 0, 2),  # type: ignore[arg-type]
         "makespan": t,
+        **idle.figures(total),
+        **{f"gpus_{ns}": round(gpus / len(alloc) / total, 3) for ns, gpus in sorted(held.items()) if ns != "sim"},
+        "elastic_size_mean": round(statistics.mean(elastic_sizes), 3) if elastic_sizes else None,
+        **({f"stops_{why}": policy.evictions[why] for why in STOP_REASONS} if hasattr(policy, "evictions") else {}),
     }
 
 
 POLICIES: dict[str, Callable[[], Any]] = {
-    "modelfleet": ModelfleetQueue,
+    "modelfleet": lambda: ModelfleetQueue(grow_after=CHECKPOINT_MINUTES),
+    "modelfleet-quotas": lambda: ModelfleetQueue(quotas=team_quotas(cluster()), grow_after=CHECKPOINT_MINUTES),
     "first-fit": FirstFitSpread,
     "before": PerJobRetry,
     "kueue-strict": lambda: Kueue(strict=True),
     "kueue-best": lambda: Kueue(strict=False),
     "volcano": Volcano,
 }
-HIGHER_BETTER = {"gpu_allocated_ratio", "gpu_useful_ratio"}
+PEERS = ("modelfleet", "first-fit", "before", "kueue-strict", "kueue-best", "volcano")
+HIGHER_BETTER = {"gpu_allocated_ratio", "gpu_useful_ratio", "elastic_size_mean"}
+NEUTRAL = {f"gpus_{team}" for team in TEAM_QUOTAS} | {"queue_length_mean"}
+STOP_REASONS = ("Preempted", "Reclaimed", "ElasticGrow", "ElasticShrink")
+PARTS = ("plain", "priorities", "quotas", "heavy")
+
+
+def _one(name: str, count: int, seed: int, priorities: bool, nodes_per_region: int, gap: float,
+         teams: bool) -> dict[str, Any]:  # fmt: skip
+    return simulate(job_stream(count, seed, gap, priorities, teams), POLICIES[name](), cluster(nodes_per_region))
 
 
 def run_all(count: int, seeds: list[int], priorities: bool, nodes_per_region: int = 24, gap: float = SATURATION_GAP,
-            only: tuple[str, ...] = tuple(POLICIES)) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
-    return {
-        name: [
-            simulate(job_stream(count, seed, gap, priorities), POLICIES[name](), cluster(nodes_per_region))
-            for seed in seeds
-        ]
-        for name in only
-    }
+            only: tuple[str, ...] = PEERS, teams: bool = False, processes: int = 1) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    runs = [(name, count, seed, priorities, nodes_per_region, gap, teams) for name in only for seed in seeds]
+    with ProcessPoolExecutor(processes) as pool:
+        results = list(pool.map(_one, *zip(*runs, strict=True)))
+    return {name: results[i * len(seeds) : (i + 1) * len(seeds)] for i, name in enumerate(only)}
 
 
 def median_and_spread(runs: list[dict[str, Any]], key: str) -> tuple[float | None, str]:
-    values = [r[key] for r in runs if r[key] is not None]
+    values = [r[key] for r in runs if r.get(key) is not None]
     if not values:
         return None, "-"
     mid = statistics.median(values)
@@ -168,7 +237,7 @@ def print_table(title: str, results: dict[str, list[dict[str, Any]]], keys: list
     table.add_column("better")
     for key in keys:
         table.add_row(key, *(median_and_spread(results[n], key)[1] for n in results),
-                      "higher" if key in HIGHER_BETTER else "lower")  # fmt: skip
+                      "higher" if key in HIGHER_BETTER else "-" if key in NEUTRAL else "lower")  # fmt: skip
     Console(width=200).print(table)
 
 
@@ -188,25 +257,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="300 jobs, one seed, no heavy stream")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--processes", type=int, default=1, help="simulations run side by side")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/placement.json"))
     args = parser.parse_args()
     count, seeds = (300, args.seeds[:1]) if args.quick else (1200, args.seeds)
+    parts = [p for p in args.parts if not (args.quick and p == "heavy")]
     keys = ["gpu_allocated_ratio", "gpu_useful_ratio", "queue_delay_p50", "queue_delay_p99", "jobs_never_started",
-            "half_placed_gangs_peak", "makespan", "pass_ms_mean", "pass_ms_p99"]  # fmt: skip
+            "half_placed_gangs_peak", "makespan", "pass_ms_mean", "pass_ms_p99", "idle_reserved", "idle_stranded",
+            "idle_no_taker", "queue_length_mean"]  # fmt: skip
     report: dict[str, Any] = {}
-    plain = run_all(count, seeds, priorities=False)
-    print_table(f"{count} jobs on 72 8-GPU nodes in 3 regions at saturation (offered load 1.07), seeds {seeds}; "
-                "minutes", plain, keys)  # fmt: skip
-    report["plain"] = {"runs": plain, "modelfleet_over_peer": ratios(plain, keys)}
-    Console(width=200).print(report["plain"]["modelfleet_over_peer"])
-    prio = run_all(count, seeds, priorities=True, only=("modelfleet", "kueue-strict", "kueue-best", "volcano"))
-    prio_keys = ["high_priority_p99", "low_priority_p99", "queue_delay_p99", "gpu_allocated_ratio", "preemptions",
-                 "jobs_never_started"]  # fmt: skip
-    print_table(f"Same stream, {HIGH_SHARE:.0%} of jobs at priority {HIGH_PRIORITY}", prio, prio_keys)
-    report["priorities"] = {"runs": prio}
-    if not args.quick:
+    if "plain" in parts:
+        plain = run_all(count, seeds, priorities=False, processes=args.processes)
+        print_table(f"{count} jobs on 72 8-GPU nodes in 3 regions at saturation (offered load 1.07), seeds {seeds}; "
+                    "minutes; idle_*: where the idle GPUs are (share of all GPUs, see IdleBreakdown)", plain, keys)  # fmt: skip
+        report["plain"] = {"runs": plain, "modelfleet_over_peer": ratios(plain, keys)}
+        Console(width=200).print(report["plain"]["modelfleet_over_peer"])
+    if "priorities" in parts:
+        prio = run_all(count, seeds, priorities=True, only=("modelfleet", "kueue-strict", "kueue-best", "volcano"),
+                       processes=args.processes)  # fmt: skip
+        prio_keys = ["high_priority_p99", "low_priority_p99", "queue_delay_p99", "gpu_allocated_ratio",
+                     "preemptions", "jobs_never_started"]  # fmt: skip
+        print_table(f"Same stream, {HIGH_SHARE:.0%} of jobs at priority {HIGH_PRIORITY}", prio, prio_keys)
+        report["priorities"] = {"runs": prio, "high_over_low_p99": {
+            name: [r["high_priority_p99"] / r["low_priority_p99"] for r in runs] for name, runs in prio.items()}}  # fmt: skip
+        Console(width=200).print(report["priorities"]["high_over_low_p99"])
+    if "quotas" in parts:
+        teams = run_all(count, seeds, priorities=False, teams=True, processes=args.processes,
+                        only=("modelfleet-quotas", "modelfleet", "kueue-best", "volcano"))  # fmt: skip
+        team_keys = ["gpu_allocated_ratio", "gpu_useful_ratio", "queue_delay_p50", "queue_delay_p99",
+                     "jobs_never_started", *(f"gpus_{t}" for t in TEAM_QUOTAS), "elastic_size_mean",
+                     *(f"stops_{why}" for why in STOP_REASONS), "pass_ms_mean", "pass_ms_p99"]  # fmt: skip
+        quotas = ", ".join(f"{t} {share:.0%}" for t, share in TEAM_QUOTAS.items())
+        print_table(f"Same stream over 4 namespaces with GPUQuotas ({quotas} of the GPUs, all borrowing), "
+                    f"{ELASTIC_SHARE:.0%} of multi-worker jobs elastic (min = half); modelfleet without quotas and "
+                    "the peers (elastic jobs at full size, no quotas) alongside", teams, team_keys)  # fmt: skip
+        report["quotas_elastic"] = {"runs": teams}
+    if "heavy" in parts:
         heavy = run_all(count * 3, seeds[:1], priorities=True, nodes_per_region=96, gap=SATURATION_GAP / 4,
-                        only=("modelfleet", "kueue-best", "volcano"))  # fmt: skip
+                        only=("modelfleet", "kueue-best", "volcano"), processes=args.processes)  # fmt: skip
         print_table(f"Heavier: {count * 3} jobs on 288 nodes, 4x the arrival rate, seed {seeds[0]}", heavy, keys)
         report["heavy"] = {"runs": heavy}
     args.out.parent.mkdir(parents=True, exist_ok=True)

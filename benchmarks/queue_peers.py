@@ -18,12 +18,15 @@ to start now (job, node of each worker) and the running jobs to stop.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from modelfleet.scheduling.gpus import gpu_type_matches
 from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.scheduling.planner import GangDemand, Plan, plan_gang
-from modelfleet.scheduling.queue import Admit, Evict, QueuedGang, RunningGang, plan_queue
+from modelfleet.scheduling.queue import Admit, Evict, QueuedGang, RunningGang, Wait, plan_queue
+from modelfleet.scheduling.quota import Quota
 
 
 @dataclass
@@ -38,6 +41,9 @@ class Job:
     priority: int = 0
     bound: int | None = None
     """activeDeadlineSeconds (minutes here): an upper bound of the run time the job declares."""
+    namespace: str = "sim"
+    min_workers: int | None = None
+    """Elastic jobs: minReplicas (`workers` is maxReplicas); it runs `workers / len(nodes)` times slower when smaller."""
     start: int | None = None
     first_start: int | None = None
     remaining: int = 0
@@ -45,7 +51,16 @@ class Job:
     preemptions: int = 0
 
     def demand(self) -> GangDemand:
-        return GangDemand(self.workers, self.gpus, self.gpu_type, (self.region,) if self.region else ())
+        regions = (self.region,) if self.region else ()
+        return GangDemand(self.workers, self.gpus, self.gpu_type, regions, min_workers=self.min_workers)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, str(self.id))
+
+    def run_left(self) -> int:
+        """Minutes it still runs at its current size (`remaining` is at full size)."""
+        return -(-self.remaining * self.workers // max(len(self.nodes), 1))
 
 
 Starts = list[tuple[Job, list[str]]]
@@ -57,7 +72,7 @@ def _view(nodes: Nodes, free: Free) -> list[NodeInfo]:
     return [NodeInfo(n.name, n.region, n.zone, n.gpu_type, n.gpus, free[name]) for name, n in nodes.items()]
 
 
-def _fits(node: NodeInfo, job: Job, free: int) -> bool:
+def worker_fits(node: NodeInfo, job: Job, free: int) -> bool:
     return free >= job.gpus and gpu_type_matches(node.gpu_type, job.gpu_type) and job.region in (None, node.region)
 
 
@@ -66,7 +81,7 @@ def _per_pod(nodes: Nodes, usable: Free, job: Job, binpack: bool) -> list[str] |
     (binpack) or the least allocated (the kube-scheduler's default spread); all workers or none."""
     left, placed = dict(usable), []
     for _ in range(job.workers):
-        candidates = [n for n in nodes if _fits(nodes[n], job, left[n])]
+        candidates = [n for n in nodes if worker_fits(nodes[n], job, left[n])]
         if not candidates:
             return None
         best = min(candidates, key=lambda n: (left[n] if binpack else -left[n], n))
@@ -88,7 +103,7 @@ class FirstFitSpread:
         for job in waiting:
             bound = self.held.setdefault(job.id, [])
             for _ in range(job.workers - len(bound)):
-                candidates = [n for n in nodes if _fits(nodes[n], job, free[n])]
+                candidates = [n for n in nodes if worker_fits(nodes[n], job, free[n])]
                 if not candidates:
                     break
                 best = max(candidates, key=lambda n: (free[n], n))  # least allocated first
@@ -174,7 +189,7 @@ class Volcano:
                 self.target, self.locked = None, []
         if self.target is not None:  # reserve: lock one more node (most idle) for the target this cycle
             target = next(j for j in order if j.id == self.target)
-            candidates = [n for n in nodes if n not in self.locked and _fits(nodes[n], target, nodes[n].gpus)]
+            candidates = [n for n in nodes if n not in self.locked and worker_fits(nodes[n], target, nodes[n].gpus)]
             if candidates:
                 self.locked.append(max(candidates, key=lambda n: (left[n], n)))
         return starts, []
@@ -183,18 +198,30 @@ class Volcano:
 class ModelfleetQueue:
     name = "modelfleet queue"
 
-    def __init__(self, depth: int | None = None) -> None:
+    def __init__(
+        self, depth: int | None = None, quotas: Mapping[str, Quota] | None = None, grow_after: int = 0
+    ) -> None:
         self.depth = depth
+        self.quotas = quotas
+        self.grow_after = grow_after
+        self.evictions: Counter[str] = Counter()
+        """Stops by reason (Preempted by priority, Reclaimed quota, ElasticGrow, ElasticShrink)."""
+        self.reserved: set[str] = set()
+        """Nodes the last pass reserved for waiting gangs (for the benchmark's idle-GPU breakdown)."""
 
     def schedule(
         self, t: int, nodes: Nodes, free: Free, waiting: list[Job], running: list[Job]
     ) -> tuple[Starts, list[Job]]:
-        queued = [QueuedGang(("sim", str(j.id)), j.demand(), j.priority, j.arrival, True, j.bound) for j in waiting]
-        gangs = [RunningGang(("sim", str(j.id)), j.demand(), tuple(j.nodes), j.priority, j.start or 0, j.bound)
-                 for j in running]  # fmt: skip
+        queued = [QueuedGang(j.key, j.demand(), j.priority, j.arrival, True, j.bound) for j in waiting]
+        gangs = [RunningGang(j.key, j.demand(), tuple(j.nodes), j.priority, j.start or 0, j.bound) for j in running]
         extra = {"depth": self.depth} if self.depth is not None else {}
-        verdicts = plan_queue(_view(nodes, free), queued, gangs, now=t, **extra)
-        by_key = {("sim", str(j.id)): j for j in [*waiting, *running]}
+        verdicts = plan_queue(_view(nodes, free), queued, gangs, now=t, grow_after=self.grow_after,
+                              quotas=self.quotas, **extra)  # fmt: skip
+        by_key = {j.key: j for j in [*waiting, *running]}
         starts = [(by_key[k], [n.name for n in v.plan.nodes]) for k, v in verdicts.items() if isinstance(v, Admit)]
         stops = [by_key[k] for k, v in verdicts.items() if isinstance(v, Evict)]
+        self.evictions.update(
+            "Reclaimed" if "GPUQuota" in v.message else v.reason for v in verdicts.values() if isinstance(v, Evict)
+        )
+        self.reserved = {n for v in verdicts.values() if isinstance(v, Wait) for n in v.reserved}
         return starts, stops

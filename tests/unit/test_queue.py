@@ -145,3 +145,18 @@ def test_a_gang_that_takes_any_gpu_type_leaves_the_named_types_to_gangs_that_nee
     assert [n.name for n in verdicts[key("h100")].plan.nodes] == ["a-h100"]
     alone = plan_queue(cluster, [anything])[key("any")]
     assert [n.name for n in alone.plan.nodes] == ["a-h100"], "no gang asks for H100 by name: no steering"
+
+
+def test_a_gang_that_takes_any_type_waits_for_unnamed_types_and_takes_named_ones_only_as_leftovers() -> None:
+    cluster = [NodeInfo("a-h100", "r1", "r1a", "H100", 8, 8), NodeInfo("b-h100", "r1", "r1a", "H100", 8, 8),
+               NodeInfo("c-t4", "r1", "r1a", "T4", 8, 0)]  # fmt: skip
+    busy = [running("on-t4", ("c-t4",), started=0, length=50)]
+    anything = QueuedGang(("ns", "any"), GangDemand(1, 8), submitted=0)
+    big_h100 = QueuedGang(("ns", "h100"), GangDemand(2, 8, "H100"), submitted=1)
+    verdicts = plan_queue(cluster, [anything, big_h100], busy, now=10)
+    assert verdicts[key("any")].reserved == ("c-t4",), "it waits for the T4 node though it is first in line"
+    assert isinstance(verdicts[key("h100")], Admit), "the H100 gang gets both H100 nodes"
+    small_h100 = QueuedGang(("ns", "h100"), GangDemand(1, 8, "H100"), submitted=1)
+    verdicts = plan_queue(cluster, [anything, small_h100], busy, now=10)
+    assert isinstance(verdicts[key("h100")], Admit)
+    assert isinstance(verdicts[key("any")], Admit), "the H100 left over after the H100 gang's turn is its"

@@ -8,9 +8,14 @@ Pure: the operator's planning pass and `benchmarks/placement.py` call `plan_queu
   priority to their minimum, then preempts whole lower-priority gangs (fewest GPU-hours lost first, newest first),
   only as many as it needs.
 - Otherwise it gets a reservation (up to `depth` per region): the nodes it would use once the running gangs that
-  end soonest (by their length bound, else the oldest) have ended. Gangs behind it backfill only onto capacity the
-  reservation does not hold, or onto held capacity when their own length bound ends before the reservation starts
-  (conservative backfill). A reservation is recomputed every pass, so it follows the cluster as it changes.
+  end soonest (by their length bound, else the oldest) have ended, taken on those gangs' own nodes where it fits
+  there (it then starts no later and holds no idle GPU it does not need; idle nodes stay open to others). Gangs
+  behind it backfill only onto capacity the reservation does not hold, or onto held capacity when their own length
+  bound ends before the reservation starts (conservative backfill). A reservation is recomputed every pass, so it
+  follows the cluster as it changes.
+- A gang that takes any GPU type, and could run on the types no waiting gang names, is placed and reserved only on
+  those in its turn; it takes a named type's GPUs only as a leftover, after every other gang of the pass had its
+  turn. Otherwise untyped gangs fill H100s that typed gangs wait for and later leave the other types idle.
 - Quotas (scheduling/quota.py): a gang over its namespace's GPUQuota waits (QuotaExceeded) and holds nothing; one
   admitted only by borrowing idle quota never reserves or preempts; a gang within its own quota that does not fit
   takes borrowed GPUs back (whole gangs of namespaces above their quota, newest first) before preempting by priority.
@@ -164,10 +169,12 @@ class _Pass:
         self.all_regions = frozenset(n.region for n in nodes)
         self.copies: dict[tuple[str, int], NodeInfo] = {}
         self.memo: dict[tuple[GangDemand, tuple[int, ...], bool], Plan | Unschedulable] = {}
-        self.contended: set[str] = set()
-        """Nodes of the GPU types that waiting gangs ask for by name."""
         """Plans on the free capacity less some reservations (by index), until free or reserved capacity changes:
         gangs of one shape waiting together cost one planner call."""
+        self.contended: set[str] = set()
+        """Nodes of the GPU types that waiting gangs ask for by name."""
+        self.off_contended: dict[GangDemand, bool] = {}
+        """Whether a gang shape fits on the uncontended nodes when they are empty."""
 
     def view(self, capacity: Mapping[str, int]) -> list[NodeInfo]:
         """The nodes with this much free; a node with a given free count is made once per pass."""
@@ -186,7 +193,7 @@ class _Pass:
         if key not in self.memo:
             capacity = _add(self.free, *(self.reservations[i].held for i in respecting), sign=-1)
             if steer:
-                capacity = {n: (0 if n in self.contended else gpus) for n, gpus in capacity.items()}
+                capacity = self.keep_off(capacity)
             self.memo[key] = plan_gang(self.view(capacity), demand)
         return self.memo[key]
 
@@ -210,28 +217,44 @@ class _Pass:
 
     # -- the three things a waiting gang can get -------------------------------------------------------------
 
-    def admit(self, gang: QueuedGang) -> Plan | Wait:
-        """A plan on capacity nobody ahead has reserved (or will use before this gang ends); else why not."""
+    def admit(self, gang: QueuedGang, keep_off: bool = False) -> Plan | Wait:
+        """A plan on capacity nobody ahead has reserved (or will use before this gang ends); else why not.
+        `keep_off`: only on the GPU types no waiting gang names (a gang that takes any type, in its first turn)."""
         if gang.draining:
             return Wait(0, "Draining", "its previous workers are still stopping")
-        fits_free = self.fit(gang.demand)
-        if isinstance(fits_free, Unschedulable):
-            return Wait(0, "Capacity", fits_free.reason)
-        if not any(self.held.values()):
-            return self.steered(gang.demand, fits_free, ())
+
+        def place(respecting: tuple[int, ...]) -> Plan | Unschedulable:
+            if keep_off:
+                return self.fit(gang.demand, respecting, steer=True)
+            plan = self.fit(gang.demand, respecting)
+            return self.steered(gang.demand, plan, respecting) if isinstance(plan, Plan) else plan
+
+        fits_free = place(())
+        if isinstance(fits_free, Unschedulable) or not any(self.held.values()):
+            return Wait(0, "Capacity", fits_free.reason) if isinstance(fits_free, Unschedulable) else fits_free
         respecting = tuple(range(len(self.reservations)))
-        plan = self.fit(gang.demand, respecting)
-        if isinstance(plan, Plan):
-            return self.steered(gang.demand, plan, respecting)
+        if isinstance(plan := place(respecting), Plan):
+            return plan
         if gang.length is not None:
             ends = self.now + gang.length
             blocking = tuple(i for i, r in enumerate(self.reservations) if r.start is None or r.start < ends)
-            if len(blocking) < len(self.reservations):
-                plan = self.fit(gang.demand, blocking)
-                if isinstance(plan, Plan):
-                    return self.steered(gang.demand, plan, blocking)
+            if len(blocking) < len(self.reservations) and isinstance(plan := place(blocking), Plan):
+                return plan
         holders = ", ".join(_key_text(r.key) for r in self.reservations[:3])
         return Wait(0, "Reserved", f"the free GPUs it fits on are reserved for gangs ahead of it ({holders})")
+
+    def keeps_off_contended(self, demand: GangDemand) -> bool:
+        """Whether a gang that takes any GPU type could run on the types no waiting gang names, were they empty:
+        then it waits for those first and takes a named type only as a leftover (see plan_queue)."""
+        if demand.gpu_type or not demand.gpus_per_worker or not self.contended:
+            return False
+        if (fits := self.off_contended.get(demand)) is None:
+            whole = {n.name: (0 if n.name in self.contended else n.gpus) for n in self.nodes}
+            fits = self.off_contended[demand] = isinstance(plan_gang(self.view(whole), demand), Plan)
+        return fits
+
+    def keep_off(self, capacity: Mapping[str, int]) -> Capacity:
+        return {n: (0 if n in self.contended else gpus) for n, gpus in capacity.items()}
 
     def take(self, plan: Plan, per_worker: int) -> None:
         self.free = _add(self.free, gpus_on((n.name for n in plan.nodes), per_worker), sign=-1)
@@ -323,8 +346,9 @@ class _Pass:
         victims = ", ".join(_key_text(g.key) for g in chosen)
         return Wait(0, "Preempting", f"waiting for {victims} to stop (borrowed quota taken back)", tuple(sorted(held)))
 
-    def reserve(self, gang: QueuedGang, depth: int, why: Wait) -> Wait:
-        """Holds the nodes it would get soonest, if its regions have a reservation to spare."""
+    def reserve(self, gang: QueuedGang, depth: int, why: Wait, keep_off: bool = False) -> Wait:
+        """Holds the nodes it would get soonest, if its regions have a reservation to spare (`keep_off`: among the
+        GPU types no waiting gang names)."""
         regions = set(gang.demand.regions) or self.all_regions
         if not gang.draining and all(self.per_region[r] >= depth for r in regions):
             return why
@@ -335,6 +359,8 @@ class _Pass:
         prefix = [base]
         for g in ending:
             prefix.append(_add(prefix[-1], g.holds()))
+        if keep_off:
+            prefix = [self.keep_off(capacity) for capacity in prefix]
 
         def fits_after(k: int) -> bool:
             return isinstance(plan_gang(self.view(prefix[k]), gang.demand), Plan)
@@ -342,9 +368,8 @@ class _Pass:
         k = bisect.bisect_left(range(len(prefix)), True, key=fits_after)  # more endings never fit worse
         if k == len(prefix):
             return why
-        plan = plan_gang(self.view(prefix[k]), gang.demand)
-        assert isinstance(plan, Plan)
         waited = ending[:k]
+        plan = self.reservation_plan(gang.demand, prefix[k], waited)
         nodes = {n.name for n in plan.nodes}
         touching = [g for g in waited if not nodes.isdisjoint(g.nodes)]
         ends = [g.ends_by for g in touching]
@@ -354,6 +379,16 @@ class _Pass:
         when = "as soon as capacity frees" if start is None else f"in about {max(start - self.now, 0):.0f}s"
         message = f"{why.message}; {', '.join(sorted(nodes))} reserved for it, expected to start {when}"
         return replace(why, message=message, reserved=tuple(sorted(nodes)))
+
+    def reservation_plan(self, demand: GangDemand, capacity: Capacity, waited: Sequence[RunningGang]) -> Plan:
+        """Where a reservation goes once the `waited` gangs have ended: on their nodes if it fits there (it then
+        starts no later and holds no GPU idle that it does not have to), else anywhere on `capacity`."""
+        on_waited = {n for g in waited for n in g.nodes}
+        plan = plan_gang(self.view({n: (gpus if n in on_waited else 0) for n, gpus in capacity.items()}), demand)
+        if not isinstance(plan, Plan):
+            plan = plan_gang(self.view(capacity), demand)
+        assert isinstance(plan, Plan)
+        return plan
 
     # -- elastic growth -------------------------------------------------------------------------------------
 
@@ -401,16 +436,17 @@ def plan_queue(
         ledger.take(g.key[0], ledger.count(g.key[0], g.holds()))
     named = {g.demand.gpu_type for g in queued if g.demand.gpu_type and g.demand.gpus_per_worker}
     state.contended = {n.name for n in nodes if any(gpu_type_matches(n.gpu_type, t) for t in named)}
-    waiting: list[tuple[QueuedGang, Wait]] = []
+    waiting: dict[Key, tuple[QueuedGang, Wait]] = {}
     borrowing: list[QueuedGang] = []
+    leftovers: list[QueuedGang] = []
 
     def sure_demand(gang: QueuedGang) -> dict[str, int]:
         demand = gang.demand
         gpus = (demand.min_workers or demand.workers) * demand.gpus_per_worker
         return ledger.count_demand(gang.key[0], gpus, demand.gpu_type)
 
-    def admit(gang: QueuedGang) -> Plan | Wait:
-        outcome = state.admit(gang)
+    def admit(gang: QueuedGang, keep_off: bool = False) -> Plan | Wait:
+        outcome = state.admit(gang, keep_off)
         if isinstance(outcome, Plan):
             counted = ledger.count(gang.key[0], gpus_on((n.name for n in outcome.nodes), gang.demand.gpus_per_worker))
             if refused := ledger.refusal(gang.key[0], counted):
@@ -422,23 +458,32 @@ def plan_queue(
 
     for gang in sorted(queued, key=queue_order):
         namespace, surely = gang.key[0], sure_demand(gang)
+        keep_off = state.keeps_off_contended(gang.demand)
         if refused := ledger.refusal(namespace, surely):
-            waiting.append((gang, Wait(0, "QuotaExceeded", refused)))
+            waiting[gang.key] = (gang, Wait(0, "QuotaExceeded", refused))
         elif ledger.excess(namespace, surely):
             borrowing.append(gang)
-        elif isinstance(outcome := admit(gang), Wait):
+        elif isinstance(outcome := admit(gang, keep_off), Wait):
             if outcome.reason != "QuotaExceeded":
                 ledger.claim(namespace, surely)
-                outcome = state.reclaim(gang, ledger) or state.preempt(gang) or state.reserve(gang, depth, outcome)
-            waiting.append((gang, outcome))
+                outcome = (
+                    state.reclaim(gang, ledger) or state.preempt(gang) or state.reserve(gang, depth, outcome, keep_off)
+                )
+                if keep_off and outcome.reason in ("Capacity", "Reserved"):
+                    leftovers.append(gang)
+            waiting[gang.key] = (gang, outcome)
+    for gang in leftovers:  # named types' GPUs that the gangs naming them could not use this pass
+        if isinstance(admit(gang), Plan):
+            ledger.claim(gang.key[0], sure_demand(gang), sign=-1)
+            del waiting[gang.key]
     for gang in borrowing:  # after the gangs within their quotas (and what they claim): free GPUs only, no holds
         refused = ledger.refusal(gang.key[0], sure_demand(gang))
         if isinstance(outcome := Wait(0, "QuotaExceeded", refused) if refused else admit(gang), Wait):
-            waiting.append((gang, outcome))
-    waiting.sort(key=lambda item: queue_order(item[0]))
-    state.grow([g for g, _ in waiting], grow_after, ledger)
+            waiting[gang.key] = (gang, outcome)
+    in_order = sorted(waiting.values(), key=lambda item: queue_order(item[0]))
+    state.grow([g for g, _ in in_order], grow_after, ledger)
     pools: list[frozenset[str]] = []
-    for gang, wait in waiting:
+    for gang, wait in in_order:
         pool = frozenset(gang.demand.regions) or state.all_regions
         position = 1 + sum(1 for ahead in pools if not ahead.isdisjoint(pool))
         pools.append(pool)

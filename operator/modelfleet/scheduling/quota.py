@@ -82,9 +82,9 @@ class Ledger:
         for key, gpus in counted.items():
             self.used[namespace][key] += sign * gpus
 
-    def claim(self, namespace: str, counted: Mapping[str, int]) -> None:
+    def claim(self, namespace: str, counted: Mapping[str, int], sign: int = 1) -> None:
         for key, gpus in counted.items():
-            self.claimed[namespace][key] += gpus
+            self.claimed[namespace][key] += sign * gpus
 
     def excess(self, namespace: str, counted: Mapping[str, int]) -> dict[str, int]:
         """GPUs above its own limits it would hold with `counted` more."""
