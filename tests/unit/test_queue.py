@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.scheduling.planner import GangDemand
 from modelfleet.scheduling.queue import Admit, Evict, QueuedGang, RunningGang, Wait, plan_queue, queue_order
@@ -160,3 +162,14 @@ def test_a_gang_that_takes_any_type_waits_for_unnamed_types_and_takes_named_ones
     verdicts = plan_queue(cluster, [anything, small_h100], busy, now=10)
     assert isinstance(verdicts[key("h100")], Admit)
     assert isinstance(verdicts[key("any")], Admit), "the H100 left over after the H100 gang's turn is its"
+
+
+def test_an_untyped_gang_preempts_where_it_will_look_first_so_it_does_not_preempt_again() -> None:
+    cluster = [NodeInfo("a-h100", "r1", "r1a", "H100", 8, 0), NodeInfo("b-t4", "r1", "r1a", "T4", 8, 0)]
+    busy = [running("on-h100", ("a-h100",), started=90), running("on-t4", ("b-t4",), started=0)]
+    urgent = QueuedGang(("ns", "urgent"), GangDemand(1, 8), priority=10, submitted=0)
+    waiting_h100 = QueuedGang(("ns", "h100"), GangDemand(1, 8, "H100"), submitted=1)
+    verdicts = plan_queue(cluster, [urgent, waiting_h100], busy, now=100)
+    assert verdicts[key("on-t4")].reason == "Preempted" and key("on-h100") not in verdicts, "T4, though it costs more"
+    after = plan_queue([cluster[0], replace(cluster[1], free_gpus=8)], [urgent, waiting_h100], busy[:1], now=101)
+    assert [n.name for n in after[key("urgent")].plan.nodes] == ["b-t4"]

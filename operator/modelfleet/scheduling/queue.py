@@ -13,9 +13,9 @@ Pure: the operator's planning pass and `benchmarks/placement.py` call `plan_queu
   behind it backfill only onto capacity the reservation does not hold, or onto held capacity when their own length
   bound ends before the reservation starts (conservative backfill). A reservation is recomputed every pass, so it
   follows the cluster as it changes.
-- A gang that takes any GPU type, and could run on the types no waiting gang names, is placed and reserved only on
-  those in its turn; it takes a named type's GPUs only as a leftover, after every other gang of the pass had its
-  turn. Otherwise untyped gangs fill H100s that typed gangs wait for and later leave the other types idle.
+- A gang that takes any GPU type, and could run on the types no waiting gang names, is placed, reserved and
+  preempts only on those in its turn; it takes a named type's GPUs only as a leftover, after every other gang of
+  the pass had its turn. Otherwise untyped gangs fill H100s that typed gangs wait for and later leave the other types idle.
 - Quotas (scheduling/quota.py): a gang over its namespace's GPUQuota waits (QuotaExceeded) and holds nothing; one
   admitted only by borrowing idle quota never reserves or preempts; a gang within its own quota that does not fit
   takes borrowed GPUs back (whole gangs of namespaces above their quota, newest first) before preempting by priority.
@@ -260,13 +260,14 @@ class _Pass:
         self.free = _add(self.free, gpus_on((n.name for n in plan.nodes), per_worker), sign=-1)
         self.memo.clear()
 
-    def preempt(self, gang: QueuedGang) -> Wait | None:
-        """Shrinks, then preempts, the fewest lower-priority gangs that make room; None when it cannot or need not."""
+    def preempt(self, gang: QueuedGang, keep_off: bool = False) -> Wait | None:
+        """Shrinks, then preempts, the fewest lower-priority gangs that make room (`keep_off`: on the GPU types no
+        waiting gang names, where its next pass will look first); None when it cannot or need not."""
         if not gang.may_preempt or all(g.priority >= gang.priority for g in self.running.values()):
             return None
-        eligible = {n.name for n in eligible_nodes(self.nodes, gang.demand)}
+        eligible = {n.name for n in eligible_nodes(self.nodes, gang.demand)} - (self.contended if keep_off else set())
         lower = [g for g in self.running.values() if g.priority < gang.priority and not eligible.isdisjoint(g.nodes)]
-        base = self.coming_free()
+        base = self.keep_off(self.coming_free()) if keep_off else self.coming_free()
         if not lower or isinstance(plan_gang(self.view(base), gang.demand), Plan):
             return None  # nobody to preempt, or room is coming without stopping anyone: a reservation will do
         by_cost = sorted(lower, key=lambda g: (g.gpu_hours_lost(self.now), -g.started, g.key))
@@ -279,7 +280,7 @@ class _Pass:
                 g.holds(g.nodes[len(g.nodes) - g.elastic_surplus :] if shrink else None)
                 for g, shrink in chosen.values()
             ]
-            return _add(base, *parts)
+            return self.keep_off(_add(base, *parts)) if keep_off else _add(base, *parts)
 
         plan: Plan | Unschedulable = Unschedulable("")
         for g, shrink in options:
@@ -467,7 +468,9 @@ def plan_queue(
             if outcome.reason != "QuotaExceeded":
                 ledger.claim(namespace, surely)
                 outcome = (
-                    state.reclaim(gang, ledger) or state.preempt(gang) or state.reserve(gang, depth, outcome, keep_off)
+                    state.reclaim(gang, ledger)
+                    or state.preempt(gang, keep_off)
+                    or state.reserve(gang, depth, outcome, keep_off)
                 )
                 if keep_off and outcome.reason in ("Capacity", "Reserved"):
                     leftovers.append(gang)
