@@ -16,6 +16,7 @@ import kopf
 import prometheus_client
 
 from modelfleet.capacity import CAPACITY
+from modelfleet.contract import OPERATOR_METRICS_PORT_ENV, OPERATOR_WORKERS_ENV
 from modelfleet.inference import handlers as inference
 from modelfleet.leader import default_identity
 from modelfleet.resync import RESYNC
@@ -36,8 +37,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
-    settings.execution.max_workers = int(os.environ.get("MODELFLEET_WORKERS", "64"))
-    if port := int(os.environ.get("MODELFLEET_METRICS_PORT", "0")):
+    settings.execution.max_workers = int(os.environ.get(OPERATOR_WORKERS_ENV, "64"))
+    if port := int(os.environ.get(OPERATOR_METRICS_PORT_ENV, "0")):
         prometheus_client.start_http_server(port)
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=settings.execution.max_workers)

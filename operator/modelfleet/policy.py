@@ -16,12 +16,12 @@ from urllib.parse import SplitResult, urlsplit
 
 from modelfleet.api.inference import InferenceServiceSpec, ModelFormat
 from modelfleet.api.training import TrainingJobSpec
+from modelfleet.contract import (
+    POLICY_ALLOW_HOST_PATH_ENV,
+    POLICY_ALLOW_PICKLED_MODELS_ENV,
+    POLICY_PROMETHEUS_URLS_ENV,
+)
 from modelfleet.kube import Refused
-
-ALLOW_HOST_PATH_ENV = "MODELFLEET_POLICY_ALLOW_HOST_PATH"
-ALLOW_PICKLED_MODELS_ENV = "MODELFLEET_POLICY_ALLOW_PICKLED_MODELS"
-PROMETHEUS_URLS_ENV = "MODELFLEET_POLICY_PROMETHEUS_URLS"
-"""Space-separated base URLs (a URL has no spaces: the CRD's pattern for prometheusUrl refuses them)."""
 
 NODE_LEVEL_VOLUMES = ("hostPath", "flexVolume")
 """Volume types that reach into the node itself: a path of its filesystem, or a driver binary run as root there
@@ -47,9 +47,9 @@ class Policy:
     def from_env(cls, env: Mapping[str, str]) -> Policy:
         """Anything but "true" or "1" is false: a mistyped flag keeps the safe default."""
         return cls(
-            allow_host_path=_flag(env.get(ALLOW_HOST_PATH_ENV)),
-            allow_pickled_models=_flag(env.get(ALLOW_PICKLED_MODELS_ENV)),
-            prometheus_urls=tuple((env.get(PROMETHEUS_URLS_ENV) or "").split()),
+            allow_host_path=_flag(env.get(POLICY_ALLOW_HOST_PATH_ENV)),
+            allow_pickled_models=_flag(env.get(POLICY_ALLOW_PICKLED_MODELS_ENV)),
+            prometheus_urls=tuple((env.get(POLICY_PROMETHEUS_URLS_ENV) or "").split()),
         )
 
 

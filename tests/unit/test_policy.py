@@ -8,11 +8,13 @@ import pytest
 
 from modelfleet.api.inference import InferenceServiceSpec
 from modelfleet.api.training import TrainingJobSpec
+from modelfleet.contract import (
+    POLICY_ALLOW_HOST_PATH_ENV,
+    POLICY_ALLOW_PICKLED_MODELS_ENV,
+    POLICY_PROMETHEUS_URLS_ENV,
+)
 from modelfleet.inference.builders import server_env
 from modelfleet.policy import (
-    ALLOW_HOST_PATH_ENV,
-    ALLOW_PICKLED_MODELS_ENV,
-    PROMETHEUS_URLS_ENV,
     Policy,
     current,
     prometheus_url_allowed,
@@ -35,8 +37,12 @@ def service(**fields: Any) -> InferenceServiceSpec:
 
 def test_policy_from_env_defaults_to_refusing() -> None:
     assert Policy.from_env({}) == Policy(False, False, ())
-    assert Policy.from_env({ALLOW_HOST_PATH_ENV: "yes please", ALLOW_PICKLED_MODELS_ENV: ""}) == DEFAULT
-    env = {ALLOW_HOST_PATH_ENV: "true", ALLOW_PICKLED_MODELS_ENV: "1", PROMETHEUS_URLS_ENV: " http://a:9090  http://b "}
+    assert Policy.from_env({POLICY_ALLOW_HOST_PATH_ENV: "yes please", POLICY_ALLOW_PICKLED_MODELS_ENV: ""}) == DEFAULT
+    env = {
+        POLICY_ALLOW_HOST_PATH_ENV: "true",
+        POLICY_ALLOW_PICKLED_MODELS_ENV: "1",
+        POLICY_PROMETHEUS_URLS_ENV: " http://a:9090  http://b ",
+    }
     assert Policy.from_env(env) == Policy(True, True, ("http://a:9090", "http://b"))
 
 
@@ -126,7 +132,7 @@ def test_the_server_gets_the_pickle_policy_and_a_user_cannot_override_it() -> No
 
 
 def test_the_server_may_load_pickles_when_the_policy_allows(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ALLOW_PICKLED_MODELS_ENV, "true")
+    monkeypatch.setenv(POLICY_ALLOW_PICKLED_MODELS_ENV, "true")
     current.cache_clear()
     try:
         env = {e["name"]: e["value"] for e in server_env("m", service(), "/m.pt")}

@@ -10,7 +10,8 @@ import socket
 import pytest
 from prometheus_client import generate_latest
 
-from modelfleet.runtime.progress import RANK, ProgressReporter
+from modelfleet.contract import TRAINING_RANK
+from modelfleet.runtime.progress import ProgressReporter
 from modelfleet.training.progress import ProgressScraper, metrics_urls, progress_from_metrics, with_live_shares
 
 
@@ -116,7 +117,7 @@ def test_the_scraper_finds_rank_zero_in_any_pod_and_keys_workers_by_pod_name(rep
 def test_an_endpoint_that_is_not_rank_zero_is_ignored(reporter) -> None:
     r = reporter()
     r.report(step=1, epoch=0, loss=0.5, samples_per_second=1.0)
-    r.gauges[RANK].set(3)
+    r.gauges[TRAINING_RANK].set(3)
     assert progress_from_metrics(served(r)) is None
 
 

@@ -11,6 +11,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.alias_generators import to_camel
 from typing_extensions import TypedDict
 
+# The operator's own labels are defined in its contract with what it runs; still importable from here.
+from modelfleet.contract import GANG_ATTEMPT_LABEL as GANG_ATTEMPT_LABEL
+from modelfleet.contract import GANG_SCHEDULING_GATE as GANG_SCHEDULING_GATE
+from modelfleet.contract import JOB_NAME_LABEL as JOB_NAME_LABEL
+from modelfleet.contract import MANAGED_BY as MANAGED_BY
+from modelfleet.contract import MANAGED_BY_LABEL as MANAGED_BY_LABEL
+from modelfleet.contract import REGION_NAME_LABEL as REGION_NAME_LABEL
+from modelfleet.contract import REPLICA_INDEX_LABEL as REPLICA_INDEX_LABEL
+from modelfleet.contract import SERVICE_NAME_LABEL as SERVICE_NAME_LABEL
+
 GROUP = "modelfleet.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -356,16 +366,6 @@ class ContainerSecurityContext(ApiModel):
     seccomp_profile: SeccompProfile | None = Field(
         default=None, description="Seccomp profile of this container, over the pod's."
     )
-
-
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "modelfleet"
-JOB_NAME_LABEL = "modelfleet.dev/job-name"
-SERVICE_NAME_LABEL = "modelfleet.dev/service-name"
-REPLICA_INDEX_LABEL = "modelfleet.dev/replica-index"
-GANG_ATTEMPT_LABEL = "modelfleet.dev/attempt"
-REGION_NAME_LABEL = "modelfleet.dev/region"
-GANG_SCHEDULING_GATE = "modelfleet.dev/gang"
 
 
 def owner_reference(kind: str, meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ import httpx
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from modelfleet.contract import HOST_ENV, METRICS_HOST_ENV, TERMINATION_LOG_ENV
 from modelfleet.devcluster.nodes import RUN_PODS_LABEL
 from modelfleet.devcluster.podspec import (
     PathMap,
@@ -335,9 +336,9 @@ class PodRunner:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOSTNAME": pod["spec"].get("hostname") or pod["metadata"]["name"],
             **env,
-            "MODELFLEET_HOST": ip,
-            "MODELFLEET_METRICS_HOST": ip,
-            "MODELFLEET_TERMINATION_LOG": str(message_path),
+            HOST_ENV: ip,
+            METRICS_HOST_ENV: ip,
+            TERMINATION_LOG_ENV: str(message_path),
         }
         argv = [paths.local(a) for a in command_line(spec, env, self.python)]
         log_path = directory / f"{spec['name']}.log"

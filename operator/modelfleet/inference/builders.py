@@ -8,17 +8,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modelfleet import policy
-from modelfleet.api.common import (
-    GPU_PRODUCT_LABEL,
+from modelfleet.api.common import GPU_PRODUCT_LABEL, REGION_LABEL, ZONE_LABEL, owner_reference
+from modelfleet.api.inference import DEFAULT_SERVING_IMAGE, InferenceServiceSpec, Region
+from modelfleet.contract import (
+    ALLOW_PICKLE_ENV,
+    DEVICE_ENV,
+    GRPC_PORT_ENV,
     MANAGED_BY,
     MANAGED_BY_LABEL,
-    REGION_LABEL,
+    MAX_BATCH_SIZE_ENV,
+    MAX_DELAY_MS_ENV,
+    MODEL_FORMAT_ENV,
+    MODEL_NAME_ENV,
+    MODEL_PATH_ENV,
+    PORT_ENV,
+    QUANTIZATION_ENV,
     REGION_NAME_LABEL,
+    REVISION_ANNOTATION,
     SERVICE_NAME_LABEL,
-    ZONE_LABEL,
-    owner_reference,
 )
-from modelfleet.api.inference import DEFAULT_SERVING_IMAGE, InferenceServiceSpec, Region
 from modelfleet.training.builders import (
     container_resources,
     container_security_context,
@@ -30,7 +38,6 @@ from modelfleet.training.builders import (
 
 SERVER_CONTAINER = "server"
 DEFAULT_SERVE_COMMAND = ["python", "-m", "modelfleet.runtime.serve"]
-REVISION_ANNOTATION = "modelfleet.dev/revision"
 MODEL_MOUNT_ROOT = "/mnt/models"
 
 
@@ -68,17 +75,17 @@ def grpc_port(spec: InferenceServiceSpec) -> int:
 def server_env(name: str, spec: InferenceServiceSpec, model_path: str) -> list[dict[str, str]]:
     """Everything the server needs, as env: any image that reads it can serve."""
     values = {
-        "MODELFLEET_MODEL_PATH": model_path,
-        "MODELFLEET_MODEL_NAME": spec.model.name or name,
-        "MODELFLEET_MODEL_FORMAT": str(spec.model.format),
-        "MODELFLEET_QUANTIZATION": str(spec.model.quantization),
-        "MODELFLEET_MAX_BATCH_SIZE": str(spec.batching.max_batch_size),
-        "MODELFLEET_MAX_DELAY_MS": str(spec.batching.max_delay_ms),
-        "MODELFLEET_PORT": str(spec.port),
-        "MODELFLEET_GRPC_PORT": str(grpc_port(spec)),
-        "MODELFLEET_DEVICE": "cuda" if spec.resources.gpus else "cpu",
+        MODEL_PATH_ENV: model_path,
+        MODEL_NAME_ENV: spec.model.name or name,
+        MODEL_FORMAT_ENV: str(spec.model.format),
+        QUANTIZATION_ENV: str(spec.model.quantization),
+        MAX_BATCH_SIZE_ENV: str(spec.batching.max_batch_size),
+        MAX_DELAY_MS_ENV: str(spec.batching.max_delay_ms),
+        PORT_ENV: str(spec.port),
+        GRPC_PORT_ENV: str(grpc_port(spec)),
+        DEVICE_ENV: "cuda" if spec.resources.gpus else "cpu",
         # the operator's policy for the server; always set, so a user's env cannot turn it on
-        "MODELFLEET_ALLOW_PICKLE": "1" if policy.current().allow_pickled_models else "0",
+        ALLOW_PICKLE_ENV: "1" if policy.current().allow_pickled_models else "0",
     }
     user = [e.to_api() for e in spec.env if e.name not in values]
     return [{"name": k, "value": v} for k, v in values.items()] + scratch_env(spec.env) + user

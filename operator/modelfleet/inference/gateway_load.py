@@ -24,11 +24,10 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet.api.inference import Autoscaling, MetricsSource, ScaleMetric
+from modelfleet.contract import GATEWAY_METRICS_ENV, GATEWAY_URL_ENV
 from modelfleet.gateway import metrics as gw
 from modelfleet.inference.load_sources import LATENCY_QUANTILE, quantile, scrape
 
-GATEWAY_URL_ENV = "MODELFLEET_GATEWAY_URL"
-GATEWAY_METRICS_ENV = "MODELFLEET_GATEWAY_METRICS_URLS"
 """Space-separated /metrics URLs of the gateways (default: <gateway URL>/metrics)."""
 REUSE_SECONDS = 0.5
 RegionKey = tuple[str, str, str]

@@ -17,10 +17,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet.api.inference import Autoscaling, ScaleMetric
+from modelfleet.contract import SERVER_INFLIGHT, SERVER_LATENCY, SERVER_REQUESTS
 
-INFLIGHT = "modelfleet_inflight_requests"
-REQUESTS = "modelfleet_requests"  # counter family name (modelfleet_requests_total samples)
-LATENCY = "modelfleet_request_duration_seconds"
 LATENCY_QUANTILE = 0.9
 T = TypeVar("T")
 
@@ -39,11 +37,11 @@ def parse_metrics(text: str, at: float) -> ReplicaSample:
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == INFLIGHT:
+            if sample.name == SERVER_INFLIGHT:
                 inflight += sample.value
-            elif sample.name == f"{REQUESTS}_total":
+            elif sample.name == f"{SERVER_REQUESTS}_total":
                 requests += sample.value
-            elif sample.name == f"{LATENCY}_bucket":
+            elif sample.name == f"{SERVER_LATENCY}_bucket":
                 bound = float(sample.labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
     return ReplicaSample(at, inflight, requests, tuple(sorted(buckets.items())))
@@ -139,9 +137,9 @@ async def prometheus_load(
     pods = f'namespace="{namespace}",pod=~"{deployment}-.*"'
     window = f"{max(int(policy.panic_window_seconds), 1) * 2}s"
     queries = {
-        ScaleMetric.CONCURRENCY: f"sum({INFLIGHT}{{{pods}}})",
-        ScaleMetric.RPS: f"sum(rate({REQUESTS}_total{{{pods}}}[{window}]))",
-        ScaleMetric.LATENCY: f"histogram_quantile({LATENCY_QUANTILE}, sum by (le) (rate({LATENCY}_bucket{{{pods}}}[{window}])))",
+        ScaleMetric.CONCURRENCY: f"sum({SERVER_INFLIGHT}{{{pods}}})",
+        ScaleMetric.RPS: f"sum(rate({SERVER_REQUESTS}_total{{{pods}}}[{window}]))",
+        ScaleMetric.LATENCY: f"histogram_quantile({LATENCY_QUANTILE}, sum by (le) (rate({SERVER_LATENCY}_bucket{{{pods}}}[{window}])))",
     }
     url = f"{(policy.prometheus_url or '').rstrip('/')}/api/v1/query"
     try:

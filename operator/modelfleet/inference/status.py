@@ -7,7 +7,8 @@ from typing import Any
 
 from modelfleet.api.common import Condition, set_condition
 from modelfleet.api.inference import InferenceServiceSpec, ServingPhase
-from modelfleet.inference.builders import REVISION_ANNOTATION, region_url, selector_string
+from modelfleet.contract import REVISION_ANNOTATION
+from modelfleet.inference.builders import region_url, selector_string
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:

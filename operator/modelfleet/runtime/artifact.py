@@ -17,8 +17,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from modelfleet.contract import TERMINATION_LOG_ENV
+
 log = logging.getLogger("modelfleet.train")
-TERMINATION_LOG_ENV = "MODELFLEET_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 MAX_MESSAGE_BYTES = 4096
 """What Kubernetes keeps of a termination message."""

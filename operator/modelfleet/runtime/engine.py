@@ -16,6 +16,16 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from modelfleet.contract import (
+    SERVER_BATCH_LIMIT,
+    SERVER_BATCH_SIZE,
+    SERVER_INFLIGHT,
+    SERVER_LATENCY,
+    SERVER_MODEL_SIZE,
+    SERVER_QUANTIZATION_INFO,
+    SERVER_REJECTED,
+    SERVER_REQUESTS,
+)
 from modelfleet.runtime.batching import Batcher, Tensors, sized_batch
 from modelfleet.runtime.modelio import LoadedModel, load_model
 from modelfleet.runtime.quantize import seconds_per_pass
@@ -48,35 +58,33 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "modelfleet_requests", "Inference requests by HTTP status code (gRPC: its HTTP equivalent).",
+            SERVER_REQUESTS, "Inference requests by HTTP status code (gRPC: its HTTP equivalent).",
             ["model", "code", "protocol"], registry=r,
         )  # fmt: skip
         self.inflight = Gauge(
-            "modelfleet_inflight_requests", "Inference requests being served.", ["model"], registry=r,
+            SERVER_INFLIGHT, "Inference requests being served.", ["model"], registry=r,
             multiprocess_mode="livesum",
         )  # fmt: skip
         self.latency = Histogram(
-            "modelfleet_request_duration_seconds", "Inference request latency.", ["model"], registry=r,
+            SERVER_LATENCY, "Inference request latency.", ["model"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )  # fmt: skip
         self.batch = Histogram(
-            "modelfleet_batch_size", "Rows per forward pass.", ["model"], registry=r,
+            SERVER_BATCH_SIZE, "Rows per forward pass.", ["model"], registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )  # fmt: skip
         self.size = Gauge(
-            "modelfleet_model_size_bytes", "Model state size.", ["model", "stage"], registry=r, multiprocess_mode="max"
+            SERVER_MODEL_SIZE, "Model state size.", ["model", "stage"], registry=r, multiprocess_mode="max"
         )
         self.quantization = Gauge(
-            "modelfleet_quantization_info", "Quantization asked for and applied (1), with the reason.",
+            SERVER_QUANTIZATION_INFO, "Quantization asked for and applied (1), with the reason.",
             ["model", "requested", "applied", "reason"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
         self.batch_limit = Gauge(
-            "modelfleet_batch_limit_rows", "Rows per pass the batcher was sized to, from measured latency.",
+            SERVER_BATCH_LIMIT, "Rows per pass the batcher was sized to, from measured latency.",
             ["model"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
-        self.rejected = Counter(
-            "modelfleet_rejected_requests", "Requests refused by a server limit.", ["model", "reason"], registry=r
-        )
+        self.rejected = Counter(SERVER_REJECTED, "Requests refused by a server limit.", ["model", "reason"], registry=r)
         self.model = model
 
     def exposition(self) -> bytes:

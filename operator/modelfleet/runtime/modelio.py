@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelfleet.contract import ALLOW_PICKLE_ENV, MODEL_FACTORIES_ENV
 from modelfleet.runtime.models import build_model
 from modelfleet.runtime.quantize import (
     CALIBRATION_FILE,
@@ -36,8 +37,6 @@ from modelfleet.runtime.quantize import (
 from modelfleet.runtime.v2 import Signature
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-ALLOW_PICKLE_ENV = "MODELFLEET_ALLOW_PICKLE"
-FACTORIES_ENV = "MODELFLEET_MODEL_FACTORIES"
 DEFAULT_FACTORIES = "modelfleet.runtime.models"
 
 
@@ -160,9 +159,9 @@ def check_factory(name: str) -> None:
     module, sep, _ = name.partition(":")
     if not sep:
         return
-    allowed = [p.strip() for p in os.environ.get(FACTORIES_ENV, DEFAULT_FACTORIES).split(",") if p.strip()]
+    allowed = [p.strip() for p in os.environ.get(MODEL_FACTORIES_ENV, DEFAULT_FACTORIES).split(",") if p.strip()]
     if not any(module == prefix or module.startswith(f"{prefix}.") for prefix in allowed):
         raise RefusedArtifact(
-            f"metadata.json names the model factory {name!r}, whose module is not in {FACTORIES_ENV} "
+            f"metadata.json names the model factory {name!r}, whose module is not in {MODEL_FACTORIES_ENV} "
             f"({', '.join(allowed) or 'empty'}): refused, importing it would run its code"
         )

@@ -16,21 +16,22 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from modelfleet.contract import (
+    METRICS_HOST_ENV,
+    METRICS_PORT_ENV,
+    TRAINING_EPOCH,
+    TRAINING_LOSS,
+    TRAINING_METRICS_PORT,
+    TRAINING_RANK,
+    TRAINING_SAMPLES_PER_SECOND,
+    TRAINING_STEP,
+    TRAINING_UPDATED,
+    TRAINING_WORKER_LABEL,
+    TRAINING_WORKER_SAMPLES_PER_SECOND,
+    TRAINING_WORKER_SHARE,
+)
+
 log = logging.getLogger("modelfleet.train")
-PORT_ENV = "MODELFLEET_METRICS_PORT"
-HOST_ENV = "MODELFLEET_METRICS_HOST"
-DEFAULT_PORT = 9400
-STEP = "modelfleet_training_step"
-EPOCH = "modelfleet_training_epoch"
-LOSS = "modelfleet_training_loss"
-SAMPLES_PER_SECOND = "modelfleet_training_samples_per_second"
-UPDATED = "modelfleet_training_updated_timestamp_seconds"
-"""Unix time of the last report; 0 until the first one."""
-RANK = "modelfleet_training_rank"
-WORKER_SHARE = "modelfleet_training_worker_share"
-WORKER_SAMPLES_PER_SECOND = "modelfleet_training_worker_samples_per_second"
-WORKER_LABEL = "worker"
-"""Label of the per-worker gauges: the worker pod's replica index."""
 
 
 class ProgressReporter:
@@ -44,23 +45,26 @@ class ProgressReporter:
         self.gauges = {
             name: Gauge(name, help_, registry=self.registry)
             for name, help_ in (
-                (STEP, "Global step of rank 0."),
-                (EPOCH, "Epoch of rank 0."),
-                (LOSS, "Latest training loss."),
-                (SAMPLES_PER_SECOND, "Throughput of the whole gang."),
-                (UPDATED, "Unix time of the last progress report."),
-                (RANK, "Global rank of the reporting process (always 0)."),
+                (TRAINING_STEP, "Global step of rank 0."),
+                (TRAINING_EPOCH, "Epoch of rank 0."),
+                (TRAINING_LOSS, "Latest training loss."),
+                (TRAINING_SAMPLES_PER_SECOND, "Throughput of the whole gang."),
+                (TRAINING_UPDATED, "Unix time of the last progress report."),
+                (TRAINING_RANK, "Global rank of the reporting process (always 0)."),
             )
         }
         self.workers = {
-            name: Gauge(name, help_, [WORKER_LABEL], registry=self.registry)
+            name: Gauge(name, help_, [TRAINING_WORKER_LABEL], registry=self.registry)
             for name, help_ in (
-                (WORKER_SHARE, "Current share of every global batch, per worker pod."),
-                (WORKER_SAMPLES_PER_SECOND, "Measured (smoothed) samples per second of compute, per worker pod."),
+                (TRAINING_WORKER_SHARE, "Current share of every global batch, per worker pod."),
+                (
+                    TRAINING_WORKER_SAMPLES_PER_SECOND,
+                    "Measured (smoothed) samples per second of compute, per worker pod.",
+                ),
             )
         }
-        host = host or os.environ.get(HOST_ENV, "0.0.0.0")
-        port = port if port is not None else int(os.environ.get(PORT_ENV, str(DEFAULT_PORT)))
+        host = host or os.environ.get(METRICS_HOST_ENV, "0.0.0.0")
+        port = port if port is not None else int(os.environ.get(METRICS_PORT_ENV, str(TRAINING_METRICS_PORT)))
         self.server = None
         try:
             self.server, _ = start_http_server(port, host, self.registry)
@@ -70,7 +74,13 @@ class ProgressReporter:
 
     def report(self, step: int, epoch: int, loss: float, samples_per_second: float, force: bool = False) -> None:
         """Updates the gauges (a non-finite loss is served as it is: the operator leaves it out of status)."""
-        values = {STEP: step, EPOCH: epoch, LOSS: loss, SAMPLES_PER_SECOND: samples_per_second, UPDATED: time.time()}
+        values = {
+            TRAINING_STEP: step,
+            TRAINING_EPOCH: epoch,
+            TRAINING_LOSS: loss,
+            TRAINING_SAMPLES_PER_SECOND: samples_per_second,
+            TRAINING_UPDATED: time.time(),
+        }
         for name, value in values.items():
             self.gauges[name].set(value)
         now = time.monotonic()
@@ -88,8 +98,8 @@ class ProgressReporter:
     def report_workers(self, shares: dict[int, float], samples_per_second: dict[int, float]) -> None:
         """Each worker pod's (replica index's) current share and throughput."""
         for index, share in shares.items():
-            self.workers[WORKER_SHARE].labels(str(index)).set(share)
-            self.workers[WORKER_SAMPLES_PER_SECOND].labels(str(index)).set(samples_per_second.get(index, 0.0))
+            self.workers[TRAINING_WORKER_SHARE].labels(str(index)).set(share)
+            self.workers[TRAINING_WORKER_SAMPLES_PER_SECOND].labels(str(index)).set(samples_per_second.get(index, 0.0))
 
     def close(self) -> None:
         if self.server is not None:

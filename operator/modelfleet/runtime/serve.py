@@ -31,6 +31,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from modelfleet.contract import (
+    DEVICE_ENV,
+    GRPC_PORT_ENV,
+    HOST_ENV,
+    MAX_BATCH_SIZE_ENV,
+    MAX_BODY_BYTES_ENV,
+    MAX_DELAY_MS_ENV,
+    MAX_QUEUE_ENV,
+    MODEL_FORMAT_ENV,
+    MODEL_NAME_ENV,
+    MODEL_PATH_ENV,
+    PORT_ENV,
+    QUANTIZATION_ENV,
+    REQUEST_TIMEOUT_SECONDS_ENV,
+    SERVER_WORKERS_ENV,
+)
 from modelfleet.runtime import v2
 from modelfleet.runtime.engine import MODEL_VERSION, Engine, EngineConfig
 from modelfleet.runtime.grpc_service import start_grpc
@@ -54,33 +70,33 @@ class ServerConfig(EngineConfig):
     def from_env_and_args(cls, argv: list[str] | None = None) -> ServerConfig:
         env = os.environ
         parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("--model-path", default=env.get("MODELFLEET_MODEL_PATH"))
-        parser.add_argument("--model-name", default=env.get("MODELFLEET_MODEL_NAME", "model"))
-        parser.add_argument("--model-format", default=env.get("MODELFLEET_MODEL_FORMAT", "torchscript"))
-        parser.add_argument("--quantization", default=env.get("MODELFLEET_QUANTIZATION", "none"))
-        parser.add_argument("--max-batch-size", type=int, default=int(env.get("MODELFLEET_MAX_BATCH_SIZE", "1")))
-        parser.add_argument("--max-delay-ms", type=float, default=float(env.get("MODELFLEET_MAX_DELAY_MS", "5")))
-        parser.add_argument("--host", default=env.get("MODELFLEET_HOST", "0.0.0.0"))
-        parser.add_argument("--port", type=int, default=int(env.get("MODELFLEET_PORT", "8080")))
+        parser.add_argument("--model-path", default=env.get(MODEL_PATH_ENV))
+        parser.add_argument("--model-name", default=env.get(MODEL_NAME_ENV, "model"))
+        parser.add_argument("--model-format", default=env.get(MODEL_FORMAT_ENV, "torchscript"))
+        parser.add_argument("--quantization", default=env.get(QUANTIZATION_ENV, "none"))
+        parser.add_argument("--max-batch-size", type=int, default=int(env.get(MAX_BATCH_SIZE_ENV, "1")))
+        parser.add_argument("--max-delay-ms", type=float, default=float(env.get(MAX_DELAY_MS_ENV, "5")))
+        parser.add_argument("--host", default=env.get(HOST_ENV, "0.0.0.0"))
+        parser.add_argument("--port", type=int, default=int(env.get(PORT_ENV, "8080")))
         parser.add_argument(
-            "--grpc-port", type=int, default=int(env.get("MODELFLEET_GRPC_PORT", str(cls.grpc_port))),
+            "--grpc-port", type=int, default=int(env.get(GRPC_PORT_ENV, str(cls.grpc_port))),
             help="port of the gRPC V2 service (0: none)",
         )  # fmt: skip
-        parser.add_argument("--device", default=env.get("MODELFLEET_DEVICE", "cpu"))
+        parser.add_argument("--device", default=env.get(DEVICE_ENV, "cpu"))
         parser.add_argument(
-            "--max-body-bytes", type=int, default=int(env.get("MODELFLEET_MAX_BODY_BYTES", str(cls.max_body_bytes)))
+            "--max-body-bytes", type=int, default=int(env.get(MAX_BODY_BYTES_ENV, str(cls.max_body_bytes)))
         )
         parser.add_argument(
-            "--max-queue", type=int, default=int(env.get("MODELFLEET_MAX_QUEUE", str(cls.max_queue))),
+            "--max-queue", type=int, default=int(env.get(MAX_QUEUE_ENV, str(cls.max_queue))),
             help="requests that may wait for the batcher (0: no bound)",
         )  # fmt: skip
         parser.add_argument(
             "--request-timeout", type=float,
-            default=float(env.get("MODELFLEET_REQUEST_TIMEOUT_SECONDS", str(cls.request_timeout))),
+            default=float(env.get(REQUEST_TIMEOUT_SECONDS_ENV, str(cls.request_timeout))),
             help="seconds a request may take, body upload included",
         )  # fmt: skip
         parser.add_argument(
-            "--workers", type=int, default=int(env.get("MODELFLEET_WORKERS", "0")),
+            "--workers", type=int, default=int(env.get(SERVER_WORKERS_ENV, "0")),
             help="server processes sharing the ports (0: one per GPU, else one per two CPU cores the pod may use)",
         )  # fmt: skip
         args = parser.parse_args(argv)

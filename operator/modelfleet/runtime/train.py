@@ -33,6 +33,23 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import prune
 
+from modelfleet.contract import (
+    CHECKPOINT_DIR_ENV,
+    CHECKPOINT_INTERVAL_ENV,
+    COLLECTIVE_TIMEOUT_ENV,
+    DEBUG_DELAY_PER_SAMPLE_ENV,
+    DISTILL_ALPHA_ENV,
+    DISTILL_TEACHER_ENV,
+    DISTILL_TEMPERATURE_ENV,
+    OUTPUT_DIR_ENV,
+    PRUNE_AMOUNT_ENV,
+    PRUNE_AT_ENV,
+    PRUNE_STRUCTURED_ENV,
+    REBALANCE_STEPS_ENV,
+    REPLICA_INDEX_ENV,
+    SHARD_WEIGHTS_ENV,
+    SHARDING_ENV,
+)
 from modelfleet.runtime.artifact import report_artifact
 from modelfleet.runtime.compression import Distillation, Pruning, make_permanent, model_figures, restore_masks
 from modelfleet.runtime.data import from_path, synthetic
@@ -82,41 +99,41 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help=".pt ({x, y}) or .csv (label last); default: synthetic")
-    p.add_argument("--checkpoint-dir", default=env.get("MODELFLEET_CHECKPOINT_DIR"))
-    p.add_argument("--checkpoint-interval", type=int, default=int(env.get("MODELFLEET_CHECKPOINT_INTERVAL", "100")))
-    p.add_argument("--output-dir", default=env.get("MODELFLEET_OUTPUT_DIR"))
+    p.add_argument("--checkpoint-dir", default=env.get(CHECKPOINT_DIR_ENV))
+    p.add_argument("--checkpoint-interval", type=int, default=int(env.get(CHECKPOINT_INTERVAL_ENV, "100")))
+    p.add_argument("--output-dir", default=env.get(OUTPUT_DIR_ENV))
     p.add_argument("--report-seconds", type=float, default=5.0)
     p.add_argument(
         "--sharding",
         choices=["Weighted", "Equal", "Adaptive"],
-        default=env.get("MODELFLEET_SHARDING", "Weighted"),
+        default=env.get(SHARDING_ENV, "Weighted"),
         help="Adaptive: shares follow each rank's measured throughput, starting from MODELFLEET_SHARD_WEIGHTS",
     )
     p.add_argument(
         "--rebalance-steps",
         type=int,
-        default=int(env.get("MODELFLEET_REBALANCE_STEPS", "20")),
+        default=int(env.get(REBALANCE_STEPS_ENV, "20")),
         help="measure (and, Adaptive, rebalance) every this many steps",
     )
     p.add_argument(
         "--debug-delay-per-sample",
         type=float,
-        default=float(env.get("MODELFLEET_DEBUG_DELAY_PER_SAMPLE", "0")),
+        default=float(env.get(DEBUG_DELAY_PER_SAMPLE_ENV, "0")),
         help="debugging: seconds this rank sleeps per row of its shard each step, to act as a slower GPU",
     )
-    p.add_argument("--teacher", default=env.get("MODELFLEET_DISTILL_TEACHER"), help="distil from this artifact")
-    p.add_argument("--temperature", type=float, default=float(env.get("MODELFLEET_DISTILL_TEMPERATURE", "2")))
-    p.add_argument("--alpha", type=float, default=float(env.get("MODELFLEET_DISTILL_ALPHA", "0.5")))
-    p.add_argument("--prune-amount", type=float, default=float(env.get("MODELFLEET_PRUNE_AMOUNT", "0")))
+    p.add_argument("--teacher", default=env.get(DISTILL_TEACHER_ENV), help="distil from this artifact")
+    p.add_argument("--temperature", type=float, default=float(env.get(DISTILL_TEMPERATURE_ENV, "2")))
+    p.add_argument("--alpha", type=float, default=float(env.get(DISTILL_ALPHA_ENV, "0.5")))
+    p.add_argument("--prune-amount", type=float, default=float(env.get(PRUNE_AMOUNT_ENV, "0")))
     p.add_argument(
         "--prune-structured",
         action="store_true",
-        default=env.get("MODELFLEET_PRUNE_STRUCTURED", "").lower() in ("1", "true"),
+        default=env.get(PRUNE_STRUCTURED_ENV, "").lower() in ("1", "true"),
     )
     p.add_argument(
         "--prune-at",
         type=float,
-        default=float(env.get("MODELFLEET_PRUNE_AT", "0.5")),
+        default=float(env.get(PRUNE_AT_ENV, "0.5")),
         help="fraction of the training steps done before pruning",
     )
     return TrainConfig(**{k.replace("-", "_"): v for k, v in vars(p.parse_args(argv)).items()})
@@ -138,7 +155,7 @@ def init_distributed() -> tuple[int, int, int]:
     nproc = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if world > 1:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        timeout = timedelta(seconds=float(os.environ.get("MODELFLEET_COLLECTIVE_TIMEOUT", "300")))
+        timeout = timedelta(seconds=float(os.environ.get(COLLECTIVE_TIMEOUT_ENV, "300")))
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timeout)
     return rank, world, nproc
 
@@ -196,9 +213,7 @@ def gang_shares(
     static weight, found by the pod's index and not by the rank (torchrun's c10d hands out ranks in any order)."""
     if world == 1:
         return [replica_index], AdaptiveShares([1.0], adaptive=False)
-    own = (
-        1.0 if cfg.sharding == "Equal" else pod_weight(os.environ.get("MODELFLEET_SHARD_WEIGHTS"), replica_index, nproc)
-    )
+    own = 1.0 if cfg.sharding == "Equal" else pod_weight(os.environ.get(SHARD_WEIGHTS_ENV), replica_index, nproc)
     gathered = gather([float(replica_index), own], world, device)
     pods, static = [int(p) for p in gathered[:, 0]], gathered[:, 1].tolist()
     return pods, AdaptiveShares(normalized(static), adaptive=cfg.sharding == "Adaptive")
@@ -221,7 +236,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if world > 1:
         net = DistributedDataParallel(model)
         net.register_comm_hook(None, clock.hook)
-    replica_index = int(os.environ.get("MODELFLEET_REPLICA_INDEX", os.environ.get("GROUP_RANK", str(rank))))
+    replica_index = int(os.environ.get(REPLICA_INDEX_ENV, os.environ.get("GROUP_RANK", str(rank))))
     pods, shares = gang_shares(cfg, replica_index, world, nproc, device)
     start, end = slice_bounds(cfg.batch_size, shares.shares, rank)
     steps_per_epoch = max(len(x) // cfg.batch_size, 1)

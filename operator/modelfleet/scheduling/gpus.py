@@ -7,6 +7,8 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+from modelfleet.contract import GPU_SPEEDS_ENV
+
 # Relative training throughput per GPU (A100 = 1.0), from published dense BF16/FP16 training figures.
 # Overridable per job (spec.dataset.gpuSpeeds) and per installation (the chart's gpuSpeeds value).
 DEFAULT_GPU_SPEEDS: dict[str, float] = {
@@ -38,7 +40,7 @@ def gpu_type_matches(node_product: str | None, wanted: str | None) -> bool:
 @functools.cache
 def installation_gpu_speeds() -> dict[str, float]:
     """The installation's table: the defaults, updated by MODELFLEET_GPU_SPEEDS (JSON, the chart's gpuSpeeds)."""
-    return {**DEFAULT_GPU_SPEEDS, **json.loads(os.environ.get("MODELFLEET_GPU_SPEEDS") or "{}")}
+    return {**DEFAULT_GPU_SPEEDS, **json.loads(os.environ.get(GPU_SPEEDS_ENV) or "{}")}
 
 
 def gpu_speed(product: str | None, overrides: Mapping[str, float] | None = None) -> float:

@@ -6,15 +6,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modelfleet.api.common import (
-    GANG_ATTEMPT_LABEL,
-    GANG_SCHEDULING_GATE,
     GPU_RESOURCE,
     HOSTNAME_LABEL,
-    JOB_NAME_LABEL,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
     REGION_LABEL,
-    REPLICA_INDEX_LABEL,
     SCRATCH_VOLUME,
     ContainerSecurityContext,
     EnvVar,
@@ -22,8 +16,27 @@ from modelfleet.api.common import (
     owner_reference,
 )
 from modelfleet.api.training import ShardingMode, TrainingJobSpec
-from modelfleet.runtime.progress import DEFAULT_PORT as METRICS_PORT
-from modelfleet.runtime.progress import PORT_ENV
+from modelfleet.contract import (
+    ATTEMPT_ENV,
+    CHECKPOINT_DIR_ENV,
+    CHECKPOINT_INTERVAL_ENV,
+    GANG_ATTEMPT_LABEL,
+    GANG_SCHEDULING_GATE,
+    JOB_NAME_ENV,
+    JOB_NAME_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    METRICS_PORT_ENV,
+    NAMESPACE_ENV,
+    OUTPUT_DIR_ENV,
+    POD_NAME_ENV,
+    REBALANCE_STEPS_ENV,
+    REPLICA_INDEX_ENV,
+    REPLICA_INDEX_LABEL,
+    SHARD_WEIGHTS_ENV,
+    SHARDING_ENV,
+    TRAINING_METRICS_PORT,
+)
 from modelfleet.scheduling.gpus import shard_weights
 from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.training.compression import compression_env, teacher_volume
@@ -112,14 +125,14 @@ def worker_env(
         "PET_MASTER_PORT": str(spec.master_port),
         "PET_NPROC_PER_NODE": str(nproc),
         "PET_NODE_RANK": str(index),
-        "MODELFLEET_JOB_NAME": name,
-        "MODELFLEET_NAMESPACE": meta["namespace"],
-        "MODELFLEET_SHARD_WEIGHTS": ",".join(f"{w:.6f}" for w in weights),
-        "MODELFLEET_REPLICA_INDEX": str(index),
-        "MODELFLEET_SHARDING": str(spec.dataset.sharding),
-        "MODELFLEET_REBALANCE_STEPS": str(spec.dataset.rebalance_interval_steps),
-        "MODELFLEET_ATTEMPT": str(attempt),
-        PORT_ENV: str(METRICS_PORT),
+        JOB_NAME_ENV: name,
+        NAMESPACE_ENV: meta["namespace"],
+        SHARD_WEIGHTS_ENV: ",".join(f"{w:.6f}" for w in weights),
+        REPLICA_INDEX_ENV: str(index),
+        SHARDING_ENV: str(spec.dataset.sharding),
+        REBALANCE_STEPS_ENV: str(spec.dataset.rebalance_interval_steps),
+        ATTEMPT_ENV: str(attempt),
+        METRICS_PORT_ENV: str(TRAINING_METRICS_PORT),
     }
     if spec.workers.min_replicas is not None:
         env["PET_NNODES"] = f"{spec.workers.min_replicas}:{spec.workers.max_replicas}"
@@ -130,13 +143,13 @@ def worker_env(
     else:
         env["PET_NNODES"] = str(world)
     if spec.checkpoint.path:
-        env["MODELFLEET_CHECKPOINT_DIR"] = spec.checkpoint.path
-        env["MODELFLEET_CHECKPOINT_INTERVAL"] = str(spec.checkpoint.interval_steps)
+        env[CHECKPOINT_DIR_ENV] = spec.checkpoint.path
+        env[CHECKPOINT_INTERVAL_ENV] = str(spec.checkpoint.interval_steps)
     if spec.output_path:
-        env["MODELFLEET_OUTPUT_DIR"] = spec.output_path
+        env[OUTPUT_DIR_ENV] = spec.output_path
     env.update(compression_env(spec))
     fixed = [{"name": k, "value": v} for k, v in env.items()]
-    fixed.append({"name": "MODELFLEET_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    fixed.append({"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     user = [e.to_api() for e in spec.env if e.name not in env]
     return fixed + scratch_env(spec.env) + user
 
@@ -233,7 +246,7 @@ def worker_pod(
         "env": worker_env(meta, spec, index, world, weights, attempt),
         "ports": [
             {"name": "rendezvous", "containerPort": spec.master_port},
-            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT},
+            {"name": METRICS_PORT_NAME, "containerPort": TRAINING_METRICS_PORT},
         ],
         "resources": container_resources(spec.resources.gpus, spec.resources.cpu, spec.resources.memory),
         "securityContext": container_security_context(spec.container_security_context),

@@ -5,6 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from modelfleet.api.training import TEACHER_VOLUME, TrainingJobSpec
+from modelfleet.contract import (
+    DISTILL_ALPHA_ENV,
+    DISTILL_TEACHER_ENV,
+    DISTILL_TEMPERATURE_ENV,
+    PRUNE_AMOUNT_ENV,
+    PRUNE_AT_ENV,
+    PRUNE_STRUCTURED_ENV,
+)
 
 TEACHER_MOUNT_ROOT = "/mnt/teacher"
 
@@ -23,13 +31,13 @@ def compression_env(spec: TrainingJobSpec) -> dict[str, str]:
     """MODELFLEET_DISTILL_* and MODELFLEET_PRUNE_*, which `python -m modelfleet.runtime.train` reads."""
     env: dict[str, str] = {}
     if distillation := spec.compression.distillation:
-        env["MODELFLEET_DISTILL_TEACHER"] = teacher_location(distillation.teacher)[0]
-        env["MODELFLEET_DISTILL_TEMPERATURE"] = str(distillation.temperature)
-        env["MODELFLEET_DISTILL_ALPHA"] = str(distillation.alpha)
+        env[DISTILL_TEACHER_ENV] = teacher_location(distillation.teacher)[0]
+        env[DISTILL_TEMPERATURE_ENV] = str(distillation.temperature)
+        env[DISTILL_ALPHA_ENV] = str(distillation.alpha)
     if pruning := spec.compression.pruning:
-        env["MODELFLEET_PRUNE_AMOUNT"] = str(pruning.amount)
-        env["MODELFLEET_PRUNE_STRUCTURED"] = str(pruning.structured).lower()
-        env["MODELFLEET_PRUNE_AT"] = str(pruning.at_fraction)
+        env[PRUNE_AMOUNT_ENV] = str(pruning.amount)
+        env[PRUNE_STRUCTURED_ENV] = str(pruning.structured).lower()
+        env[PRUNE_AT_ENV] = str(pruning.at_fraction)
     return env
 
 

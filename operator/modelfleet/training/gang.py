@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from modelfleet.api.common import GANG_ATTEMPT_LABEL, GANG_SCHEDULING_GATE, REPLICA_INDEX_LABEL
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
+from modelfleet.contract import GANG_ATTEMPT_LABEL, GANG_SCHEDULING_GATE, REPLICA_INDEX_LABEL, SHARD_WEIGHTS_ENV
 from modelfleet.scheduling.nodes import pod_node
 from modelfleet.scheduling.queue import Evict
 
@@ -79,9 +79,7 @@ def worker_of(pod: Mapping[str, Any]) -> Worker:
         gated=any(g.get("name") == GANG_SCHEDULING_GATE for g in spec.get("schedulingGates") or []),
         deleting=bool(meta.get("deletionTimestamp")),
         world_size=int(_env_value(pod, "WORLD_SIZE") or 0),
-        shard_weight=_own_weight(
-            _env_value(pod, "MODELFLEET_SHARD_WEIGHTS"), int(labels.get(REPLICA_INDEX_LABEL, "0"))
-        ),
+        shard_weight=_own_weight(_env_value(pod, SHARD_WEIGHTS_ENV), int(labels.get(REPLICA_INDEX_LABEL, "0"))),
         exit_code=exit_code,
         reason=reason,
         finished_at=finished_at,

@@ -16,20 +16,21 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelfleet.api.common import REPLICA_INDEX_LABEL
-from modelfleet.inference.load_sources import scrape_all
-from modelfleet.runtime.progress import (
-    EPOCH,
-    LOSS,
-    RANK,
-    SAMPLES_PER_SECOND,
-    STEP,
-    UPDATED,
-    WORKER_LABEL,
-    WORKER_SAMPLES_PER_SECOND,
-    WORKER_SHARE,
+from modelfleet.contract import (
+    REPLICA_INDEX_LABEL,
+    TRAINING_EPOCH,
+    TRAINING_LOSS,
+    TRAINING_METRICS_PORT,
+    TRAINING_RANK,
+    TRAINING_SAMPLES_PER_SECOND,
+    TRAINING_STEP,
+    TRAINING_UPDATED,
+    TRAINING_WORKER_LABEL,
+    TRAINING_WORKER_SAMPLES_PER_SECOND,
+    TRAINING_WORKER_SHARE,
 )
-from modelfleet.training.builders import METRICS_PORT, METRICS_PORT_NAME
+from modelfleet.inference.load_sources import scrape_all
+from modelfleet.training.builders import METRICS_PORT_NAME
 
 SCRAPE_EVERY_SECONDS = 5.0
 SCRAPE_TIMEOUT_SECONDS = 1.0
@@ -42,7 +43,9 @@ def metrics_urls(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         meta, status = pod["metadata"], pod.get("status") or {}
         if status.get("phase") == "Running" and status.get("podIP") and not meta.get("deletionTimestamp"):
             ports = [p for c in pod["spec"]["containers"] for p in c.get("ports") or []]
-            port = next((p["containerPort"] for p in ports if p.get("name") == METRICS_PORT_NAME), METRICS_PORT)
+            port = next(
+                (p["containerPort"] for p in ports if p.get("name") == METRICS_PORT_NAME), TRAINING_METRICS_PORT
+            )
             urls[meta["name"]] = f"http://{status['podIP']}:{port}/metrics"
     return urls
 
@@ -52,23 +55,27 @@ def progress_from_metrics(text: str, _at: float = 0.0) -> dict[str, Any] | None:
     (a diverged loss) is left out: JSON has no such number and the API would refuse the status patch."""
     samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
     values = {s.name: s.value for s in samples if not s.labels}
-    if not values.get(UPDATED) or values.get(RANK, 0) != 0:
+    if not values.get(TRAINING_UPDATED) or values.get(TRAINING_RANK, 0) != 0:
         return None
     progress: dict[str, Any] = {}
     for key, name, convert in (
-        ("step", STEP, int),
-        ("epoch", EPOCH, int),
-        ("loss", LOSS, lambda v: round(v, 6)),
-        ("samplesPerSecond", SAMPLES_PER_SECOND, lambda v: round(v, 2)),
+        ("step", TRAINING_STEP, int),
+        ("epoch", TRAINING_EPOCH, int),
+        ("loss", TRAINING_LOSS, lambda v: round(v, 6)),
+        ("samplesPerSecond", TRAINING_SAMPLES_PER_SECOND, lambda v: round(v, 2)),
     ):
         if name in values and math.isfinite(values[name]):
             progress[key] = convert(values[name])
-    progress["updatedAt"] = datetime.fromtimestamp(values[UPDATED], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    progress["updatedAt"] = datetime.fromtimestamp(values[TRAINING_UPDATED], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     workers: dict[str, dict[str, float]] = {}
     for sample in samples:
-        key = {WORKER_SHARE: "currentShare", WORKER_SAMPLES_PER_SECOND: "samplesPerSecond"}.get(sample.name)
-        if key and WORKER_LABEL in sample.labels and math.isfinite(sample.value):
-            workers.setdefault(sample.labels[WORKER_LABEL], {})[key] = round(sample.value, 6 if "Share" in key else 2)
+        key = {TRAINING_WORKER_SHARE: "currentShare", TRAINING_WORKER_SAMPLES_PER_SECOND: "samplesPerSecond"}.get(
+            sample.name
+        )
+        if key and TRAINING_WORKER_LABEL in sample.labels and math.isfinite(sample.value):
+            workers.setdefault(sample.labels[TRAINING_WORKER_LABEL], {})[key] = round(
+                sample.value, 6 if "Share" in key else 2
+            )
     if workers:
         progress["workers"] = workers
     return progress

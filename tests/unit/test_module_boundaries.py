@@ -1,0 +1,43 @@
+"""Which parts of the package may import which: read from the source, so a new import across a line fails here."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import modelfleet
+
+PACKAGE = Path(modelfleet.__file__).parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth (function-level imports included), as absolute names."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def sources(subpackage: str) -> list[Path]:
+    return sorted((PACKAGE / subpackage).rglob("*.py"))
+
+
+def under(module: str, *packages: str) -> bool:
+    return any(module == p or module.startswith(f"{p}.") for p in packages)
+
+
+def test_the_runtime_imports_only_itself_and_the_contract() -> None:
+    offending = {
+        f"{path.relative_to(PACKAGE)}: {module}"
+        for path in sources("runtime")
+        for module in imported_modules(path)
+        if under(module, "modelfleet") and not under(module, "modelfleet.runtime", "modelfleet.contract")
+    }
+    assert not offending
+
+
+def test_the_contract_imports_nothing() -> None:
+    assert imported_modules(PACKAGE / "contract.py") == set()
