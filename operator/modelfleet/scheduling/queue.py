@@ -8,14 +8,13 @@ Pure: the operator's planning pass and `benchmarks/placement.py` call `plan_queu
   priority to their minimum, then preempts whole lower-priority gangs (fewest GPU-hours lost first, newest first),
   only as many as it needs.
 - Otherwise it gets a reservation (up to `depth` per region): the nodes it would use once the running gangs that
-  end soonest (by their length bound, else the oldest) have ended, taken on those gangs' own nodes where it fits
-  there (it then starts no later and holds no idle GPU it does not need; idle nodes stay open to others). Gangs
-  behind it backfill only onto capacity the reservation does not hold, or onto held capacity when their own length
-  bound ends before the reservation starts (conservative backfill). A reservation is recomputed every pass, so it
-  follows the cluster as it changes.
+  end soonest (by their length bound, else the oldest) have ended. Gangs behind it backfill only onto capacity the
+  reservation does not hold, or onto held capacity when their own length bound ends before the reservation starts
+  (conservative backfill). A reservation is recomputed every pass, so it follows the cluster as it changes.
 - A gang that takes any GPU type, and could run on the types no waiting gang names, is placed, reserved and
   preempts only on those in its turn; it takes a named type's GPUs only as a leftover, after every other gang of
-  the pass had its turn. Otherwise untyped gangs fill H100s that typed gangs wait for and later leave the other types idle.
+  the pass had its turn. Otherwise untyped gangs fill the H100s that typed gangs wait for, and later leave the
+  other types idle.
 - Quotas (scheduling/quota.py): a gang over its namespace's GPUQuota waits (QuotaExceeded) and holds nothing; one
   admitted only by borrowing idle quota never reserves or preempts; a gang within its own quota that does not fit
   takes borrowed GPUs back (whole gangs of namespaces above their quota, newest first) before preempting by priority.
@@ -369,8 +368,9 @@ class _Pass:
         k = bisect.bisect_left(range(len(prefix)), True, key=fits_after)  # more endings never fit worse
         if k == len(prefix):
             return why
+        plan = plan_gang(self.view(prefix[k]), gang.demand)
+        assert isinstance(plan, Plan)
         waited = ending[:k]
-        plan = self.reservation_plan(gang.demand, prefix[k], waited)
         nodes = {n.name for n in plan.nodes}
         touching = [g for g in waited if not nodes.isdisjoint(g.nodes)]
         ends = [g.ends_by for g in touching]
@@ -380,16 +380,6 @@ class _Pass:
         when = "as soon as capacity frees" if start is None else f"in about {max(start - self.now, 0):.0f}s"
         message = f"{why.message}; {', '.join(sorted(nodes))} reserved for it, expected to start {when}"
         return replace(why, message=message, reserved=tuple(sorted(nodes)))
-
-    def reservation_plan(self, demand: GangDemand, capacity: Capacity, waited: Sequence[RunningGang]) -> Plan:
-        """Where a reservation goes once the `waited` gangs have ended: on their nodes if it fits there (it then
-        starts no later and holds no GPU idle that it does not have to), else anywhere on `capacity`."""
-        on_waited = {n for g in waited for n in g.nodes}
-        plan = plan_gang(self.view({n: (gpus if n in on_waited else 0) for n, gpus in capacity.items()}), demand)
-        if not isinstance(plan, Plan):
-            plan = plan_gang(self.view(capacity), demand)
-        assert isinstance(plan, Plan)
-        return plan
 
     # -- elastic growth -------------------------------------------------------------------------------------
 
