@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import modelfleet
 
 PACKAGE = Path(modelfleet.__file__).parent
@@ -27,6 +29,17 @@ def sources(subpackage: str) -> list[Path]:
 
 def under(module: str, *packages: str) -> bool:
     return any(module == p or module.startswith(f"{p}.") for p in packages)
+
+
+@pytest.mark.parametrize("subpackage", ["inference", "gateway"])
+def test_serving_does_not_import_training(subpackage: str) -> None:
+    offending = {
+        f"{path.relative_to(PACKAGE)}: {module}"
+        for path in sources(subpackage)
+        for module in imported_modules(path)
+        if under(module, "modelfleet.training")
+    }
+    assert not offending, "shared pod helpers belong in modelfleet.pods"
 
 
 def test_the_runtime_imports_only_itself_and_the_contract() -> None:

@@ -27,7 +27,7 @@ from modelfleet.contract import (
     REVISION_ANNOTATION,
     SERVICE_NAME_LABEL,
 )
-from modelfleet.training.builders import (
+from modelfleet.pods import (
     container_resources,
     container_security_context,
     gpu_tolerations,

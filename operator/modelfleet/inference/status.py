@@ -9,12 +9,7 @@ from modelfleet.api.common import Condition, set_condition
 from modelfleet.api.inference import InferenceServiceSpec, ServingPhase
 from modelfleet.contract import REVISION_ANNOTATION
 from modelfleet.inference.builders import region_url, selector_string
-
-
-def pod_ready(pod: Mapping[str, Any]) -> bool:
-    if pod.get("metadata", {}).get("deletionTimestamp") or pod.get("status", {}).get("phase") != "Running":
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod["status"].get("conditions") or [])
+from modelfleet.pods import pod_ready
 
 
 def unschedulable_message(pods: Sequence[Mapping[str, Any]]) -> str | None:

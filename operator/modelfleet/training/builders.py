@@ -5,16 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modelfleet.api.common import (
-    GPU_RESOURCE,
-    HOSTNAME_LABEL,
-    REGION_LABEL,
-    SCRATCH_VOLUME,
-    ContainerSecurityContext,
-    EnvVar,
-    PodSecurityContext,
-    owner_reference,
-)
+from modelfleet.api.common import HOSTNAME_LABEL, REGION_LABEL, owner_reference
 from modelfleet.api.training import ShardingMode, TrainingJobSpec
 from modelfleet.contract import (
     ATTEMPT_ENV,
@@ -37,6 +28,14 @@ from modelfleet.contract import (
     SHARDING_ENV,
     TRAINING_METRICS_PORT,
 )
+from modelfleet.pods import (
+    container_resources,
+    container_security_context,
+    gpu_tolerations,
+    pod_security_context,
+    scratch_env,
+    with_scratch,
+)
 from modelfleet.scheduling.gpus import shard_weights
 from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.training.compression import compression_env, teacher_volume
@@ -45,23 +44,6 @@ WORKER_CONTAINER = "worker"
 DEFAULT_TRAIN_COMMAND = ["python", "-m", "modelfleet.runtime.train"]
 METRICS_PORT_NAME = "metrics"
 """The container port where rank 0 serves its progress (the operator scrapes it into status.progress)."""
-# A numeric non-root UID/GID (distroless "nonroot", as the operator's own chart runs): runAsNonRoot alone makes the
-# kubelet refuse the many images whose USER is root or a name, so the pods run as this unless the spec says otherwise.
-NON_ROOT_ID = 65532
-SCRATCH_PATH = "/tmp"
-RESTRICTED_POD_SECURITY: dict[str, Any] = {
-    "runAsNonRoot": True,
-    "runAsUser": NON_ROOT_ID,
-    "runAsGroup": NON_ROOT_ID,
-    "fsGroup": NON_ROOT_ID,
-    "fsGroupChangePolicy": "OnRootMismatch",
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-RESTRICTED_CONTAINER_SECURITY: dict[str, Any] = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "readOnlyRootFilesystem": True,
-}
 
 
 def job_labels(job_name: str) -> dict[str, str]:
@@ -154,21 +136,6 @@ def worker_env(
     return fixed + scratch_env(spec.env) + user
 
 
-def container_resources(gpus: int, cpu: str | int | None, memory: str | int | None) -> dict[str, Any]:
-    amounts: dict[str, str] = {}
-    if cpu is not None:
-        amounts["cpu"] = str(cpu)
-    if memory is not None:
-        amounts["memory"] = str(memory)
-    if gpus:
-        amounts[GPU_RESOURCE] = str(gpus)
-    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
-
-
-def gpu_tolerations(gpus: int) -> list[dict[str, Any]]:
-    return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}] if gpus else []
-
-
 def pinned_affinity(node: NodeInfo) -> dict[str, Any]:
     expressions = [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node.name]}]
     if node.region:
@@ -178,46 +145,6 @@ def pinned_affinity(node: NodeInfo) -> dict[str, Any]:
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": expressions}]}
         }
     }
-
-
-def merged(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`defaults` with `overrides` over them, objects merged field by field (the override's value wins)."""
-    out = dict(defaults)
-    for key, value in overrides.items():
-        base = out.get(key)
-        out[key] = merged(base, value) if isinstance(base, Mapping) and isinstance(value, Mapping) else value
-    return out
-
-
-def pod_security_context(user: PodSecurityContext | None) -> dict[str, Any]:
-    """The Pod Security Standard `restricted` pod fields, with what the user's spec.securityContext sets."""
-    return merged(RESTRICTED_POD_SECURITY, user.to_api() if user else {})
-
-
-def container_security_context(user: ContainerSecurityContext | None) -> dict[str, Any]:
-    """The `restricted` container fields, with what the user's spec.containerSecurityContext sets."""
-    overrides = user.to_api() if user else {}
-    defaults = dict(RESTRICTED_CONTAINER_SECURITY)
-    if overrides.get("privileged") or "CAP_SYS_ADMIN" in overrides.get("capabilities", {}).get("add", []):
-        # these escalate anyway, and the API refuses either beside allowPrivilegeEscalation: false
-        del defaults["allowPrivilegeEscalation"]
-    return merged(defaults, overrides)
-
-
-def scratch_env(user_env: Sequence[EnvVar]) -> list[dict[str, str]]:
-    """TMPDIR and HOME at the writable /tmp (the root filesystem is read-only), unless the user's env sets them."""
-    named = {e.name for e in user_env}
-    return [{"name": k, "value": SCRATCH_PATH} for k in ("TMPDIR", "HOME") if k not in named]
-
-
-def with_scratch(volumes: Sequence[Any], mounts: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-    """The pod's volumes and the container's mounts plus an emptyDir at /tmp, unless the user mounts one there."""
-    if any(m["mountPath"].rstrip("/") == SCRATCH_PATH for m in mounts):
-        return list(volumes), list(mounts)
-    return (
-        [*volumes, {"name": SCRATCH_VOLUME, "emptyDir": {}}],
-        [*mounts, {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}],
-    )
 
 
 def worker_pod(
