@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from modelfleet.capacity import ObjectStore, Slim
+from modelfleet.contract import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, SHARD_WEIGHTS_ENV
 
-DECISION_ENV = frozenset({"WORLD_SIZE", "MODELFLEET_SHARD_WEIGHTS"})
+DECISION_ENV = frozenset({"WORLD_SIZE", SHARD_WEIGHTS_ENV})
 """The only env vars a worker's pod is read for (its gang's size and its shard weight)."""
 POD_CONDITIONS = frozenset({"Ready", "PodScheduled"})
 OWN_PREFIX = "modelfleet.dev/"

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from modelfleet.api.inference import InferenceServiceSpec
+from modelfleet.contract import MODEL_DIGEST_ENV
 from modelfleet.inference.builders import pod_template
-from modelfleet.inference.model_source import DIGEST_ENV, Resolved, Waiting, resolve, services_serving
+from modelfleet.inference.model_source import Resolved, Waiting, resolve, services_serving
 
 SPEC = InferenceServiceSpec.model_validate(
     {"model": {"fromTrainingJob": "mlp", "quantization": "int8"}, "regions": [{"name": "local"}]}
@@ -34,7 +35,7 @@ def test_the_artifact_is_served_and_its_digest_is_in_the_pod_template() -> None:
     assert resolved.spec.model.uri == "pvc://models/mlp" and resolved.spec.model.quantization == "int8"
     template = pod_template("svc", resolved.spec, "local")
     env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
-    assert env[DIGEST_ENV] == "sha256:aa" and env["MODELFLEET_MODEL_PATH"] == "/mnt/models/models/mlp"
+    assert env[MODEL_DIGEST_ENV] == "sha256:aa" and env["MODELFLEET_MODEL_PATH"] == "/mnt/models/models/mlp"
     newer = resolve(SPEC, job("Succeeded", {**ARTIFACT, "digest": "sha256:bb"}), resolved.artifact)
     assert isinstance(newer, Resolved)
     assert pod_template("svc", newer.spec, "local") != template, "a new digest is a new revision"

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from modelfleet.api.common import REGION_NAME_LABEL, SERVICE_NAME_LABEL
 from modelfleet.api.inference import InferenceServiceSpec, ScaleMetric
-from modelfleet.inference.status import pod_ready
+from modelfleet.pods import pod_ready
 
 ServiceKey = tuple[str, str]
 """(namespace, name) of an InferenceService."""

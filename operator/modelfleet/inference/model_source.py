@@ -17,9 +17,8 @@ import kopf
 from modelfleet import kube
 from modelfleet.api.common import Condition, EnvVar, set_condition
 from modelfleet.api.inference import InferenceServiceSpec, ServingPhase
+from modelfleet.contract import MODEL_DIGEST_ENV
 from modelfleet.owned import TRAINING_RESULTS
-
-DIGEST_ENV = "MODELFLEET_MODEL_DIGEST"
 
 
 @dataclass(frozen=True)
@@ -57,9 +56,9 @@ def resolve(
     else:
         return Waiting("WaitingForTrainingJob", f"TrainingJob {name} is {status.get('phase') or 'Pending'}")
     record = {k: v for k, v in record.items() if v is not None}
-    env = [e for e in spec.env if e.name != DIGEST_ENV]
+    env = [e for e in spec.env if e.name != MODEL_DIGEST_ENV]
     if record.get("digest"):
-        env.append(EnvVar(name=DIGEST_ENV, value=record["digest"]))
+        env.append(EnvVar(name=MODEL_DIGEST_ENV, value=record["digest"]))
     model = spec.model.model_copy(update={"uri": record["uri"]})
     return Resolved(spec.model_copy(update={"model": model, "env": env}), record)
 

@@ -18,8 +18,8 @@ from modelfleet.inference import gateway_load
 from modelfleet.inference.autoscaler import RegionScaler, decide
 from modelfleet.inference.builders import region_object_name
 from modelfleet.inference.load_sources import ReplicaSample, prometheus_load, region_load, scrape_all
-from modelfleet.inference.status import pod_ready
 from modelfleet.loops import NO_RESYNC
+from modelfleet.pods import pod_ready
 
 EARLY = 0.9
 """A tick is due once this share of the interval has passed (the loop's timer fires a little after the interval)."""
