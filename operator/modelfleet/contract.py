@@ -2,8 +2,11 @@
 
 The operator's builders write these env vars and labels into the pods; the runtime (`modelfleet.runtime.train`,
 `modelfleet.runtime.serve`) reads the env; the runtime exports these metrics, which the operator's progress scraper
-and autoscaler read. The chart's settings for the operator itself are here too. A value changed here changes the wire format between an operator and the images it runs.
-Constants only, and no import: any side (an image without the operator's dependencies, a test) can read it.
+and autoscaler read. The chart's settings for the operator itself are here too. A value changed here changes the
+wire format between an operator and the images it runs.
+
+Constants only, with no import of its own, so either side can read it without loading the other's code (the
+package's `__init__` still loads the Python client, `modelfleet.deploy`/`train`, and with it pydantic and kubernetes).
 """
 
 # Labels and gates on everything the operator creates (the gateway and the operator's indexes select by them).

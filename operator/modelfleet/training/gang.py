@@ -22,6 +22,8 @@ FINISHED = (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED)
 
 @dataclass(frozen=True)
 class Worker:
+    """A worker pod as the policies see it: what its labels, env, spec and status say."""
+
     name: str
     uid: str
     index: int
@@ -148,7 +150,8 @@ class Failure:
 
 @dataclass
 class Decision:
-    """What to do now. The handler applies it in order: deletes, status, placement, ungating, job deletion."""
+    """What to do now. The handler carries it out in order: status (so a crash never loses a restart or a failure),
+    deletes, placement, ungating, job deletion."""
 
     delete: list[str] = field(default_factory=list)
     force_delete: list[str] = field(default_factory=list)
