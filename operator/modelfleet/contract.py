@@ -116,3 +116,11 @@ SERVER_MODEL_SIZE = "modelfleet_model_size_bytes"
 SERVER_QUANTIZATION_INFO = "modelfleet_quantization_info"
 SERVER_BATCH_LIMIT = "modelfleet_batch_limit_rows"
 SERVER_REJECTED = "modelfleet_rejected_requests"
+
+# Gateway metrics, exported by the gateway per namespace, service and region, and read by the operator's
+# `source: Gateway` (modelfleet.inference.gateway_load).
+GATEWAY_INFLIGHT = "modelfleet_gateway_inflight_requests"
+GATEWAY_QUEUED = "modelfleet_gateway_queued_requests"
+GATEWAY_REDIRECTED = "modelfleet_gateway_redirected_requests"
+GATEWAY_REQUESTS = "modelfleet_gateway_requests"
+GATEWAY_LATENCY = "modelfleet_gateway_request_duration_seconds"

@@ -1,31 +1,36 @@
-"""The gateway's Prometheus series, per service and region. The operator's `source: Gateway` reads in-flight,
-queued and redirected requests from here (modelfleet.inference.gateway_load)."""
+"""The gateway's Prometheus series, per service and region. Those the operator's `source: Gateway` reads
+(modelfleet.inference.gateway_load: in-flight, queued, redirected, requests, latency) are named in modelfleet.contract."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from modelfleet.contract import (
+    GATEWAY_INFLIGHT,
+    GATEWAY_LATENCY,
+    GATEWAY_QUEUED,
+    GATEWAY_REDIRECTED,
+    GATEWAY_REQUESTS,
+)
+
 LABELS = ["namespace", "service", "region"]
-INFLIGHT = "modelfleet_gateway_inflight_requests"
-QUEUED = "modelfleet_gateway_queued_requests"
-REDIRECTED = "modelfleet_gateway_redirected_requests"
-REQUESTS = "modelfleet_gateway_requests"
-LATENCY = "modelfleet_gateway_request_duration_seconds"
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter(REQUESTS, "Requests answered, by the region that served them and status code.",
+        self.requests = Counter(GATEWAY_REQUESTS, "Requests answered, by the region that served them and status code.",
                                 [*LABELS, "code"], registry=r)  # fmt: skip
-        self.inflight = Gauge(INFLIGHT, "Requests in flight to the region's replicas.", LABELS, registry=r)
-        self.queued = Gauge(QUEUED, "Requests the activator holds, by the region they wait for.", LABELS, registry=r)
+        self.inflight = Gauge(GATEWAY_INFLIGHT, "Requests in flight to the region's replicas.", LABELS, registry=r)
+        self.queued = Gauge(
+            GATEWAY_QUEUED, "Requests the activator holds, by the region they wait for.", LABELS, registry=r
+        )
         self.redirected = Gauge(
-            REDIRECTED, "Requests in flight elsewhere because this region, their nearest, has no ready replica.",
+            GATEWAY_REDIRECTED, "Requests in flight elsewhere because this region, their nearest, has no ready replica.",
             LABELS, registry=r,
         )  # fmt: skip
         self.latency = Histogram(
-            LATENCY, "Request latency through the gateway, by the region that served it.", LABELS, registry=r,
+            GATEWAY_LATENCY, "Request latency through the gateway, by the region that served it.", LABELS, registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )  # fmt: skip
         self.retries = Counter("modelfleet_gateway_retries", "Attempts retried after a failure.", LABELS, registry=r)

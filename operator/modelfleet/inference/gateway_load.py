@@ -24,8 +24,15 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelfleet.api.inference import Autoscaling, MetricsSource, ScaleMetric
-from modelfleet.contract import GATEWAY_METRICS_ENV, GATEWAY_URL_ENV
-from modelfleet.gateway import metrics as gw
+from modelfleet.contract import (
+    GATEWAY_INFLIGHT,
+    GATEWAY_LATENCY,
+    GATEWAY_METRICS_ENV,
+    GATEWAY_QUEUED,
+    GATEWAY_REDIRECTED,
+    GATEWAY_REQUESTS,
+    GATEWAY_URL_ENV,
+)
 from modelfleet.inference.load_sources import LATENCY_QUANTILE, quantile, scrape
 
 """Space-separated /metrics URLs of the gateways (default: <gateway URL>/metrics)."""
@@ -75,10 +82,10 @@ def parse_gateway_metrics(text: str, at: float) -> dict[RegionKey, GatewaySample
     values: dict[RegionKey, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     buckets: dict[RegionKey, dict[float, float]] = defaultdict(lambda: defaultdict(float))
     fields = {
-        gw.INFLIGHT: "inflight",
-        gw.QUEUED: "waiting",
-        gw.REDIRECTED: "waiting",
-        f"{gw.REQUESTS}_total": "requests",
+        GATEWAY_INFLIGHT: "inflight",
+        GATEWAY_QUEUED: "waiting",
+        GATEWAY_REDIRECTED: "waiting",
+        f"{GATEWAY_REQUESTS}_total": "requests",
     }
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -87,7 +94,7 @@ def parse_gateway_metrics(text: str, at: float) -> dict[RegionKey, GatewaySample
             key = (s.labels["namespace"], s.labels["service"], s.labels["region"])
             if s.name in fields:
                 values[key][fields[s.name]] += s.value
-            elif s.name == f"{gw.LATENCY}_bucket":
+            elif s.name == f"{GATEWAY_LATENCY}_bucket":
                 buckets[key][float(s.labels["le"])] += s.value
     return {
         key: GatewaySample(at, **values.get(key, {}), buckets=tuple(sorted(buckets.get(key, {}).items())))
