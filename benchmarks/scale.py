@@ -208,9 +208,13 @@ class RunningPods(threading.Thread):
         if job not in self.done and len(self.running[job]) >= self.workers[job]:
             self.done[job] = time.monotonic()
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float, stall: float = 180) -> None:
+        """Until every job is Running, `timeout` passes, or no job has reached Running for `stall` seconds."""
         deadline = time.monotonic() + timeout
-        while len(self.done) < len(self.workers) and time.monotonic() < deadline:
+        progress, last = 0, time.monotonic()
+        while len(self.done) < len(self.workers) and time.monotonic() < min(deadline, last + stall):
+            if len(self.done) > progress:
+                progress, last = len(self.done), time.monotonic()
             time.sleep(0.5)
         self.stopped.set()
 
