@@ -19,7 +19,6 @@ from modelfleet.scheduling.nodes import NodeInfo, build_view, pod_gpu_request, p
 from modelfleet.scheduling.priority import slim_priority_class
 from modelfleet.scheduling.quota import slim_gpu_quota
 
-RESERVATION_TTL = 60.0
 Slim = Callable[[Mapping[str, Any]], dict[str, Any] | None]
 Owner = Callable[[Mapping[str, Any]], Hashable | None]
 
@@ -156,10 +155,15 @@ class CapacityStore:
     gpu_quotas: ObjectStore = field(default_factory=lambda: ObjectStore(slim_gpu_quota))
 
     def reserve(self, pods: Iterable[dict[str, Any]]) -> None:
-        """Counts freshly created pods until the watch delivers them, so two plans never share GPUs."""
-        expires = time.monotonic() + RESERVATION_TTL
+        """Counts pods being created until the watch delivers them, so two plans never share GPUs. Called again
+        with the created pods once the API has them: a reservation remembers when its pod was last known to exist.
+
+        No timer ends a reservation: a busy operator's pod watch can lag a minute behind its own creates (at 1,000
+        jobs a 60 s timer handed the same GPUs out twice). The watch, a delete (`release`) or a fresh list that
+        started after the pod existed (`settle`) ends it."""
+        now = time.monotonic()
         for pod in pods:
-            self.reservations[reservation_key(pod)] = (slim_pod(pod), expires)
+            self.reservations[reservation_key(pod)] = (slim_pod(pod), now)
 
     def release(self, namespace: str, names: Iterable[str]) -> None:
         """Drops the reservations of these pods, whatever their attempt (they were deleted or never made)."""
@@ -167,13 +171,19 @@ class CapacityStore:
         for key in [k for k in self.reservations if k[:2] in doomed]:
             del self.reservations[key]
 
+    def settle(self, listed_at: float) -> int:
+        """After `gpu_pods` took a fresh list that started at `listed_at`: a pod reserved before it is in the store
+        now if it exists at all, so its reservation goes. Returns how many went."""
+        stale = [key for key, (_, made) in self.reservations.items() if made < listed_at]
+        for key in stale:
+            del self.reservations[key]
+        return len(stale)
+
     def view(self) -> list[NodeInfo]:
         indexed = self.gpu_pods.values()
         seen = {reservation_key(p) for p in indexed}
-        now = time.monotonic()
-        for key, (_, expires) in list(self.reservations.items()):
-            if key in seen or expires < now:
-                del self.reservations[key]
+        for key in [k for k in self.reservations if k in seen]:
+            del self.reservations[key]
         pending = [pod for pod, _ in self.reservations.values()]
         return build_view(self.nodes.values(), [*indexed, *pending], datetime.now(UTC))
 

@@ -50,6 +50,7 @@ class Resync:
         dropped = {"nodes": CAPACITY.nodes.replace(nodes, started)}
         pods = await self._list(kube.core().list_pod_for_all_namespaces, kube.core().list_namespaced_pod)
         dropped["pods"] = CAPACITY.gpu_pods.replace(pods, started)
+        CAPACITY.settle(started)
         dropped["workers"] = WORKER_PODS.replace(pods, started)
         dropped["servers"] = SERVER_PODS.replace(pods, started)
         del pods

@@ -60,6 +60,18 @@ def test_a_reservation_is_not_hidden_by_an_old_pod_of_the_same_name() -> None:
     assert state.view()[0].free_gpus == 4 and not state.reservations
 
 
+def test_a_reservation_outlives_a_slow_watch_and_ends_with_a_later_list() -> None:
+    state = CapacityStore()
+    state.nodes.apply_event(node("n1", "n-u") | {"status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [
+        {"type": "Ready", "status": "True"}]}})  # fmt: skip
+    before = time.monotonic()
+    state.reserve([gpu_worker("job-worker-0", "", "0")])
+    state.settle(before)  # a list that started before the pod was created may lack it: the reservation stays
+    assert state.view()[0].free_gpus == 4
+    state.settle(time.monotonic())  # a list that started after it: the store holds the pod if it exists at all
+    assert state.view()[0].free_gpus == 8 and not state.reservations
+
+
 def test_loops_of_objects_a_fresh_list_lacks_are_stopped() -> None:
     async def scenario() -> None:
         seen: list[str] = []

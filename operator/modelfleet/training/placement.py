@@ -80,6 +80,7 @@ async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, 
         return_exceptions=True,
     )
     created = [r for r in results[1:] if isinstance(r, dict)]
+    CAPACITY.reserve(created)  # they exist from now: a list that starts later holds them
     for pod in created:
         WORKER_PODS.apply_event(pod)
     refused = next((r for r in results if isinstance(r, kube.Refused)), None)
