@@ -80,8 +80,13 @@ class ObjectStore:
         """owner key -> uids, when the store has an `owner`."""
 
     def apply_event(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
+        """Takes a watch event's object, or the API's answer to one of the operator's own writes: an answer the
+        watch has already overtaken (an older resourceVersion) is ignored, so it never hides a newer state."""
         uid = obj.get("metadata", {}).get("uid")
         if not uid:
+            return
+        known, version = self.entries.get(uid), _version(obj)
+        if not deleted and known is not None and 0 < version < known[1]:
             return
         value = None if deleted else self.slim(obj)
         if value is None:

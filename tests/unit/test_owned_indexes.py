@@ -123,3 +123,11 @@ def test_a_loop_keeps_its_objects_body_without_bookkeeping() -> None:
     kept = without_bookkeeping(body)
     assert kept["metadata"] == {"name": "job", "namespace": "ns", "resourceVersion": "5", "annotations": {"team": "a"}}
     assert kept["spec"] is body["spec"] and without_bookkeeping(kept) is kept
+
+
+def test_the_answer_to_an_own_write_never_hides_what_the_watch_brought_since() -> None:
+    store = workers()
+    store.apply_event(worker("job-worker-0", "p0", "job-uid", rv="12", phase="Running"))
+    store.apply_event(worker("job-worker-0", "p0", "job-uid", rv="10", phase="Pending"))  # the ungate's answer
+    (pod,) = store.owned_by("job-uid")
+    assert pod["status"]["phase"] == "Running"
