@@ -75,17 +75,24 @@ class ReconcileLoops:
         self.seen: dict[Key, float] = {}
         """When each body last came from the API (monotonic), for `prune`."""
 
-    def apply_event(self, body: dict[str, Any], deleted: bool = False) -> None:
-        """Takes a watch event's object: remembers it (if newer) and wakes its loop, or stops the loop."""
+    def apply_event(self, body: dict[str, Any], deleted: bool = False) -> bool:
+        """Takes a watch event's object: remembers it and wakes its loop, or stops the loop. Returns whether it
+        was news: the echo of a write the loop made itself (a version it already holds) wakes nobody."""
         key = key_of(body)
         if deleted:
             self.forget(key)
-            return
+            return True
+        known = self.bodies.get(key)
+        running = key in self.tasks and not self.tasks[key].done()
+        if running and known is not None and _version(body) <= _version(known):
+            self.seen[key] = time.monotonic()
+            return False
         self.remember(body)
-        if key not in self.tasks or self.tasks[key].done():
+        if not running:
             self.wakeups[key] = asyncio.Event()
             self.tasks[key] = asyncio.create_task(self._run(key), name=f"{self.name}:{key[0]}/{key[1]}")
         self.wake(key)
+        return True
 
     def remember(self, body: dict[str, Any] | None) -> None:
         """Keeps the newest version seen, so an old watch event never overrides what we just wrote."""
