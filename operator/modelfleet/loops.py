@@ -76,23 +76,21 @@ class ReconcileLoops:
         """When each body last came from the API (monotonic), for `prune`."""
 
     def apply_event(self, body: dict[str, Any], deleted: bool = False) -> bool:
-        """Takes a watch event's object: remembers it and wakes its loop, or stops the loop. Returns whether it
-        was news: the echo of a write the loop made itself (a version it already holds) wakes nobody."""
+        """Takes a watch event's object: remembers it (if newer) and wakes its loop, or stops the loop. Returns
+        whether it was news, not the echo of a write the loop made itself (a version it already holds). The echo
+        still wakes the loop: a pass may leave what follows a write (a finished job's TTL timer) to the next."""
         key = key_of(body)
         if deleted:
             self.forget(key)
             return True
         known = self.bodies.get(key)
-        running = key in self.tasks and not self.tasks[key].done()
-        if running and known is not None and _version(body) <= _version(known):
-            self.seen[key] = time.monotonic()
-            return False
+        news = known is None or _version(body) > _version(known)
         self.remember(body)
-        if not running:
+        if key not in self.tasks or self.tasks[key].done():
             self.wakeups[key] = asyncio.Event()
             self.tasks[key] = asyncio.create_task(self._run(key), name=f"{self.name}:{key[0]}/{key[1]}")
         self.wake(key)
-        return True
+        return news
 
     def remember(self, body: dict[str, Any] | None) -> None:
         """Keeps the newest version seen, so an old watch event never overrides what we just wrote."""

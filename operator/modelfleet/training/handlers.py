@@ -183,7 +183,7 @@ async def training_job_event(event: dict[str, Any], **_: Any) -> None:
     if event.get("type") is None:
         RESYNC.request()
     if LOOPS.apply_event(event["object"], deleted=event.get("type") == "DELETED"):
-        QUEUE.request()  # not on the echo of the operator's own status write: that would plan again and again
+        QUEUE.request()  # not on the echo of its own status write: each would plan the queue again, and again
 
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, JOB_NAME_LABEL: kopf.PRESENT})

@@ -33,6 +33,8 @@ from modelfleet.inference.load_sources import scrape_all
 from modelfleet.training.builders import METRICS_PORT_NAME
 
 SCRAPE_EVERY_SECONDS = 5.0
+RETRY_SECONDS = 1.0
+"""After a scrape that found no progress: a short job must not finish between two full periods unseen."""
 SCRAPE_TIMEOUT_SECONDS = 1.0
 
 
@@ -109,7 +111,8 @@ class ProgressScraper:
         if not any(answers.values()):
             answers = await scrape_all(urls, self.timeout, parse=progress_from_metrics)
         answered = {pod: progress for pod, progress in answers.items() if progress}
-        if not answered:
+        if not answered:  # rank 0 has not reported yet (or did not answer): try again soon, not a period later
+            self.last[uid] = now - self.every + min(RETRY_SECONDS, self.every)
             return None
         self.holder[uid], progress = max(answered.items(), key=lambda item: item[1]["updatedAt"])
         return with_pod_names(progress, pods)
