@@ -176,6 +176,13 @@ class CapacityStore:
         for key in [k for k in self.reservations if k[:2] in doomed]:
             del self.reservations[key]
 
+    def pod_event(self, pod: Mapping[str, Any], deleted: bool = False) -> None:
+        """A watch event of any pod: the store takes it, and a reservation for it ends whatever its state (a pod that
+        finished before the watch saw it hold GPUs never enters the store, and must not stay reserved)."""
+        self.gpu_pods.apply_event(pod, deleted=deleted)
+        if pod.get("metadata", {}).get("namespace"):
+            self.reservations.pop(reservation_key(pod), None)
+
     def settle(self, listed_at: float) -> int:
         """After `gpu_pods` took a fresh list that started at `listed_at`: a pod reserved before it is in the store
         now if it exists at all, so its reservation goes. Returns how many went."""

@@ -76,6 +76,6 @@ async def pod_event(event: dict[str, Any], **_: Any) -> None:
     """Keeps the store of pods that hold GPUs (anyone's: the capacity they hold is not free)."""
     if event.get("type") is None:
         RESYNC.request()
-    CAPACITY.gpu_pods.apply_event(event["object"], deleted=event.get("type") == "DELETED")
+    CAPACITY.pod_event(event["object"], deleted=event.get("type") == "DELETED")
     if pod_gpu_request(event["object"]):
         QUEUE.request()

@@ -70,6 +70,9 @@ def test_a_reservation_outlives_a_slow_watch_and_ends_with_a_later_list() -> Non
     assert state.view()[0].free_gpus == 4
     state.settle(time.monotonic())  # a list that started after it: the store holds the pod if it exists at all
     assert state.view()[0].free_gpus == 8 and not state.reservations
+    state.reserve([gpu_worker("job-worker-1", "", "0")])
+    state.pod_event(gpu_worker("job-worker-1", "u9", "0", phase="Succeeded"))  # seen only once it had finished
+    assert state.view()[0].free_gpus == 8 and not state.reservations
 
 
 def test_loops_of_objects_a_fresh_list_lacks_are_stopped() -> None:
