@@ -135,8 +135,9 @@ def test_deleted_pods_stay_terminating_for_their_grace_period(kube: Kube, namesp
                 gone.setdefault(name, now - deleted[name])
         time.sleep(0.1)
     assert set(gone) == set(pods), f"still there after {grace + 10}s: {set(pods) - set(gone)}"
-    # deletionTimestamp has whole seconds: the pod may go up to 1 s before request + grace
-    assert terminating["graceful"] >= grace - 1, (terminating, gone)
+    # deletionTimestamp has whole seconds: the pod may go up to 1 s before request + grace, and the last poll that
+    # saw it Terminating can be a poll earlier still (CI saw 3.94 s for a 5 s grace)
+    assert terminating["graceful"] >= grace - 1.5, (terminating, gone)
     assert gone["graceful"] <= grace + 3, gone
     assert 1.5 <= gone["annotated"] <= 5, (terminating, gone)
     assert "forced" not in terminating or terminating["forced"] < 0.5, terminating
