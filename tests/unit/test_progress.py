@@ -143,6 +143,23 @@ def test_an_endpoint_that_does_not_answer_gives_no_progress() -> None:
     assert asyncio.run(scraper.read("uid", [worker(0, ip="127.0.0.1", port=free_port())])) is None
 
 
+def test_workers_that_never_answer_are_asked_less_and_less_often(reporter) -> None:
+    """1, 2, 4 ... seconds apart, up to a minute; an answer without a report yet: 1 s again."""
+    scraper = ProgressScraper(every=5.0, timeout=0.5)
+    port = free_port()
+    pods = [worker(0, ip="127.0.0.1", port=port)]
+    waits = []
+    for _ in range(8):
+        scraper.last["uid"] = scraper.last.get("uid", 0.0) - 120  # due now
+        assert asyncio.run(scraper.read("uid", pods)) is None
+        waits.append(round(scraper.due_in("uid") or 0.0))
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60]
+    reporter(port)  # a server that answers, but rank 0 has not reported yet
+    scraper.last["uid"] -= 120
+    assert asyncio.run(scraper.read("uid", pods)) is None
+    assert round(scraper.due_in("uid") or 0.0) == 1 and "uid" not in scraper.silent
+
+
 def test_placement_shows_the_fresh_shares_else_the_last_ones() -> None:
     placement = [{"worker": "job-worker-0", "shardWeight": 0.5}, {"worker": "job-worker-1", "shardWeight": 0.5}]
     previous = [{"worker": "job-worker-1", "currentShare": 0.2, "samplesPerSecond": 20.0}]

@@ -35,6 +35,10 @@ from modelfleet.training.builders import METRICS_PORT_NAME
 SCRAPE_EVERY_SECONDS = 5.0
 RETRY_SECONDS = 1.0
 """After a scrape that found no progress: a short job must not finish between two full periods unseen."""
+SILENT_MAX_SECONDS = 60.0
+"""A job none of whose workers answers at all (no metrics server yet, or never one) is asked again after 1, 2, 4 ...
+seconds, up to this: a thousand jobs that serve no metrics must not cost a thousand scrapes (and reconciles) a
+second."""
 SCRAPE_TIMEOUT_SECONDS = 1.0
 
 
@@ -91,6 +95,8 @@ class ProgressScraper:
         self.last: dict[str, float] = {}
         self.holder: dict[str, str] = {}
         """Job uid -> the pod that last answered as rank 0."""
+        self.silent: dict[str, int] = {}
+        """Job uid -> how many scrapes in a row no worker answered."""
 
     async def read(self, uid: str, pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         """The job's fresh progress, or None (nothing running, scraped too recently, or no answer). Its `workers`
@@ -99,6 +105,7 @@ class ProgressScraper:
         if not urls:
             self.last.pop(uid, None)
             self.holder.pop(uid, None)
+            self.silent.pop(uid, None)
             return None
         now = time.monotonic()
         if now - self.last.get(uid, -math.inf) < self.every:
@@ -107,11 +114,17 @@ class ProgressScraper:
         holder = self.holder.get(uid)
         answers = {}
         if holder in urls:
-            answers = await scrape_all({holder: urls[holder]}, self.timeout, parse=progress_from_metrics)
+            answers = await scrape_all({holder: urls[holder]}, self.timeout, parse=_progress_or_empty)
         if not any(answers.values()):
-            answers = await scrape_all(urls, self.timeout, parse=progress_from_metrics)
+            answers = await scrape_all(urls, self.timeout, parse=_progress_or_empty)
+        if all(answer is None for answer in answers.values()):  # nobody listens (yet): back off
+            misses = self.silent.get(uid, 0)
+            self.silent[uid] = misses + 1
+            self.last[uid] = now - self.every + min(RETRY_SECONDS * 2**misses, SILENT_MAX_SECONDS)
+            return None
+        self.silent.pop(uid, None)
         answered = {pod: progress for pod, progress in answers.items() if progress}
-        if not answered:  # rank 0 has not reported yet (or did not answer): try again soon, not a period later
+        if not answered:  # rank 0 has not reported yet: try again soon, not a period later
             self.last[uid] = now - self.every + min(RETRY_SECONDS, self.every)
             return None
         self.holder[uid], progress = max(answered.items(), key=lambda item: item[1]["updatedAt"])
@@ -122,6 +135,11 @@ class ProgressScraper:
         if uid not in self.last:
             return None
         return max(self.last[uid] + self.every - time.monotonic(), 0.0)
+
+
+def _progress_or_empty(text: str, at: float) -> dict[str, Any]:
+    """An answer with no rank-0 report yet is {}: not None, which stands for no answer at all."""
+    return progress_from_metrics(text, at) or {}
 
 
 def with_pod_names(progress: dict[str, Any], pods: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
