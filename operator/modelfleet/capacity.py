@@ -8,8 +8,8 @@ drops what the list no longer holds. A ghost node never looks Ready and a delete
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,8 @@ Owner = Callable[[Mapping[str, Any]], Hashable | None]
 
 
 def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """Only what capacity accounting needs, to keep the store small."""
+    """Only what capacity accounting needs, to keep the store small, and the GPUs it requests (`gpus`), counted
+    once instead of on every view."""
     containers = [{"resources": c.get("resources") or {}} for c in pod.get("spec", {}).get("containers", [])]
     spec = {"containers": containers}
     if node := pod_node(pod):
@@ -40,6 +41,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
         },
         "spec": spec,
         "status": {"phase": pod.get("status", {}).get("phase")},
+        "gpus": pod_gpu_request(pod),
     }
 
 
@@ -48,6 +50,11 @@ def gpu_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     if pod_node(pod) and pod_holds_resources(pod) and pod_gpu_request(pod) > 0:
         return slim_pod(pod)
     return None
+
+
+def held_by(pod: Mapping[str, Any] | None) -> tuple[str | None, int, bool] | None:
+    """What a stored GPU pod means for capacity: its node, its GPUs, whether it is stopping (None: not stored)."""
+    return None if pod is None else (pod_node(pod), pod["gpus"], pod["metadata"]["deleting"])
 
 
 def plain_node(node: Mapping[str, Any]) -> dict[str, Any]:
@@ -78,6 +85,8 @@ class ObjectStore:
         """uid -> (slim value, resourceVersion, when it was last seen: monotonic)."""
         self.by_owner: dict[Hashable, set[str]] = {}
         """owner key -> uids, when the store has an `owner`."""
+        self.changes = 0
+        """Counts every change of the entries, so what is computed from them can be kept until the next."""
 
     def apply_event(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
         """Takes a watch event's object, or the API's answer to one of the operator's own writes: an answer the
@@ -89,6 +98,7 @@ class ObjectStore:
         if not deleted and known is not None and 0 < version < known[1]:
             return
         value = None if deleted else self.slim(obj)
+        self.changes += 1
         if value is None:
             self._drop(uid)
         else:
@@ -116,6 +126,10 @@ class ObjectStore:
     def values(self) -> list[dict[str, Any]]:
         return [value for value, _, _ in self.entries.values()]
 
+    def get(self, uid: str) -> dict[str, Any] | None:
+        known = self.entries.get(uid)
+        return known[0] if known else None
+
     def owned_by(self, key: Hashable) -> list[dict[str, Any]]:
         """The slim values of the objects this owner key indexes (no API request)."""
         return [self.entries[uid][0] for uid in self.by_owner.get(key, ())]
@@ -124,6 +138,7 @@ class ObjectStore:
         """What a pass just deleted, before the watch says so: stopping (gone: removed at once, as a pod deleted
         with no grace period), so the next pass neither counts it live nor deletes it again."""
         for uid in uids:
+            self.changes += 1
             if gone:
                 self._drop(uid)
             elif known := self.entries.get(uid):
@@ -132,6 +147,7 @@ class ObjectStore:
                 self.entries[uid] = ({**value, "metadata": meta}, version, seen)
 
     def _drop(self, uid: str) -> None:
+        self.changes += 1
         self._unindex(uid)
         self.entries.pop(uid, None)
 
@@ -151,13 +167,20 @@ def reservation_key(pod: Mapping[str, Any]) -> tuple[str, str, str | None]:
     return meta["namespace"], meta["name"], attempt
 
 
+NODE_VIEW_SECONDS = 1.0
+"""How long the nodes' view is reused while no node changes: a NotReady node counts as ready for a grace period,
+so the view also depends on the time."""
+
+
 @dataclass
 class CapacityStore:
     nodes: ObjectStore = field(default_factory=lambda: ObjectStore(plain_node))
-    gpu_pods: ObjectStore = field(default_factory=lambda: ObjectStore(gpu_pod))
+    gpu_pods: ObjectStore = field(default_factory=lambda: ObjectStore(gpu_pod, owner=pod_node))
+    """Indexed by node."""
     reservations: dict[tuple[str, str, str | None], tuple[dict[str, Any], float]] = field(default_factory=dict)
     priority_classes: ObjectStore = field(default_factory=lambda: ObjectStore(slim_priority_class))
     gpu_quotas: ObjectStore = field(default_factory=lambda: ObjectStore(slim_gpu_quota))
+    _nodes_view: tuple[int, float, dict[str, NodeInfo]] = field(default=(-1, 0.0, {}), init=False, repr=False)
 
     def reserve(self, pods: Iterable[dict[str, Any]]) -> None:
         """Counts pods being created until the watch delivers them, so two plans never share GPUs. Called again
@@ -176,12 +199,19 @@ class CapacityStore:
         for key in [k for k in self.reservations if k[:2] in doomed]:
             del self.reservations[key]
 
-    def pod_event(self, pod: Mapping[str, Any], deleted: bool = False) -> None:
+    def pod_event(self, pod: Mapping[str, Any], deleted: bool = False) -> bool:
         """A watch event of any pod: the store takes it, and a reservation for it ends whatever its state (a pod that
-        finished before the watch saw it hold GPUs never enters the store, and must not stay reserved)."""
+        finished before the watch saw it hold GPUs never enters the store, and must not stay reserved).
+
+        Returns whether the GPUs held or being freed changed (a pod came, went, moved or began stopping): a pod
+        that only went from Pending to Running is no news to the GPU queue."""
+        uid = pod.get("metadata", {}).get("uid") or ""
+        before = held_by(self.gpu_pods.get(uid))
         self.gpu_pods.apply_event(pod, deleted=deleted)
+        reserved = None
         if pod.get("metadata", {}).get("namespace"):
-            self.reservations.pop(reservation_key(pod), None)
+            reserved = self.reservations.pop(reservation_key(pod), None)
+        return reserved is not None or held_by(self.gpu_pods.get(uid)) != before
 
     def settle(self, listed_at: float) -> int:
         """After `gpu_pods` took a fresh list that started at `listed_at`: a pod reserved before it is in the store
@@ -192,19 +222,47 @@ class CapacityStore:
         return len(stale)
 
     def view(self) -> list[NodeInfo]:
-        indexed = self.gpu_pods.values()
-        seen = {reservation_key(p) for p in indexed}
-        for key in [k for k in self.reservations if k in seen]:
+        """Every node, its free GPUs net of the stored GPU pods and the reservations."""
+        held = self.held_gpus()
+        return [
+            replace(info, free_gpus=max(0, info.gpus - held[name])) if name in held else info
+            for name, info in self.nodes_by_name().items()
+        ]
+
+    def free_gpus(self, names: Collection[str]) -> dict[str, int]:
+        """Free GPUs on those of these nodes that are Ready and schedulable (as `view` counts them, for a few
+        nodes: a placement's check, which must not cost a whole-cluster view per gang)."""
+        nodes = self.nodes_by_name()
+        usable = [n for n in names if (info := nodes.get(n)) and info.ready and not info.unschedulable]
+        held = self.held_gpus(usable)
+        return {n: max(0, nodes[n].gpus - held.get(n, 0)) for n in usable}
+
+    def held_gpus(self, names: Collection[str] | None = None) -> dict[str, int]:
+        """GPUs held per node (of `names`, else all) by the stored GPU pods and the reservations the watch has not
+        delivered yet; a reservation whose pod the store holds is dropped."""
+        held: dict[str, int] = {}
+        stored = set()
+        groups = (
+            self.gpu_pods.by_owner.items() if names is None else ((n, self.gpu_pods.by_owner.get(n, ())) for n in names)
+        )
+        for node, uids in groups:
+            for uid in uids:
+                pod = self.gpu_pods.entries[uid][0]
+                stored.add(reservation_key(pod))
+                held[node] = held.get(node, 0) + pod["gpus"]
+        for key in [k for k in self.reservations if k in stored]:
             del self.reservations[key]
-        pending = [pod for pod, _ in self.reservations.values()]
-        return build_view(self.nodes.values(), [*indexed, *pending], datetime.now(UTC))
+        for pod, _ in self.reservations.values():
+            if (node := pod_node(pod)) and (names is None or node in names):
+                held[node] = held.get(node, 0) + pod["gpus"]
+        return held
 
     def freeing(self) -> dict[str, int]:
         """GPUs per node held by pods that are stopping (deleted, not yet gone): free soon."""
         held: dict[str, int] = {}
         for pod in self.gpu_pods.values():
             if pod["metadata"].get("deleting") and (node := pod_node(pod)):
-                held[node] = held.get(node, 0) + pod_gpu_request(pod)
+                held[node] = held.get(node, 0) + pod["gpus"]
         return held
 
     def gpu_products(self, wanted: str) -> list[str]:
@@ -214,7 +272,14 @@ class CapacityStore:
         )
 
     def nodes_by_name(self) -> dict[str, NodeInfo]:
-        return {n.name: n for n in build_view(self.nodes.values(), [], datetime.now(UTC))}
+        """Every node by name, all its GPUs free (read-only: it is reused until a node changes, for at most
+        NODE_VIEW_SECONDS: every reconcile reads it)."""
+        changes, made, view = self._nodes_view
+        now = time.monotonic()
+        if changes != self.nodes.changes or now - made > NODE_VIEW_SECONDS:
+            view = {n.name: n for n in build_view(self.nodes.values(), [], datetime.now(UTC))}
+            self._nodes_view = (self.nodes.changes, now, view)
+        return view
 
 
 CAPACITY = CapacityStore()

@@ -20,7 +20,7 @@ from modelfleet.contract import OPERATOR_METRICS_PORT_ENV, OPERATOR_WORKERS_ENV
 from modelfleet.inference import handlers as inference
 from modelfleet.leader import default_identity
 from modelfleet.resync import RESYNC
-from modelfleet.scheduling.nodes import node_is_ready, pod_gpu_request
+from modelfleet.scheduling.nodes import node_is_ready
 from modelfleet.training import handlers as training
 from modelfleet.training.queueing import QUEUE
 
@@ -73,9 +73,9 @@ async def node_event(event: dict[str, Any], **_: Any) -> None:
 
 @kopf.on.event("", "v1", "pods")
 async def pod_event(event: dict[str, Any], **_: Any) -> None:
-    """Keeps the store of pods that hold GPUs (anyone's: the capacity they hold is not free)."""
+    """Keeps the store of pods that hold GPUs (anyone's: the capacity they hold is not free); a GPU queue pass only
+    when the GPUs held or being freed changed."""
     if event.get("type") is None:
         RESYNC.request()
-    CAPACITY.pod_event(event["object"], deleted=event.get("type") == "DELETED")
-    if pod_gpu_request(event["object"]):
+    if CAPACITY.pod_event(event["object"], deleted=event.get("type") == "DELETED"):
         QUEUE.request()

@@ -188,11 +188,11 @@ async def training_job_event(event: dict[str, Any], **_: Any) -> None:
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, JOB_NAME_LABEL: kopf.PRESENT})
 async def worker_event(event: dict[str, Any], **_: Any) -> None:
-    """Keeps the worker index, and wakes the worker's job."""
+    """Keeps the worker index, and wakes the worker's job (the GPU queue hears of the GPUs it holds from
+    `main.pod_event`)."""
     WORKER_PODS.apply_event(event["object"], deleted=event.get("type") == "DELETED")
     meta = event["object"]["metadata"]
     LOOPS.wake((meta["namespace"], meta["labels"][JOB_NAME_LABEL]))
-    QUEUE.request()
 
 
 @kopf.on.event("scheduling.k8s.io", "v1", "priorityclasses")

@@ -65,8 +65,8 @@ async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, 
     if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
         raise ObjectGone(f"{namespace}/{meta['name']}")  # deleted while a watch gap hid it: make nothing
     async with placement_lock():
-        free = {n.name: n.free_gpus for n in CAPACITY.view() if n.ready and not n.unschedulable}
         wanted = gpus_on((n.name for n in plan.nodes), spec.resources.gpus)
+        free = CAPACITY.free_gpus(list(wanted))
         if any(free.get(node, -1) < gpus for node, gpus in wanted.items()):
             return NotPlaced("the capacity the queue planned on changed; planning again")
         pods = [
