@@ -64,11 +64,21 @@ def _version(body: dict[str, Any]) -> int:
 
 
 class ReconcileLoops:
-    def __init__(self, name: str, reconcile: Reconcile, resync: float = 10.0, max_backoff: float = 60.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        reconcile: Reconcile,
+        resync: float = 10.0,
+        max_backoff: float = 60.0,
+        coalesce: float = 0.0,
+    ) -> None:
         self.name = name
         self.reconcile = reconcile
         self.resync = resync
         self.max_backoff = max_backoff
+        self.coalesce = coalesce
+        """Seconds a woken loop waits before its pass, so that a burst of wake-ups (a gang's pods being bound and
+        started, one event each) makes one pass."""
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.wakeups: dict[Key, asyncio.Event] = {}
         self.tasks: dict[Key, asyncio.Task[None]] = {}
@@ -143,6 +153,8 @@ class ReconcileLoops:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=None if delay == NO_RESYNC else delay)
+            if self.coalesce and event.is_set():
+                await asyncio.sleep(self.coalesce)
             event.clear()
             body = self.bodies.get(key)
             if body is None:

@@ -27,6 +27,9 @@ from modelfleet.training.status import CreateRefused, NotPlaced, Outcome, Placed
 
 NO_VERDICT_RETRY_SECONDS = 1.0
 CREATE_FAILED_RETRY_SECONDS = 60.0
+COALESCE_SECONDS = 0.2
+"""A job's pass waits this long after a wake-up: its workers' events come in bursts (each pod is created, ungated,
+bound and started), and one pass can read them all."""
 PROGRESS = ProgressScraper()
 _create_retry_at: dict[tuple[str, str], float] = {}
 """Jobs whose workers the API refused for a reason outside the spec (403): when to try again (monotonic)."""
@@ -174,7 +177,7 @@ def _announce(
         kopf.event(body, type="Normal", reason=status["phase"], message=f"job is {status['phase']}")
 
 
-LOOPS = ReconcileLoops("trainingjob", reconcile)
+LOOPS = ReconcileLoops("trainingjob", reconcile, coalesce=COALESCE_SECONDS)
 QUEUE.loops = LOOPS
 
 

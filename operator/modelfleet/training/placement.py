@@ -48,6 +48,8 @@ async def ungate(namespace: str, name: str, uid: str) -> None:
 
 async def delete_workers(namespace: str, pods: list[dict[str, Any]], names: list[str], force: list[str]) -> None:
     """Deletes these workers of `pods` (`force`: with no grace period, their node is lost) and frees their GPUs."""
+    if not names and not force:
+        return
     await asyncio.gather(
         *(kube.delete_pod(namespace, pod) for pod in names),
         *(kube.delete_pod(namespace, pod, force=True) for pod in force),
