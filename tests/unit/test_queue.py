@@ -173,3 +173,12 @@ def test_an_untyped_gang_preempts_where_it_will_look_first_so_it_does_not_preemp
     assert verdicts[key("on-t4")].reason == "Preempted" and key("on-h100") not in verdicts, "T4, though it costs more"
     after = plan_queue([cluster[0], replace(cluster[1], free_gpus=8)], [urgent, waiting_h100], busy[:1], now=101)
     assert [n.name for n in after[key("urgent")].plan.nodes] == ["b-t4"]
+
+
+def test_a_gang_that_does_not_fit_is_told_about_every_node_it_may_use_even_full_ones() -> None:
+    cluster = nodes({"n1": 0, "n2": 4}) + nodes({"m1": 0}, region="r2")
+    verdict = plan_queue(cluster, [queued("big", 1, 8, regions=("r1",))])[key("big")]
+    assert isinstance(verdict, Wait) and verdict.reason == "Capacity"
+    assert verdict.message.endswith("in r1: at most 0 fit in r1 (4 GPUs free there)")
+    verdict = plan_queue(nodes({"n1": 0}), [queued("any", 1, 8)])[key("any")]
+    assert verdict.message.endswith("at most 0 fit in r1 (0 GPUs free there)")

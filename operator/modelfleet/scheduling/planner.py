@@ -140,7 +140,11 @@ def _place_in_region(candidates: list[NodeInfo], demand: GangDemand, workers: in
 
 def plan_gang(nodes: Sequence[NodeInfo], demand: GangDemand) -> Plan | Unschedulable:
     """A node for every worker, all in one region; elastic demands take the most workers that fit."""
-    eligible = eligible_nodes(nodes, demand)
+    return plan_on_eligible(eligible_nodes(nodes, demand), demand)
+
+
+def plan_on_eligible(eligible: Sequence[NodeInfo], demand: GangDemand) -> Plan | Unschedulable:
+    """plan_gang on nodes already filtered by `eligible_nodes` for this demand (the queue keeps them per pass)."""
     by_region: dict[str, list[NodeInfo]] = defaultdict(list)
     for node in eligible:
         by_region[node.region].append(node)
@@ -156,7 +160,15 @@ def plan_gang(nodes: Sequence[NodeInfo], demand: GangDemand) -> Plan | Unschedul
     return Unschedulable(_explain(eligible, demand, by_region))
 
 
-def _explain(eligible: list[NodeInfo], demand: GangDemand, by_region: dict[str, list[NodeInfo]]) -> str:
+def explain(eligible: Sequence[NodeInfo], demand: GangDemand) -> Unschedulable:
+    """Why the demand does not fit on these nodes (already filtered by `eligible_nodes`), as plan_gang says it."""
+    by_region: dict[str, list[NodeInfo]] = defaultdict(list)
+    for node in eligible:
+        by_region[node.region].append(node)
+    return Unschedulable(_explain(eligible, demand, by_region))
+
+
+def _explain(eligible: Sequence[NodeInfo], demand: GangDemand, by_region: dict[str, list[NodeInfo]]) -> str:
     per_worker = demand.gpus_per_worker
     kind = f"{demand.gpu_type} GPUs" if demand.gpu_type else ("GPUs" if per_worker else "CPU slots")
     where = f"in {', '.join(demand.regions)}" if demand.regions else "in any one region"

@@ -31,7 +31,14 @@ from dataclasses import dataclass, replace
 
 from modelfleet.scheduling.gpus import gpu_type_matches
 from modelfleet.scheduling.nodes import NodeInfo
-from modelfleet.scheduling.planner import GangDemand, Plan, Unschedulable, eligible_nodes, plan_gang
+from modelfleet.scheduling.planner import (
+    GangDemand,
+    Plan,
+    Unschedulable,
+    eligible_nodes,
+    explain,
+    plan_on_eligible,
+)
 from modelfleet.scheduling.quota import Ledger, Quota
 
 Key = tuple[str, str]
@@ -167,6 +174,7 @@ class _Pass:
         self.verdicts: dict[Key, Verdict] = {}
         self.all_regions = frozenset(n.region for n in nodes)
         self.copies: dict[tuple[str, int], NodeInfo] = {}
+        self.eligible_by_kind: dict[tuple[tuple[str, ...], str | None, bool], list[NodeInfo]] = {}
         self.memo: dict[tuple[GangDemand, tuple[int, ...], bool], Plan | Unschedulable] = {}
         """Plans on the free capacity less some reservations (by index), until free or reserved capacity changes:
         gangs of one shape waiting together cost one planner call."""
@@ -175,10 +183,28 @@ class _Pass:
         self.off_contended: dict[GangDemand, bool] = {}
         """Whether a gang shape fits on the uncontended nodes when they are empty."""
 
-    def view(self, capacity: Mapping[str, int]) -> list[NodeInfo]:
+    def eligible(self, demand: GangDemand) -> list[NodeInfo]:
+        """The nodes a demand may use (region, GPU type, readiness, taints), worked out once per kind and pass."""
+        kind = (demand.regions, demand.gpu_type, demand.gpus_per_worker > 0)
+        if (nodes := self.eligible_by_kind.get(kind)) is None:
+            nodes = self.eligible_by_kind[kind] = eligible_nodes(self.nodes, demand)
+        return nodes
+
+    def plan(self, capacity: Mapping[str, int], demand: GangDemand) -> Plan | Unschedulable:
+        """plan_gang on the demand's eligible nodes with this much free. Only nodes that take a whole worker are
+        planned on (the others change no placement); the reason it does not fit is told over all of them."""
+        eligible = self.eligible(demand)
+        per_worker = demand.gpus_per_worker
+        usable = [n for n in eligible if not per_worker or capacity.get(n.name, 0) >= per_worker]
+        outcome = plan_on_eligible(self.view(usable, capacity), demand)
+        if isinstance(outcome, Unschedulable) and len(usable) < len(eligible):
+            return explain(self.view(eligible, capacity), demand)
+        return outcome
+
+    def view(self, nodes: Iterable[NodeInfo], capacity: Mapping[str, int]) -> list[NodeInfo]:
         """The nodes with this much free; a node with a given free count is made once per pass."""
         view = []
-        for node in self.nodes:
+        for node in nodes:
             free = max(capacity.get(node.name, 0), 0)
             if (copy := self.copies.get((node.name, free))) is None:
                 copy = self.copies[(node.name, free)] = replace(node, free_gpus=free)
@@ -193,7 +219,7 @@ class _Pass:
             capacity = _add(self.free, *(self.reservations[i].held for i in respecting), sign=-1)
             if steer:
                 capacity = self.keep_off(capacity)
-            self.memo[key] = plan_gang(self.view(capacity), demand)
+            self.memo[key] = self.plan(capacity, demand)
         return self.memo[key]
 
     def steered(self, demand: GangDemand, plan: Plan, respecting: tuple[int, ...]) -> Plan:
@@ -249,7 +275,7 @@ class _Pass:
             return False
         if (fits := self.off_contended.get(demand)) is None:
             whole = {n.name: (0 if n.name in self.contended else n.gpus) for n in self.nodes}
-            fits = self.off_contended[demand] = isinstance(plan_gang(self.view(whole), demand), Plan)
+            fits = self.off_contended[demand] = isinstance(self.plan(whole, demand), Plan)
         return fits
 
     def keep_off(self, capacity: Mapping[str, int]) -> Capacity:
@@ -264,10 +290,10 @@ class _Pass:
         waiting gang names, where its next pass will look first); None when it cannot or need not."""
         if not gang.may_preempt or all(g.priority >= gang.priority for g in self.running.values()):
             return None
-        eligible = {n.name for n in eligible_nodes(self.nodes, gang.demand)} - (self.contended if keep_off else set())
+        eligible = {n.name for n in self.eligible(gang.demand)} - (self.contended if keep_off else set())
         lower = [g for g in self.running.values() if g.priority < gang.priority and not eligible.isdisjoint(g.nodes)]
         base = self.keep_off(self.coming_free()) if keep_off else self.coming_free()
-        if not lower or isinstance(plan_gang(self.view(base), gang.demand), Plan):
+        if not lower or isinstance(self.plan(base, gang.demand), Plan):
             return None  # nobody to preempt, or room is coming without stopping anyone: a reservation will do
         by_cost = sorted(lower, key=lambda g: (g.gpu_hours_lost(self.now), -g.started, g.key))
         shrinks = [(g, True) for g in by_cost if g.elastic_surplus > 0]
@@ -284,14 +310,14 @@ class _Pass:
         plan: Plan | Unschedulable = Unschedulable("")
         for g, shrink in options:
             chosen[g.key] = (g, shrink)  # a preemption replaces a shrink of the same gang
-            plan = plan_gang(self.view(freed()), gang.demand)
+            plan = self.plan(freed(), gang.demand)
             if isinstance(plan, Plan):
                 break
         if not isinstance(plan, Plan):
             return None
         for key in list(chosen)[:-1][::-1]:  # drop any victim the others make unnecessary
             kept = chosen.pop(key)
-            trial = plan_gang(self.view(freed()), gang.demand)
+            trial = self.plan(freed(), gang.demand)
             if isinstance(trial, Plan):
                 plan = trial
             else:
@@ -315,9 +341,9 @@ class _Pass:
         """For a gang within its namespace's own quota that does not fit: preempts whole gangs of namespaces that
         borrow (hold more than their quota), newest first, until it fits; None when that cannot or need not help."""
         lender = gang.key[0]
-        if lender not in ledger.quotas or isinstance(plan_gang(self.view(self.coming_free()), gang.demand), Plan):
+        if lender not in ledger.quotas or isinstance(self.plan(self.coming_free(), gang.demand), Plan):
             return None
-        eligible = {n.name for n in eligible_nodes(self.nodes, gang.demand)}
+        eligible = {n.name for n in self.eligible(gang.demand)}
         borrowers = sorted(
             (g for g in self.running.values() if g.key[0] != lender and not eligible.isdisjoint(g.nodes)),
             key=lambda g: (-g.started, g.key),
@@ -330,7 +356,7 @@ class _Pass:
             chosen.append(g)
             ledger.take(g.key[0], ledger.count(g.key[0], g.holds()), sign=-1)
             room = _add(room, g.holds())
-            if isinstance(plan := plan_gang(self.view(room), gang.demand), Plan):
+            if isinstance(plan := self.plan(room, gang.demand), Plan):
                 break
         if not isinstance(plan, Plan):
             for g in chosen:
@@ -363,12 +389,12 @@ class _Pass:
             prefix = [self.keep_off(capacity) for capacity in prefix]
 
         def fits_after(k: int) -> bool:
-            return isinstance(plan_gang(self.view(prefix[k]), gang.demand), Plan)
+            return isinstance(self.plan(prefix[k], gang.demand), Plan)
 
         k = bisect.bisect_left(range(len(prefix)), True, key=fits_after)  # more endings never fit worse
         if k == len(prefix):
             return why
-        plan = plan_gang(self.view(prefix[k]), gang.demand)
+        plan = self.plan(prefix[k], gang.demand)
         assert isinstance(plan, Plan)
         waited = ending[:k]
         nodes = {n.name for n in plan.nodes}
@@ -388,11 +414,11 @@ class _Pass:
             if len(g.nodes) >= g.demand.workers or self.now - g.started < grow_after:
                 continue
             room = _add(_add(self.free, self.held, sign=-1), g.holds())
-            plan = plan_gang(self.view(room), replace(g.demand, min_workers=len(g.nodes) + 1))
+            plan = self.plan(room, replace(g.demand, min_workers=len(g.nodes) + 1))
             if not isinstance(plan, Plan):
                 continue
             onto = {n.name for n in plan.nodes}
-            if any(not onto.isdisjoint(n.name for n in eligible_nodes(self.nodes, w.demand)) for w in waiting):
+            if any(not onto.isdisjoint(n.name for n in self.eligible(w.demand)) for w in waiting):
                 continue  # a waiting gang could use these nodes: it comes first
             own = g.holds()
             grown = gpus_on((n.name for n in plan.nodes), g.demand.gpus_per_worker)
@@ -475,10 +501,10 @@ def plan_queue(
             waiting[gang.key] = (gang, outcome)
     in_order = sorted(waiting.values(), key=lambda item: queue_order(item[0]))
     state.grow([g for g, _ in in_order], grow_after, ledger)
-    pools: list[frozenset[str]] = []
+    ahead: Counter[frozenset[str]] = Counter()
     for gang, wait in in_order:
         pool = frozenset(gang.demand.regions) or state.all_regions
-        position = 1 + sum(1 for ahead in pools if not ahead.isdisjoint(pool))
-        pools.append(pool)
+        position = 1 + sum(count for other, count in ahead.items() if not other.isdisjoint(pool))
+        ahead[pool] += 1
         state.verdicts[gang.key] = replace(wait, position=position)
     return state.verdicts
