@@ -204,14 +204,13 @@ class CapacityStore:
         finished before the watch saw it hold GPUs never enters the store, and must not stay reserved).
 
         Returns whether the GPUs held or being freed changed (a pod came, went, moved or began stopping): a pod
-        that only went from Pending to Running is no news to the GPU queue."""
+        that only went from Pending to Running, or a placed pod the watch delivers, is no news to the GPU queue."""
         uid = pod.get("metadata", {}).get("uid") or ""
         before = held_by(self.gpu_pods.get(uid))
         self.gpu_pods.apply_event(pod, deleted=deleted)
-        reserved = None
-        if pod.get("metadata", {}).get("namespace"):
-            reserved = self.reservations.pop(reservation_key(pod), None)
-        return reserved is not None or held_by(self.gpu_pods.get(uid)) != before
+        if pod.get("metadata", {}).get("namespace") and (reserved := self.reservations.pop(reservation_key(pod), None)):
+            before = before or held_by(reserved[0])  # the watch delivering a placed pod changes nothing
+        return held_by(self.gpu_pods.get(uid)) != before
 
     def settle(self, listed_at: float) -> int:
         """After `gpu_pods` took a fresh list that started at `listed_at`: a pod reserved before it is in the store

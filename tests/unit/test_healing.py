@@ -92,3 +92,15 @@ def test_loops_of_objects_a_fresh_list_lacks_are_stopped() -> None:
         loops.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_pod_event_is_news_to_the_gpu_queue_only_when_the_gpus_held_or_freed_change() -> None:
+    state = CapacityStore()
+    state.reserve([gpu_worker("job-worker-0", "", "0", phase="Pending")])
+    assert not state.pod_event(gpu_worker("job-worker-0", "u1", "0", phase="Pending")), "the placed pod arrived"
+    assert not state.pod_event(gpu_worker("job-worker-0", "u1", "0")), "Pending -> Running"
+    stopping = gpu_worker("job-worker-0", "u1", "0")
+    stopping["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert state.pod_event(stopping), "its GPUs are being freed"
+    assert state.pod_event(stopping, deleted=True), "its GPUs are free"
+    assert state.pod_event(gpu_worker("someone-else", "u2", "0")), "a pod the operator did not place"
