@@ -21,7 +21,12 @@ from modelfleet.training.builders import headless_service, worker_pod, worker_we
 from modelfleet.training.status import CreateRefused, NotPlaced, Outcome, Placed
 
 PLURAL = "trainingjobs"
+GANGS_IN_FLIGHT = 16
+"""Gangs whose pods are being created or ungated at once. With no bound, a queue pass that admits a thousand gangs
+queues every create before the first gang's ungates (all gangs start together, at the end), and holds every
+pod's body in memory meanwhile; bounded, gangs start one after another, as fast."""
 _placement_lock: asyncio.Lock | None = None
+_in_flight: asyncio.Semaphore | None = None
 
 
 def placement_lock() -> asyncio.Lock:
@@ -38,6 +43,13 @@ def ungate_patch(uid: str) -> list[dict[str, Any]]:
         {"op": "test", "path": "/metadata/uid", "value": uid},
         {"op": "replace", "path": "/spec/schedulingGates", "value": []},
     ]
+
+
+def in_flight() -> asyncio.Semaphore:
+    global _in_flight
+    if _in_flight is None:
+        _in_flight = asyncio.Semaphore(GANGS_IN_FLIGHT)
+    return _in_flight
 
 
 async def ungate(namespace: str, name: str, uid: str) -> None:
@@ -62,6 +74,11 @@ async def delete_workers(namespace: str, pods: list[dict[str, Any]], names: list
 
 async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan) -> Outcome:
     """Creates every worker of the queue's plan gated; the gates go only when all exist and all are ours."""
+    async with in_flight():
+        return await _place_gang(meta, spec, attempt, plan)
+
+
+async def _place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan) -> Outcome:
     namespace = meta["namespace"]
     fresh = await kube.get_custom(PLURAL, namespace, meta["name"])
     if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
