@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import socket
+import time
 
 import pytest
 from prometheus_client import generate_latest
@@ -143,21 +144,22 @@ def test_an_endpoint_that_does_not_answer_gives_no_progress() -> None:
     assert asyncio.run(scraper.read("uid", [worker(0, ip="127.0.0.1", port=free_port())])) is None
 
 
-def test_workers_that_never_answer_are_asked_less_and_less_often(reporter) -> None:
-    """1, 2, 4 ... seconds apart, up to a minute; an answer without a report yet: 1 s again."""
+def test_workers_that_never_answer_are_asked_every_second_then_less_and_less_often(reporter) -> None:
+    """Every second for the first 30 s of silence, then 2, 4, 8 ... seconds apart, up to a minute; an answer without
+    a report yet: every second again."""
     scraper = ProgressScraper(every=5.0, timeout=0.5)
     port = free_port()
     pods = [worker(0, ip="127.0.0.1", port=port)]
-    waits = []
-    for _ in range(8):
-        scraper.last["uid"] = scraper.last.get("uid", 0.0) - 120  # due now
+
+    def wait_after(silent_for: float) -> int:
+        scraper.last["uid"] = -1e9  # due now
+        scraper.silent["uid"] = time.monotonic() - silent_for
         assert asyncio.run(scraper.read("uid", pods)) is None
-        waits.append(round(scraper.due_in("uid") or 0.0))
-    assert waits == [1, 2, 4, 8, 16, 32, 60, 60]
+        return round(scraper.due_in("uid") or 0.0)
+
+    assert [wait_after(t) for t in (0, 10, 29, 30, 32, 36, 44, 60, 92, 300)] == [1, 1, 1, 2, 4, 8, 16, 32, 60, 60]
     reporter(port)  # a server that answers, but rank 0 has not reported yet
-    scraper.last["uid"] -= 120
-    assert asyncio.run(scraper.read("uid", pods)) is None
-    assert round(scraper.due_in("uid") or 0.0) == 1 and "uid" not in scraper.silent
+    assert wait_after(300) == 1 and "uid" not in scraper.silent
 
 
 def test_placement_shows_the_fresh_shares_else_the_last_ones() -> None:

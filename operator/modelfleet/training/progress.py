@@ -35,10 +35,12 @@ from modelfleet.training.builders import METRICS_PORT_NAME
 SCRAPE_EVERY_SECONDS = 5.0
 RETRY_SECONDS = 1.0
 """After a scrape that found no progress: a short job must not finish between two full periods unseen."""
+SILENT_WINDOW_SECONDS = 30.0
 SILENT_MAX_SECONDS = 60.0
-"""A job none of whose workers answers at all (no metrics server yet, or never one) is asked again after 1, 2, 4 ...
-seconds, up to this: a thousand jobs that serve no metrics must not cost a thousand scrapes (and reconciles) a
-second."""
+"""A job none of whose workers answers at all is asked every second for SILENT_WINDOW_SECONDS (rank 0 serves its
+metrics only once torchrun, the rendezvous and the data are up, and a short job may end seconds later), then after
+2, 4, 8 ... seconds, up to SILENT_MAX_SECONDS: a thousand jobs that serve no metrics must not cost a thousand
+scrapes (and reconciles) a second for ever."""
 SCRAPE_TIMEOUT_SECONDS = 1.0
 
 
@@ -95,8 +97,8 @@ class ProgressScraper:
         self.last: dict[str, float] = {}
         self.holder: dict[str, str] = {}
         """Job uid -> the pod that last answered as rank 0."""
-        self.silent: dict[str, int] = {}
-        """Job uid -> how many scrapes in a row no worker answered."""
+        self.silent: dict[str, float] = {}
+        """Job uid -> since when (monotonic) no worker has answered."""
 
     async def read(self, uid: str, pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         """The job's fresh progress, or None (nothing running, scraped too recently, or no answer). Its `workers`
@@ -117,10 +119,12 @@ class ProgressScraper:
             answers = await scrape_all({holder: urls[holder]}, self.timeout, parse=_progress_or_empty)
         if not any(answers.values()):
             answers = await scrape_all(urls, self.timeout, parse=_progress_or_empty)
-        if all(answer is None for answer in answers.values()):  # nobody listens (yet): back off
-            misses = self.silent.get(uid, 0)
-            self.silent[uid] = misses + 1
-            self.last[uid] = now - self.every + min(RETRY_SECONDS * 2**misses, SILENT_MAX_SECONDS)
+        if all(answer is None for answer in answers.values()):  # nobody listens (yet): back off after a while
+            silent_for = now - self.silent.setdefault(uid, now)
+            wait = RETRY_SECONDS
+            if silent_for >= SILENT_WINDOW_SECONDS:  # as long again as it has been silent past the window, plus 2 s
+                wait = min(silent_for - SILENT_WINDOW_SECONDS + 2 * RETRY_SECONDS, SILENT_MAX_SECONDS)
+            self.last[uid] = now - self.every + wait
             return None
         self.silent.pop(uid, None)
         answered = {pod: progress for pod, progress in answers.items() if progress}
