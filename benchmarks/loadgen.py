@@ -67,7 +67,7 @@ async def run(target: str, mode: str, shape: list[int], concurrency: int, second
             else:
                 errors += 1
 
-    begun = time.monotonic()
+    begun, cpu_begun = time.monotonic(), time.process_time()
     if mode == "grpc":
         async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -91,10 +91,13 @@ async def run(target: str, mode: str, shape: list[int], concurrency: int, second
 
             await asyncio.gather(*(closed_loop(call) for _ in range(concurrency)))
     elapsed = time.monotonic() - begun
+    # the load generator's own CPU use: near 100 % of its core, it (not the server) may be what limits req/s
+    client_cpu = round(100 * (time.process_time() - cpu_begun) / elapsed)
     latencies.sort()
     if not latencies:
-        return {"rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"), "errors": errors}
+        return {"rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"), "errors": errors, "client_cpu": client_cpu}
     return {
+        "client_cpu": client_cpu,
         "rps": round(len(latencies) / elapsed, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 2),
         "p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000, 2),

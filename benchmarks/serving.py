@@ -185,7 +185,7 @@ def spread(runs: list[dict], key: str) -> str:
 def print_table(title: str, results: list[dict]) -> None:
     table = Table(title=title)
     for column in ("server", "mode", "rows", "clients", "req/s median (min-max)", "p50 ms", "p99 ms", "errors",
-                   "req/s ratio", "p99 ratio"):  # fmt: skip
+                   "req/s ratio", "p99 ratio", "client CPU %"):  # fmt: skip
         table.add_column(column, justify="right")
     index = {(r["server"], r["mode"], r["rows"], r["clients"]): r for r in results}
     for r in results:
@@ -196,6 +196,7 @@ def print_table(title: str, results: list[dict]) -> None:
             r["server"], r["mode"], str(r["rows"]), str(r["clients"]), spread(r["runs"], "rps"),
             spread(r["runs"], "p50_ms"), spread(r["runs"], "p99_ms"), str(r["errors"]),
             f"{r['rps'] / peer['rps']:.2f}" if mine else "-", f"{r['p99_ms'] / peer['p99_ms']:.2f}" if mine else "-",
+            spread(r["runs"], "client_cpu"),
         )  # fmt: skip
     Console(width=160).print(table)
 
@@ -206,13 +207,15 @@ def main() -> None:
     parser.add_argument("--no-kserve", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--models", default="mlp,cnn", help="which models to measure (one part of a run: mlp or cnn)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
     args = parser.parse_args()
     repeats, seconds = (1, 2.0) if args.quick else (args.repeats, args.seconds)
     concurrencies = (1, 16) if args.quick else (1, 16, 64)
     server_cores, client_cores = core_split()
     tmp = Path(tempfile.mkdtemp(prefix="modelfleet-bench-"))
-    models, accuracy = artifacts(tmp, 10 if args.quick else 30)
+    made, accuracy = artifacts(tmp, 10 if args.quick else 30)
+    models = {name: made[name] for name in args.models.split(",")}
     kserve_python = None
     if not args.no_kserve:
         setup = ROOT / "benchmarks" / "setup_kserve.sh"
@@ -239,7 +242,7 @@ def main() -> None:
             by_mode = {r["mode"]: r["rps"] for r in big if r["server"] == f"{model} {server}"}
             if by_mode.get("json"):
                 print(f"{model} {server}, 64 rows: binary / JSON req/s = {by_mode['binary'] / by_mode['json']:.2f}")
-    for rows, table in ((1, results), (64, big)):
+    for rows, table in ((1, results), (64, big)) if "cnn" in models else ():
         for mode in MODES:
             rps = {r["server"]: r["rps"] for r in table if r["mode"] == mode and r["clients"] == 16}
             ratio = rps["cnn modelfleet int8"] / rps["cnn modelfleet fp32"]

@@ -226,8 +226,9 @@ def shared_socket(host: str, port: int) -> socket.socket:
 def serve(config: ServerConfig) -> None:
     """One server process: HTTP and gRPC on the shared ports."""
     uvicorn_config = uvicorn.Config(
-        build_app(config), log_level="warning", timeout_graceful_shutdown=30, access_log=False
-    )
+        build_app(config), loop="uvloop", http="httptools", log_level="warning", timeout_graceful_shutdown=30,
+        access_log=False, server_header=False, date_header=False, backlog=4096,
+    )  # fmt: skip
     uvicorn.Server(uvicorn_config).run(sockets=[shared_socket(config.host, config.port)])
 
 

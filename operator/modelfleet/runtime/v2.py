@@ -8,6 +8,7 @@ cast; so is a shape the model cannot take.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,7 +129,7 @@ def check_tensor(spec: TensorSpec, datatype: str, shape: Sequence[int], values: 
         raise V2Error(400, f"input {spec.name!r}: shape must be a list of non-negative integers, got {list(shape)}")
     if not spec.accepts(shape):
         raise V2Error(400, f"input {spec.name!r} has shape {list(shape)}, the model takes {list(spec.shape or [])}")
-    if values.size != int(np.prod(shape)):
+    if values.size != math.prod(shape):
         raise V2Error(400, f"input {spec.name!r}: {values.size} values for shape {list(shape)}")
     return values.reshape(shape)
 
