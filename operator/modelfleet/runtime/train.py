@@ -89,7 +89,7 @@ class TrainConfig:
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     env = os.environ
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="paper-mlp", help="paper-mlp, cnn, cnn-tiny, or module:factory")
+    p.add_argument("--model", default="paper-mlp", help="paper-mlp, cnn, cnn-wide, cnn-tiny, or module:factory")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64, help="global batch size")
     p.add_argument("--lr", type=float, default=0.1)
