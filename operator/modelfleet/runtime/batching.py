@@ -47,9 +47,10 @@ class Batcher:
     """Collects requests until `max_batch_size` rows or `max_delay_ms` after the first, then runs them together.
 
     Under load, a batch is whatever queued while the previous pass ran (up to `max_batch_size` rows), and it runs at
-    once. Only a lone request after a pass that held several waits up to `max_delay_ms` for company; under light
-    load (the last pass held a single request) it runs at once: waiting for company that is not coming would only
-    add `max_delay_ms` to its latency.
+    once. Only a lone request after a pass that held several waits for company: up to `max_delay_ms`, or until as
+    many requests as that pass held are in (the clients it answered are likely to be back; waiting on past them
+    only adds latency). Under light load (the last pass held a single request) it runs at once: waiting for
+    company that is not coming would only add `max_delay_ms` to its latency.
 
     Each request's rows come back to it alone; if the merged pass fails, each request is run by itself so a bad
     one fails only itself. `on_batch` sees every batch size (for the metrics).
@@ -97,7 +98,7 @@ class Batcher:
                 rows += batch[-1].rows
             delay = self.max_delay if len(batch) == 1 and self.last_batch > 1 else 0.0
             deadline = time.monotonic() + delay
-            while rows < self.max_batch_size:
+            while rows < self.max_batch_size and len(batch) < self.last_batch:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
