@@ -13,7 +13,13 @@ from prometheus_client import generate_latest
 
 from modelfleet.contract import TRAINING_RANK
 from modelfleet.runtime.progress import ProgressReporter
-from modelfleet.training.progress import ProgressScraper, metrics_urls, progress_from_metrics, with_live_shares
+from modelfleet.training.progress import (
+    ProgressScraper,
+    metrics_urls,
+    progress_from_metrics,
+    silent_probe,
+    with_live_shares,
+)
 
 
 def free_port() -> int:
@@ -142,6 +148,13 @@ def test_the_scraper_reads_rank_zero_at_most_once_per_period(reporter) -> None:
 def test_an_endpoint_that_does_not_answer_gives_no_progress() -> None:
     scraper = ProgressScraper(timeout=0.5)
     assert asyncio.run(scraper.read("uid", [worker(0, ip="127.0.0.1", port=free_port())])) is None
+
+
+def test_a_silent_job_is_probed_on_replica_zero_and_one_other_worker_in_turn() -> None:
+    urls = {f"job-worker-{i}": f"http://127.0.0.1:{9000 + i}/metrics" for i in range(4)}
+    probed = [sorted(silent_probe(urls, now)) for now in (0.0, 1.0, 2.0, 3.0)]
+    assert probed == [["job-worker-0", f"job-worker-{i}"] for i in (1, 2, 3, 1)]
+    assert silent_probe({"job-worker-0": "u"}, 5.0) == {"job-worker-0": "u"}
 
 
 def test_workers_that_never_answer_are_asked_every_second_then_less_and_less_often(reporter) -> None:

@@ -118,7 +118,8 @@ class ProgressScraper:
         if holder in urls:
             answers = await scrape_all({holder: urls[holder]}, self.timeout, parse=_progress_or_empty)
         if not any(answers.values()):
-            answers = await scrape_all(urls, self.timeout, parse=_progress_or_empty)
+            probed = silent_probe(urls, now) if uid in self.silent else urls
+            answers = await scrape_all(probed, self.timeout, parse=_progress_or_empty)
         if all(answer is None for answer in answers.values()):  # nobody listens (yet): back off after a while
             silent_for = now - self.silent.setdefault(uid, now)
             wait = RETRY_SECONDS
@@ -139,6 +140,14 @@ class ProgressScraper:
         if uid not in self.last:
             return None
         return max(self.last[uid] + self.every - time.monotonic(), 0.0)
+
+
+def silent_probe(urls: Mapping[str, str], now: float) -> dict[str, str]:
+    """What a job none of whose workers answered yet is probed on: replica 0 (rank 0 under static rendezvous) and
+    one other worker in turn (elastic rendezvous puts rank 0 anywhere), not every worker each time."""
+    names = list(urls)  # replica 0 first
+    probed = names[:1] + ([names[1 + int(now) % (len(names) - 1)]] if len(names) > 1 else [])
+    return {name: urls[name] for name in probed}
 
 
 def _progress_or_empty(text: str, at: float) -> dict[str, Any]:
