@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import ctypes
 import logging
 import os
 import socket
@@ -32,18 +30,6 @@ WORKERS = 16
 memory arenas, not throughput."""
 
 
-M_ARENA_MAX = -8
-"""glibc's mallopt parameter for the number of heap arenas."""
-
-
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each thread that allocates its own heap arena (up to 8 per core): the API threads' responses are
-    spread over them and fragment them, and the operator's RSS grows well past what Python holds. A GIL-bound
-    process gains nothing from more. Nothing happens on another C library."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
-
-
 class NoDiffBase(kopf.DiffBaseStorage):
     """No diff base: every handler here is an event handler, and none reads a diff, yet kopf builds one per event,
     a deep copy of the whole object (a tenth of the operator's CPU at 1,000 jobs). Nothing is built or kept."""
@@ -60,7 +46,6 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    limit_malloc_arenas()  # before the API threads start
     settings.posting.level = logging.WARNING  # Normal events are posted explicitly with kopf.event
     settings.posting.reporting_component = "modelfleet"  # the "From" of `kubectl describe` (kopf's default: kopf)
     settings.posting.reporting_instance = default_identity(os.environ, socket.gethostname(), os.getpid())
