@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import socket
-import time
 
 import pytest
 from prometheus_client import generate_latest
@@ -14,10 +13,12 @@ from prometheus_client import generate_latest
 from modelfleet.contract import TRAINING_RANK
 from modelfleet.runtime.progress import ProgressReporter
 from modelfleet.training.progress import (
+    SILENT_MAX_SECONDS,
     ProgressScraper,
     metrics_urls,
     progress_from_metrics,
     silent_probe,
+    silent_wait,
     with_live_shares,
 )
 
@@ -157,22 +158,45 @@ def test_a_silent_job_is_probed_on_replica_zero_and_one_other_worker_in_turn() -
     assert silent_probe({"job-worker-0": "u"}, 5.0) == {"job-worker-0": "u"}
 
 
-def test_workers_that_never_answer_are_asked_every_second_then_less_and_less_often(reporter) -> None:
-    """Every second for the first 30 s of silence, then 2, 4, 8 ... seconds apart, up to a minute; an answer without
-    a report yet: every second again."""
-    scraper = ProgressScraper(every=5.0, timeout=0.5)
+def test_silent_workers_are_probed_every_second_then_less_and_less_often() -> None:
+    """Every second for the first 30 s of silence, then 2, 4, 8 ... seconds apart, up to a minute."""
+    waits = [round(silent_wait(t)) for t in (0, 10, 29, 30, 32, 36, 44, 60, 92, 300)]
+    assert waits == [1, 1, 1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_a_silent_job_is_left_to_its_probe_which_wakes_it_once_a_worker_answers(reporter) -> None:
+    """No reconcile per retry: while the probe asks, a pass neither scrapes nor asks to be requeued sooner than
+    the longest probe interval; the probe wakes the job when its rank 0 serves metrics, and the next pass reads it."""
     port = free_port()
     pods = [worker(0, ip="127.0.0.1", port=port)]
+    scraper = ProgressScraper(every=5.0, timeout=0.5, pods_of=lambda uid: pods)
 
-    def wait_after(silent_for: float) -> int:
-        scraper.last["uid"] = -1e9  # due now
-        scraper.silent["uid"] = time.monotonic() - silent_for
-        assert asyncio.run(scraper.read("uid", pods)) is None
-        return round(scraper.due_in("uid") or 0.0)
+    async def scenario() -> tuple[float | None, dict | None]:
+        woken = asyncio.Event()
+        assert await scraper.read("uid", pods, wake=woken.set) is None
+        assert scraper.probing("uid") and scraper.due_in("uid") == SILENT_MAX_SECONDS
+        assert await scraper.read("uid", pods, wake=woken.set) is None, "probing: the pass does not scrape"
+        r = reporter(port)
+        r.report(step=2, epoch=0, loss=0.9, samples_per_second=10.0)
+        await asyncio.wait_for(woken.wait(), timeout=5.0)
+        return scraper.due_in("uid"), await scraper.read("uid", pods, wake=woken.set)
 
-    assert [wait_after(t) for t in (0, 10, 29, 30, 32, 36, 44, 60, 92, 300)] == [1, 1, 1, 2, 4, 8, 16, 32, 60, 60]
-    reporter(port)  # a server that answers, but rank 0 has not reported yet
-    assert wait_after(300) == 1 and "uid" not in scraper.silent
+    due, progress = asyncio.run(scenario())
+    assert due is None and progress is not None and progress["step"] == 2
+    assert "uid" not in scraper.silent
+
+
+def test_a_probe_ends_when_the_job_has_no_running_worker_left() -> None:
+    pods = [worker(0, ip="127.0.0.1", port=free_port())]
+    scraper = ProgressScraper(timeout=0.2, pods_of=lambda uid: pods)
+
+    async def scenario() -> None:
+        assert await scraper.read("uid", pods) is None and scraper.probing("uid")
+        pods[:] = [worker(0, phase="Succeeded")]
+        await asyncio.wait_for(asyncio.shield(scraper.probes["uid"]), timeout=5.0)
+
+    asyncio.run(scenario())
+    assert not scraper.probing("uid") and scraper.due_in("uid") is None and "uid" not in scraper.silent
 
 
 def test_placement_shows_the_fresh_shares_else_the_last_ones() -> None:

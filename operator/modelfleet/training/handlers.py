@@ -30,7 +30,7 @@ CREATE_FAILED_RETRY_SECONDS = 60.0
 COALESCE_SECONDS = 0.2
 """A job's pass waits this long after a wake-up: its workers' events come in bursts (each pod is created, ungated,
 bound and started), and one pass can read them all."""
-PROGRESS = ProgressScraper()
+PROGRESS = ProgressScraper(pods_of=WORKER_PODS.owned_by)
 _create_retry_at: dict[tuple[str, str], float] = {}
 """Jobs whose workers the API refused for a reason outside the spec (403): when to try again (monotonic)."""
 
@@ -61,7 +61,7 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
     evict = verdict if isinstance(verdict := QUEUE.verdict(key), Evict) else None
     decision = decide(spec, body.get("status") or {}, pods, lost, generation=generation, evict=evict)
     QUEUE.note_draining(key, decision.draining)
-    progress = await PROGRESS.read(meta["uid"], pods)
+    progress = await PROGRESS.read(meta["uid"], pods, wake=lambda: LOOPS.wake(key))
     # What the decision means for status is written first: a crash after it never loses a restart or a failure.
     artifact = artifact_from_pods(spec, pods, meta["uid"]) if decision.finished else None
     body = await _write_status(body, spec, decision, nodes, progress=progress, artifact=artifact)

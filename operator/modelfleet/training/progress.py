@@ -8,9 +8,10 @@ asks the pod that answered last time, else every running worker at once, and kee
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,10 +38,10 @@ RETRY_SECONDS = 1.0
 """After a scrape that found no progress: a short job must not finish between two full periods unseen."""
 SILENT_WINDOW_SECONDS = 30.0
 SILENT_MAX_SECONDS = 60.0
-"""A job none of whose workers answers at all is asked every second for SILENT_WINDOW_SECONDS (rank 0 serves its
+"""A job none of whose workers answers at all is probed every second for SILENT_WINDOW_SECONDS (rank 0 serves its
 metrics only once torchrun, the rendezvous and the data are up, and a short job may end seconds later), then after
 2, 4, 8 ... seconds, up to SILENT_MAX_SECONDS: a thousand jobs that serve no metrics must not cost a thousand
-scrapes (and reconciles) a second for ever."""
+scrapes a second for ever."""
 SCRAPE_TIMEOUT_SECONDS = 1.0
 
 
@@ -90,24 +91,37 @@ def progress_from_metrics(text: str, _at: float = 0.0) -> dict[str, Any] | None:
 
 
 class ProgressScraper:
-    """Scrapes each running job's rank 0 at most once every `every` seconds."""
+    """Scrapes each running job's rank 0 at most once every `every` seconds. A job none of whose workers has
+    answered yet is left to a probe of its own (`_probe`), which wakes the job's pass only when a worker answers:
+    a silent job's retries cost a scrape each, not a reconcile each."""
 
-    def __init__(self, every: float = SCRAPE_EVERY_SECONDS, timeout: float = SCRAPE_TIMEOUT_SECONDS) -> None:
-        self.every, self.timeout = every, timeout
+    def __init__(
+        self,
+        every: float = SCRAPE_EVERY_SECONDS,
+        timeout: float = SCRAPE_TIMEOUT_SECONDS,
+        pods_of: Callable[[str], Sequence[Mapping[str, Any]]] = lambda uid: (),
+    ) -> None:
+        self.every, self.timeout, self.pods_of = every, timeout, pods_of
+        """`pods_of`: job uid -> its worker pods as they are now (the probe's view between passes)."""
         self.last: dict[str, float] = {}
         self.holder: dict[str, str] = {}
         """Job uid -> the pod that last answered as rank 0."""
         self.silent: dict[str, float] = {}
         """Job uid -> since when (monotonic) no worker has answered."""
+        self.probes: dict[str, asyncio.Task[None]] = {}
+        """Job uid -> the probe asking its silent workers."""
 
-    async def read(self, uid: str, pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-        """The job's fresh progress, or None (nothing running, scraped too recently, or no answer). Its `workers`
-        maps each worker pod's name to its current share and throughput."""
+    async def read(
+        self, uid: str, pods: Sequence[Mapping[str, Any]], wake: Callable[[], None] = lambda: None
+    ) -> dict[str, Any] | None:
+        """The job's fresh progress, or None (nothing running, scraped too recently, no answer, or silent: then a
+        probe calls `wake` once a worker answers). Its `workers` maps each worker pod's name to its current share
+        and throughput."""
         urls = metrics_urls(pods)
         if not urls:
-            self.last.pop(uid, None)
-            self.holder.pop(uid, None)
-            self.silent.pop(uid, None)
+            self.forget(uid)
+            return None
+        if self.probing(uid):
             return None
         now = time.monotonic()
         if now - self.last.get(uid, -math.inf) < self.every:
@@ -118,14 +132,10 @@ class ProgressScraper:
         if holder in urls:
             answers = await scrape_all({holder: urls[holder]}, self.timeout, parse=_progress_or_empty)
         if not any(answers.values()):
-            probed = silent_probe(urls, now) if uid in self.silent else urls
-            answers = await scrape_all(probed, self.timeout, parse=_progress_or_empty)
-        if all(answer is None for answer in answers.values()):  # nobody listens (yet): back off after a while
-            silent_for = now - self.silent.setdefault(uid, now)
-            wait = RETRY_SECONDS
-            if silent_for >= SILENT_WINDOW_SECONDS:  # as long again as it has been silent past the window, plus 2 s
-                wait = min(silent_for - SILENT_WINDOW_SECONDS + 2 * RETRY_SECONDS, SILENT_MAX_SECONDS)
-            self.last[uid] = now - self.every + wait
+            answers = await scrape_all(urls, self.timeout, parse=_progress_or_empty)
+        if all(answer is None for answer in answers.values()):  # nobody listens (yet)
+            self.silent.setdefault(uid, now)
+            self.probes[uid] = asyncio.create_task(self._probe(uid, wake), name=f"progress-probe:{uid}")
             return None
         self.silent.pop(uid, None)
         answered = {pod: progress for pod, progress in answers.items() if progress}
@@ -135,11 +145,51 @@ class ProgressScraper:
         self.holder[uid], progress = max(answered.items(), key=lambda item: item[1]["updatedAt"])
         return with_pod_names(progress, pods)
 
+    def probing(self, uid: str) -> bool:
+        return uid in self.probes and not self.probes[uid].done()
+
+    async def _probe(self, uid: str, wake: Callable[[], None]) -> None:
+        """Asks a silent job's workers (`silent_probe`) on the `silent_wait` schedule until one answers, then lets
+        the job's next pass scrape at once and wakes it. Ends when the job has no running worker left."""
+        while True:
+            await asyncio.sleep(silent_wait(time.monotonic() - self.silent.get(uid, time.monotonic())))
+            urls = metrics_urls(self.pods_of(uid))
+            if not urls:  # finished, restarting or deleted: its next pass (if any) starts afresh
+                self.forget(uid, cancel=False)
+                return
+            answers = await scrape_all(silent_probe(urls, time.monotonic()), self.timeout, parse=_progress_or_empty)
+            if any(answer is not None for answer in answers.values()):
+                self.silent.pop(uid, None)
+                self.last.pop(uid, None)
+                wake()
+                return
+
+    def forget(self, uid: str, cancel: bool = True) -> None:
+        """Drops what is known of the job's scrapes (and stops its probe)."""
+        self.last.pop(uid, None)
+        self.holder.pop(uid, None)
+        self.silent.pop(uid, None)
+        probe = self.probes.pop(uid, None)
+        if cancel and probe:
+            probe.cancel()
+
     def due_in(self, uid: str) -> float | None:
-        """Seconds until the job's next scrape is due, or None when it has nothing to scrape."""
+        """Seconds until the job's next scrape is due, or None when it has nothing to scrape. A probed job: the
+        longest wait between probes (its probe wakes it sooner when a worker answers)."""
+        if self.probing(uid):
+            return SILENT_MAX_SECONDS
         if uid not in self.last:
             return None
         return max(self.last[uid] + self.every - time.monotonic(), 0.0)
+
+
+def silent_wait(silent_for: float) -> float:
+    """Seconds to the next probe of a job silent for `silent_for` seconds: RETRY_SECONDS during the first
+    SILENT_WINDOW_SECONDS, then as long again as it has been silent past the window plus 2 s, up to
+    SILENT_MAX_SECONDS."""
+    if silent_for < SILENT_WINDOW_SECONDS:
+        return RETRY_SECONDS
+    return min(silent_for - SILENT_WINDOW_SECONDS + 2 * RETRY_SECONDS, SILENT_MAX_SECONDS)
 
 
 def silent_probe(urls: Mapping[str, str], now: float) -> dict[str, str]:
