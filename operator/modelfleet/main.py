@@ -18,6 +18,7 @@ import prometheus_client
 from modelfleet.capacity import CAPACITY
 from modelfleet.contract import OPERATOR_METRICS_PORT_ENV, OPERATOR_WORKERS_ENV
 from modelfleet.inference import handlers as inference
+from modelfleet.inference.load_sources import close_shared_session
 from modelfleet.leader import default_identity
 from modelfleet.resync import RESYNC
 from modelfleet.scheduling.nodes import node_is_ready
@@ -74,6 +75,7 @@ async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
             task.cancel()
     training.LOOPS.stop()
     inference.LOOPS.stop()
+    await close_shared_session()
 
 
 @kopf.on.event("", "v1", "nodes")

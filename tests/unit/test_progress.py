@@ -6,11 +6,14 @@ import asyncio
 import json
 import math
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
 
 from modelfleet.contract import TRAINING_RANK
+from modelfleet.inference.load_sources import close_shared_session, shared_session
 from modelfleet.runtime.progress import ProgressReporter
 from modelfleet.training.progress import (
     SILENT_MAX_SECONDS,
@@ -21,6 +24,18 @@ from modelfleet.training.progress import (
     silent_wait,
     with_live_shares,
 )
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run, closing the loop's scrape pool before the loop ends."""
+
+    async def then_close() -> Any:
+        try:
+            return await coro
+        finally:
+            await close_shared_session()
+
+    return asyncio.run(then_close())
 
 
 def free_port() -> int:
@@ -116,7 +131,7 @@ def test_the_scraper_finds_rank_zero_in_any_pod_and_keys_workers_by_pod_name(rep
     r.report_workers({0: 0.25, 1: 0.75}, {0: 10.0, 1: 30.0})
     scraper = ProgressScraper(every=0.0, timeout=0.5)
     pods = [worker(0, ip="127.0.0.1", port=free_port()), worker(1, ip="127.0.0.1", port=port)]
-    progress = asyncio.run(scraper.read("uid", pods))
+    progress = run(scraper.read("uid", pods))
     assert progress is not None and progress["step"] == 9
     assert progress["workers"]["job-worker-1"] == {"currentShare": 0.75, "samplesPerSecond": 30.0}
     assert scraper.holder["uid"] == "job-worker-1", "asked first next time"
@@ -136,19 +151,19 @@ def test_the_scraper_reads_rank_zero_at_most_once_per_period(reporter) -> None:
     scraper = ProgressScraper(every=60.0)
     pods = [worker(0, ip="127.0.0.1", port=port)]
 
-    first = asyncio.run(scraper.read("uid", pods))
+    first = run(scraper.read("uid", pods))
     assert first is not None and first["step"] == 3 and first["loss"] == 1.5
     r.report(step=4, epoch=0, loss=1.4, samples_per_second=100.0)
-    assert asyncio.run(scraper.read("uid", pods)) is None, "scraped again within the period"
+    assert run(scraper.read("uid", pods)) is None, "scraped again within the period"
     due = scraper.due_in("uid")
     assert due is not None and 0 < due <= 60
-    assert asyncio.run(scraper.read("uid", [worker(0, phase="Succeeded")])) is None
+    assert run(scraper.read("uid", [worker(0, phase="Succeeded")])) is None
     assert scraper.due_in("uid") is None, "nothing left to scrape: no requeue for progress"
 
 
 def test_an_endpoint_that_does_not_answer_gives_no_progress() -> None:
     scraper = ProgressScraper(timeout=0.5)
-    assert asyncio.run(scraper.read("uid", [worker(0, ip="127.0.0.1", port=free_port())])) is None
+    assert run(scraper.read("uid", [worker(0, ip="127.0.0.1", port=free_port())])) is None
 
 
 def test_a_silent_job_is_probed_on_replica_zero_and_one_other_worker_in_turn() -> None:
@@ -181,7 +196,7 @@ def test_a_silent_job_is_left_to_its_probe_which_wakes_it_once_a_worker_answers(
         await asyncio.wait_for(woken.wait(), timeout=5.0)
         return scraper.due_in("uid"), await scraper.read("uid", pods, wake=woken.set)
 
-    due, progress = asyncio.run(scenario())
+    due, progress = run(scenario())
     assert due is None and progress is not None and progress["step"] == 2
     assert "uid" not in scraper.silent
 
@@ -195,7 +210,7 @@ def test_a_probe_ends_when_the_job_has_no_running_worker_left() -> None:
         pods[:] = [worker(0, phase="Succeeded")]
         await asyncio.wait_for(asyncio.shield(scraper.probes["uid"]), timeout=5.0)
 
-    asyncio.run(scenario())
+    run(scenario())
     assert not scraper.probing("uid") and scraper.due_in("uid") is None and "uid" not in scraper.silent
 
 
@@ -207,3 +222,14 @@ def test_placement_shows_the_fresh_shares_else_the_last_ones() -> None:
         {"worker": "job-worker-0", "shardWeight": 0.5, "currentShare": 0.8, "samplesPerSecond": 80.0},
         {"worker": "job-worker-1", "shardWeight": 0.5, "currentShare": 0.2, "samplesPerSecond": 20.0},
     ]
+
+
+def test_scrapes_share_one_connection_pool_per_event_loop() -> None:
+    async def pools() -> tuple[object, object]:
+        first, second = shared_session(), shared_session()
+        await close_shared_session()
+        return first, second
+
+    first, second = asyncio.run(pools())
+    assert first is second and first.closed
+    assert asyncio.run(pools())[0] is not first, "a new loop (or a closed pool) gets a pool of its own"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
@@ -100,6 +101,25 @@ def region_load(
     return len(ok) * p90 / policy.target + failed, p90
 
 
+_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
+
+
+def shared_session() -> aiohttp.ClientSession:
+    """The connection pool every scrape of this event loop shares (the operator runs one loop; tests start many):
+    one session per scrape built a session and connector each time and kept no connection to a server it asks
+    every few seconds. No limit on connections: a pass asks every replica at once."""
+    loop = asyncio.get_running_loop()
+    session = _SESSIONS.get(loop)
+    if session is None or session.closed:
+        session = _SESSIONS[loop] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    return session
+
+
+async def close_shared_session() -> None:
+    if session := _SESSIONS.pop(asyncio.get_running_loop(), None):
+        await session.close()
+
+
 async def scrape(
     session: aiohttp.ClientSession, url: str, timeout: float, parse: Callable[[str, float], T]
 ) -> T | None:
@@ -125,8 +145,8 @@ async def scrape_all(
     `parse` may raise ValueError for text it cannot read). Model servers' load by default; TrainingJobs pass theirs."""
     if not urls:
         return {}
-    async with aiohttp.ClientSession() as session:
-        results = await asyncio.gather(*(scrape(session, url, timeout, parse) for url in urls.values()))
+    session = shared_session()
+    results = await asyncio.gather(*(scrape(session, url, timeout, parse) for url in urls.values()))
     return dict(zip(urls, results, strict=True))
 
 
