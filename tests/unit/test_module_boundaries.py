@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,14 @@ def test_the_runtime_imports_only_itself_and_the_contract() -> None:
 
 def test_the_contract_imports_nothing() -> None:
     assert imported_modules(PACKAGE / "contract.py") == set()
+
+
+def test_the_runtime_starts_without_the_operators_libraries() -> None:
+    """A worker or model server imports the package's __init__ too: it must not pull in the Kubernetes client."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, modelfleet.runtime.train, modelfleet.runtime.serve; print(*sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert not [m for m in loaded if under(m, "kubernetes", "kopf", "pydantic", "modelfleet.client")]
