@@ -95,6 +95,15 @@ def test_command_uses_the_given_python_and_needs_a_command() -> None:
     assert expand("$(A)-$(B)", {"A": "1"}) == "1-$(B)"
 
 
+def test_the_interpreter_is_never_remapped_but_the_arguments_are() -> None:
+    """The project's venv may itself lie under a mount path of the pod (a cache under /tmp, where every pod mounts
+    an emptyDir): the interpreter is a local path already; the arguments are container paths."""
+    container = {"name": "c", "command": ["python", "-m", "m"], "args": ["--out", "/tmp/x"]}
+    local = {"/tmp/x": "/state/pod/tmp/x"}.get
+    argv = command_line(container, {}, "/tmp/cache/venv/bin/python", lambda a: local(a, a))
+    assert argv == ["/tmp/cache/venv/bin/python", "-m", "m", "--out", "/state/pod/tmp/x"]
+
+
 def test_probe_url_follows_named_ports() -> None:
     container = {
         "ports": [{"name": "http", "containerPort": 8080}],

@@ -147,14 +147,17 @@ class PathMap:
         return text
 
 
-def command_line(container: Mapping[str, Any], env: Mapping[str, str], python: str) -> list[str]:
-    """command + args with `$(VAR)` expanded; a leading `python` is the given interpreter (the project's venv)."""
-    argv = [expand(str(a), env) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
+def command_line(
+    container: Mapping[str, Any], env: Mapping[str, str], python: str, local: Callable[[str], str] = str
+) -> list[str]:
+    """command + args with `$(VAR)` expanded and container paths made `local`; a leading `python` is the given
+    interpreter (the project's venv: a local path already, never remapped, even under a mount path such as /tmp)."""
     if not container.get("command"):
         raise UnsupportedPod(f"container {container.get('name')}: the local runner needs a command (no image here)")
+    argv = [expand(str(a), env) for a in [*container["command"], *(container.get("args") or [])]]
     if argv[0] in PYTHON_NAMES:
-        argv[0] = python
-    return argv
+        return [python, *map(local, argv[1:])]
+    return [local(a) for a in argv]
 
 
 def probe_url(container: Mapping[str, Any], pod_ip: str, probe: str = "readinessProbe") -> str | None:

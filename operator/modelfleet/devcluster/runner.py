@@ -340,7 +340,7 @@ class PodRunner:
             METRICS_HOST_ENV: ip,
             TERMINATION_LOG_ENV: str(message_path),
         }
-        argv = [paths.local(a) for a in command_line(spec, env, self.python)]
+        argv = command_line(spec, env, self.python, paths.local)
         log_path = directory / f"{spec['name']}.log"
         return Container(spec, argv, env, log_path, message_path, paths, probe_url(spec, ip))
 
