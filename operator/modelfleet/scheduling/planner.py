@@ -145,9 +145,7 @@ def plan_gang(nodes: Sequence[NodeInfo], demand: GangDemand) -> Plan | Unschedul
 
 def plan_on_eligible(eligible: Sequence[NodeInfo], demand: GangDemand) -> Plan | Unschedulable:
     """plan_gang on nodes already filtered by `eligible_nodes` for this demand (the queue keeps them per pass)."""
-    by_region: dict[str, list[NodeInfo]] = defaultdict(list)
-    for node in eligible:
-        by_region[node.region].append(node)
+    by_region = _by_region(eligible)
     sizes = range(demand.workers, (demand.min_workers or demand.workers) - 1, -1)
     for size in sizes:
         options = []
@@ -162,10 +160,14 @@ def plan_on_eligible(eligible: Sequence[NodeInfo], demand: GangDemand) -> Plan |
 
 def explain(eligible: Sequence[NodeInfo], demand: GangDemand) -> Unschedulable:
     """Why the demand does not fit on these nodes (already filtered by `eligible_nodes`), as plan_gang says it."""
+    return Unschedulable(_explain(eligible, demand, _by_region(eligible)))
+
+
+def _by_region(nodes: Sequence[NodeInfo]) -> dict[str, list[NodeInfo]]:
     by_region: dict[str, list[NodeInfo]] = defaultdict(list)
-    for node in eligible:
+    for node in nodes:
         by_region[node.region].append(node)
-    return Unschedulable(_explain(eligible, demand, by_region))
+    return by_region
 
 
 def _explain(eligible: Sequence[NodeInfo], demand: GangDemand, by_region: dict[str, list[NodeInfo]]) -> str:
