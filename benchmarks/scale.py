@@ -22,6 +22,7 @@ import base64
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -219,11 +220,11 @@ class RunningPods(threading.Thread):
         self.stopped.set()
 
 
-def run_jobs(system: str, size: Size, mix: list[tuple[str, int, str]]) -> dict[str, Any]:
+def run_jobs(system: str, size: Size, mix: list[tuple[str, int, str]], profile: Path | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"modelfleet-scale-{system}-"))
     cluster = ScaleCluster(work, bin_dir=binaries_dir(), nodes=inventory(size)).up(timeout=900)
     try:
-        return measure(system, cluster, work, mix)
+        return measure(system, cluster, work, mix, profile)
     finally:
         cluster.down()
 
@@ -248,7 +249,9 @@ def operator_command(system: str, cluster: ScaleCluster, env: dict[str, str]) ->
     return cmd, "pytorchjobs", "training.kubeflow.org/job-name", pytorch_job
 
 
-def measure(system: str, cluster: ScaleCluster, work: Path, mix: list[tuple[str, int, str]]) -> dict[str, Any]:
+def measure(
+    system: str, cluster: ScaleCluster, work: Path, mix: list[tuple[str, int, str]], profile: Path | None = None
+) -> dict[str, Any]:
     env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig())}
     cmd, plural, label, make = operator_command(system, cluster, env)
     group, version = ("modelfleet.dev", "v1alpha1") if system == "modelfleet" else ("kubeflow.org", "v1")
@@ -260,6 +263,7 @@ def measure(system: str, cluster: ScaleCluster, work: Path, mix: list[tuple[str,
         threading.Thread(target=mount_peer_certs, args=(cluster,), daemon=True).start()
     sampler = ProcessSampler(proc.pid)
     sampler.start()
+    profiler = start_profiler(proc.pid, profile / f"{system}.txt") if profile else None
     time.sleep(3)
     api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig_path))
     api_client.configuration.connection_pool_maxsize = 16
@@ -286,6 +290,9 @@ def measure(system: str, cluster: ScaleCluster, work: Path, mix: list[tuple[str,
     reconciles = scrape(env.get("MODELFLEET_METRICS_PORT"), "modelfleet_reconcile") or scrape(
         env.get("PEER_METRICS_PORT"), "controller_runtime_reconcile"
     )
+    if profiler:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+        profiler.wait(timeout=60)
     stop(proc, sampler)
     verbs = cluster.operator_requests()
     times = sorted(done - submitted[name] for name, done in tracker.done.items())
@@ -335,6 +342,15 @@ def mount_peer_certs(cluster: ScaleCluster, timeout: float = 120) -> None:
                 (PEER_CERT_DIR / key).write_bytes(base64.b64decode(value))
             return
         time.sleep(1)
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy sampling the operator 20 times a second without pausing it, collapsed stacks into `out` (one line per
+    stack and its count: `py-spy record -f raw`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(py_spy), "record", "--nonblocking", "-r", "20", "-f", "raw", "-o", str(out), "-p", str(pid)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(out.with_suffix(".log")).open("wb"))
 
 
 def stop(proc: subprocess.Popen, sampler: ProcessSampler) -> None:
@@ -520,6 +536,7 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="same as --systems modelfleet")
     parser.add_argument("--part", choices=["jobs", "services", "all"], default="all")
     parser.add_argument("--out", type=Path, help="default benchmarks/results/scale-<jobs>.json")
+    parser.add_argument("--profile", type=Path, help="a folder: py-spy samples each operator into <system>.txt")
     args = parser.parse_args()
     size = Size(200, 120) if args.quick else Size(5000, 2000, 16) if args.large else Size(1000, 500)
     size = Size(args.jobs or size.jobs, args.nodes or size.nodes, size.gpus_per_node)
@@ -531,7 +548,7 @@ def main() -> None:
     if args.part in ("jobs", "all"):
         mix = job_mix(size.jobs, seed=11)
         for system in (s for s in SYSTEMS if s in systems):
-            results[system] = run_jobs(system, size, mix)
+            results[system] = run_jobs(system, size, mix, args.profile)
             write(out, results)
         print_jobs(size, {s: results[s] for s in SYSTEMS if s in results})
     if args.part in ("services", "all"):
