@@ -156,12 +156,11 @@ class ReconcileLoops:
             if self.coalesce and event.is_set():
                 await asyncio.sleep(self.coalesce)
             event.clear()
-            body = self.bodies.get(key)
-            if body is None:
+            if key not in self.bodies:
                 return
             started = time.perf_counter()
             try:
-                requeue = await self.reconcile(body)
+                requeue = await self.reconcile(self.bodies[key])  # no local holds this version while it waits
                 RECONCILES.labels(self.name, "ok").inc()
                 failures = 0
                 delay = requeue if requeue is not None else self.resync

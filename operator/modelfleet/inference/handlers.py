@@ -200,11 +200,11 @@ async def _remove_region(body: dict[str, Any], namespace: str, object_name: str,
 LOOPS = ReconcileLoops("inferenceservice", reconcile)
 
 
-@kopf.on.event("modelfleet.dev", "v1alpha1", "trainingjobs")
-async def training_job_for_services(event: dict[str, Any], **_: Any) -> None:
-    """A TrainingJob changed (a run succeeded): the services that serve its artifact look again at once."""
-    TRAINING_RESULTS.apply_event(event["object"], deleted=event.get("type") == "DELETED")
-    meta = event["object"]["metadata"]
+def training_job_changed(job: dict[str, Any], deleted: bool) -> None:
+    """A TrainingJob's watch event (`main.training_job_event`; a run succeeded): the services that serve its
+    artifact look again at once."""
+    TRAINING_RESULTS.apply_event(job, deleted=deleted)
+    meta = job["metadata"]
     for key in services_serving(LOOPS.bodies, meta["namespace"], meta["name"]):
         LOOPS.wake(key)
 
@@ -230,10 +230,13 @@ async def region_object_event(event: dict[str, Any], resource: kopf.Resource, **
     LOOPS.wake((meta["namespace"], meta["labels"][SERVICE_NAME_LABEL]))
 
 
-@kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, SERVICE_NAME_LABEL: kopf.PRESENT})
-async def server_pod_event(event: dict[str, Any], **_: Any) -> None:
-    """A model server pod changed or went: the index keeps it, the service's loop looks again (its tick waits
-    for the autoscaling interval)."""
-    SERVER_PODS.apply_event(event["object"], deleted=event.get("type") == "DELETED")
-    meta = event["object"]["metadata"]
+def is_server(labels: dict[str, str]) -> bool:
+    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY and SERVICE_NAME_LABEL in labels
+
+
+def server_changed(pod: dict[str, Any], deleted: bool) -> None:
+    """A model server pod's watch event (`main.pod_event`): the index keeps it, the service's loop looks again
+    (its tick waits for the autoscaling interval)."""
+    SERVER_PODS.apply_event(pod, deleted=deleted)
+    meta = pod["metadata"]
     LOOPS.wake((meta["namespace"], meta["labels"][SERVICE_NAME_LABEL]))

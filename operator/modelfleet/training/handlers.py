@@ -15,7 +15,6 @@ from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.capacity import CAPACITY
 from modelfleet.loops import NO_RESYNC, ObjectGone, ReconcileLoops
 from modelfleet.owned import WORKER_PODS
-from modelfleet.resync import RESYNC
 from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.scheduling.queue import Admit, Evict, Wait
 from modelfleet.training.artifact import artifact_from_pods
@@ -63,8 +62,10 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
     QUEUE.note_draining(key, decision.draining)
     progress = await PROGRESS.read(meta["uid"], pods, wake=lambda: LOOPS.wake(key))
     # What the decision means for status is written first: a crash after it never loses a restart or a failure.
-    artifact = artifact_from_pods(spec, pods, meta["uid"]) if decision.finished else None
-    body = await _write_status(body, spec, decision, nodes, progress=progress, artifact=artifact)
+    # A placement alone has nothing to keep: its one write comes with the queue's verdict.
+    if not _placement_only(decision):
+        artifact = artifact_from_pods(spec, pods, meta["uid"]) if decision.finished else None
+        body = await _write_status(body, spec, decision, nodes, progress=progress, artifact=artifact)
     await delete_workers(namespace, pods, decision.delete, decision.force_delete)
     if decision.evicted:
         QUEUE.consume(key)
@@ -77,7 +78,7 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
         verdict = QUEUE.verdict(key)
         if isinstance(verdict, Admit):
             QUEUE.consume(key)
-            outcome = await place_gang(meta, spec, int(body["status"].get("restarts") or 0), verdict.plan)
+            outcome = await place_gang(meta, spec, int((body.get("status") or {}).get("restarts") or 0), verdict.plan)
         elif isinstance(verdict, Wait):
             outcome = Queued(verdict.position, verdict.reason, verdict.message, verdict.reserved)
         else:
@@ -137,6 +138,11 @@ async def _write_status(
     return updated
 
 
+def _placement_only(decision: Decision) -> bool:
+    """The decision is to place the gang and nothing a crash could lose (no restart, failure, eviction, end)."""
+    return decision.place_gang and not (decision.restart or decision.fail or decision.evicted or decision.finished)
+
+
 def _changed(prev: dict[str, Any], status: dict[str, Any]) -> bool:
     return any(prev.get(k) != v for k, v in status.items())
 
@@ -159,8 +165,9 @@ def _announce(
             kopf.warn(body, reason="Unschedulable", message=outcome.reason)
     elif isinstance(outcome, Placed):
         nodes = ", ".join(sorted({n.name for n in outcome.nodes}))
-        kopf.event(body, type="Normal", reason="Admitted", message=f"admitted by the GPU queue: {len(outcome.nodes)} "
-                   f"workers x {status['gpus'] // max(len(outcome.nodes), 1)} GPUs")  # fmt: skip
+        if prev.get("phase") == TrainingPhase.QUEUED:  # news only for a job that waited; else GangPlaced says it
+            kopf.event(body, type="Normal", reason="Admitted", message=f"admitted by the GPU queue: "
+                       f"{len(outcome.nodes)} workers x {status['gpus'] // max(len(outcome.nodes), 1)} GPUs")  # fmt: skip
         kopf.event(body, type="Normal", reason="GangPlaced", message=f"{len(outcome.nodes)} workers on {nodes}")
     if decision.evicted:
         severity = "Warning" if decision.evicted.reason == "Preempted" else "Normal"
@@ -181,20 +188,20 @@ LOOPS = ReconcileLoops("trainingjob", reconcile, coalesce=COALESCE_SECONDS)
 QUEUE.loops = LOOPS
 
 
-@kopf.on.event("modelfleet.dev", "v1alpha1", PLURAL)
-async def training_job_event(event: dict[str, Any], **_: Any) -> None:
-    if event.get("type") is None:
-        RESYNC.request()
-    if LOOPS.apply_event(event["object"], deleted=event.get("type") == "DELETED"):
+def job_changed(job: dict[str, Any], deleted: bool) -> None:
+    """A TrainingJob's watch event (`main.training_job_event`): its loop takes it."""
+    if LOOPS.apply_event(job, deleted=deleted):
         QUEUE.request()  # not on the echo of its own status write: each would plan the queue again, and again
 
 
-@kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, JOB_NAME_LABEL: kopf.PRESENT})
-async def worker_event(event: dict[str, Any], **_: Any) -> None:
-    """Keeps the worker index, and wakes the worker's job (the GPU queue hears of the GPUs it holds from
-    `main.pod_event`)."""
-    WORKER_PODS.apply_event(event["object"], deleted=event.get("type") == "DELETED")
-    meta = event["object"]["metadata"]
+def is_worker(labels: dict[str, str]) -> bool:
+    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY and JOB_NAME_LABEL in labels
+
+
+def worker_changed(pod: dict[str, Any], deleted: bool) -> None:
+    """A worker pod's watch event (`main.pod_event`): the worker index keeps it, and its job looks again."""
+    WORKER_PODS.apply_event(pod, deleted=deleted)
+    meta = pod["metadata"]
     LOOPS.wake((meta["namespace"], meta["labels"][JOB_NAME_LABEL]))
 
 
