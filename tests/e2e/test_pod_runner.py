@@ -22,6 +22,8 @@ if sys.argv[1] == "wait":
     time.sleep(600)
 sys.exit(int(sys.argv[1]))
 """
+CLAIM = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared"},
+         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}  # fmt: skip
 
 
 def pod(name: str, arg: str, grace: int = 30) -> dict[str, Any]:
@@ -60,9 +62,7 @@ def pod(name: str, arg: str, grace: int = 30) -> dict[str, Any]:
 
 
 def test_exit_code_message_env_and_claim_reach_the_pod_status(kube: Kube, namespace: str, run_pods_nodes: None) -> None:
-    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared"},
-             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}  # fmt: skip
-    kube.apply(claim, namespace)
+    kube.apply(CLAIM, namespace)
     kube.apply(pod("fails", "3"), namespace)
     kube.apply(pod("works", "0"), namespace)
     done = {
@@ -85,9 +85,7 @@ def test_exit_code_message_env_and_claim_reach_the_pod_status(kube: Kube, namesp
 
 
 def test_a_deleted_pod_is_stopped_within_its_grace_period(kube: Kube, namespace: str, run_pods_nodes: None) -> None:
-    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared"},
-             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}  # fmt: skip
-    kube.apply(claim, namespace)
+    kube.apply(CLAIM, namespace)
     kube.apply(pod("stubborn", "wait", grace=3), namespace)
     wait_for(
         lambda: kube.get_json("pod", "stubborn", "-n", namespace)["status"].get("phase") == "Running",
@@ -97,3 +95,30 @@ def test_a_deleted_pod_is_stopped_within_its_grace_period(kube: Kube, namespace:
     started = time.monotonic()
     kube.kubectl("delete", "pod", "stubborn", "-n", namespace, "--wait=true", "--timeout=30s")
     assert time.monotonic() - started < 10, "SIGKILL at the end of the 3 s grace period, then the pod is removed"
+
+
+def test_a_container_that_cannot_start_is_reported_and_backs_off(
+    kube: Kube, namespace: str, run_pods_nodes: None
+) -> None:
+    """As a kubelet: StartError with exit code 128 and the reason in the message, then restarts with back-off (not a
+    retry every pass), and the runner's other pods keep running meanwhile."""
+    status_of = lambda name: kube.get_json("pod", name, "-n", namespace)["status"]  # noqa: E731
+    once, always = pod("no-binary", "0"), pod("no-binary-again", "0")
+    for manifest in (once, always):
+        manifest["spec"]["containers"][0]["command"] = ["/opt/not-installed/bin/serve"]
+    always["spec"]["restartPolicy"] = "Always"
+    kube.apply(CLAIM, namespace)
+    for manifest in (once, always, pod("beside", "0")):
+        kube.apply(manifest, namespace)
+
+    failed = wait_for(lambda: (s := status_of("no-binary"))["phase"] == "Failed" and s, 60, what="no-binary failed")
+    state = failed["containerStatuses"][0]["state"]["terminated"]
+    assert (state["reason"], state["exitCode"]) == ("StartError", 128), state
+    assert "/opt/not-installed/bin/serve" in state["message"]
+    wait_for(lambda: status_of("beside")["phase"] == "Succeeded", 60, what="the pod beside it to run")
+
+    time.sleep(6)  # back-off 1, 2, 4 s: at most four starts in this time, where a retry per 0.3 s pass made 20
+    container = status_of("no-binary-again")["containerStatuses"][0]
+    assert 1 <= container["restartCount"] <= 4, container
+    assert container["lastState"]["terminated"]["reason"] == "StartError"
+    assert container["state"]["waiting"]["reason"] == "CrashLoopBackOff"

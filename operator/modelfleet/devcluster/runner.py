@@ -76,13 +76,21 @@ class Container:
     terminated: dict[str, Any] | None = None
     restart_at: float = 0.0
 
+    start_error: str | None = None
+
     def start(self, cwd: Path) -> None:
+        """Starts the process; one that cannot start (no such executable) is recorded for `reap` to report as a
+        runtime does: terminated with StartError, exit code 128, then restarted with back-off per the policy."""
         self.message_path.write_text("")
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv, env=self.env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
         self.started_at, self.ready, self.terminated = now_iso(), self.ready_url is None, None
+        with open(self.log_path, "ab") as out:
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv, env=self.env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            except OSError as exc:
+                self.proc, self.start_error = None, f"failed to start {self.argv[0]!r}: {exc.strerror or exc}"
+                log.warning("container %s: %s", self.spec["name"], self.start_error)
 
     def signal(self, sig: int) -> None:
         if self.proc and self.proc.poll() is None:
@@ -90,7 +98,17 @@ class Container:
                 os.killpg(self.proc.pid, sig)
 
     def reap(self) -> bool:
-        """Records the exit of a process that has ended; True when it just did."""
+        """Records the exit of a process that has ended, or that could not start; True when it just did."""
+        if self.start_error is not None:
+            self.terminated = {
+                "exitCode": 128,
+                "reason": "StartError",
+                "message": self.paths.container(self.start_error),
+                "startedAt": self.started_at,
+                "finishedAt": now_iso(),
+            }
+            self.start_error, self.ready = None, False
+            return True
         if self.proc is None or self.terminated is not None or (code := self.proc.poll()) is None:
             return False
         message = self.paths.container(self.message_path.read_bytes()[:MAX_MESSAGE_BYTES].decode(errors="replace"))
@@ -114,7 +132,7 @@ class Container:
         elif self.terminated is not None and self.restart_at == 0.0:
             state = {"terminated": self.terminated}
         else:
-            state = {"waiting": {"reason": "CrashLoopBackOff" if self.restarts else "ContainerCreating"}}
+            state = {"waiting": {"reason": "CrashLoopBackOff" if self.terminated else "ContainerCreating"}}
         entry = {
             "name": self.spec["name"],
             "image": self.spec.get("image", ""),
@@ -347,15 +365,15 @@ class PodRunner:
     def _step(self, run: PodRun) -> None:
         """Reaps exits, restarts per the restart policy (back-off 1, 2, 4 ... 20 s), probes readiness."""
         for c in run.containers:
+            if c.restart_at and time.monotonic() >= c.restart_at and not run.stopping:
+                c.restarts += 1
+                c.restart_at = 0.0
+                c.start(run.directory)
             if c.reap():
                 code = c.terminated["exitCode"] if c.terminated else 0
                 log.info("%s/%s container %s exited %d", run.namespace, run.name, c.spec["name"], code)
                 if run.restart_policy == "Always" or (run.restart_policy == "OnFailure" and code != 0):
                     c.restart_at = time.monotonic() + min(2.0**c.restarts, MAX_BACKOFF_SECONDS)
-            if c.restart_at and time.monotonic() >= c.restart_at and not run.stopping:
-                c.restarts += 1
-                c.restart_at = 0.0
-                c.start(run.directory)
             if c.ready_url and c.terminated is None and c.proc is not None:
                 c.ready = self._probe(c.ready_url)
 
