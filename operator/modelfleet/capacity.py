@@ -57,8 +57,18 @@ def held_by(pod: Mapping[str, Any] | None) -> tuple[str | None, int, bool] | Non
     return None if pod is None else (pod_node(pod), pod["gpus"], pod["metadata"]["deleting"])
 
 
-def plain_node(node: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: dict(node.get(key) or {}) for key in ("metadata", "spec", "status")}
+def slim_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    """What the node view reads (`build_view`): name, labels, deletion, schedulability, taints, allocatable GPUs and
+    the Ready condition; not managedFields, images or the other conditions."""
+    meta, spec, status = (node.get(key) or {} for key in ("metadata", "spec", "status"))
+    return {
+        "metadata": {key: meta[key] for key in ("name", "labels", "deletionTimestamp") if key in meta},
+        "spec": {key: spec[key] for key in ("unschedulable", "taints") if key in spec},
+        "status": {
+            "allocatable": dict(status.get("allocatable") or {}),
+            "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "Ready"],
+        },
+    }
 
 
 def _now() -> str:
@@ -174,7 +184,7 @@ so the view also depends on the time."""
 
 @dataclass
 class CapacityStore:
-    nodes: ObjectStore = field(default_factory=lambda: ObjectStore(plain_node))
+    nodes: ObjectStore = field(default_factory=lambda: ObjectStore(slim_node))
     gpu_pods: ObjectStore = field(default_factory=lambda: ObjectStore(gpu_pod, owner=pod_node))
     """Indexed by node."""
     reservations: dict[tuple[str, str, str | None], tuple[dict[str, Any], float]] = field(default_factory=dict)

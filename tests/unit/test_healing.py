@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from modelfleet.capacity import CapacityStore, ObjectStore, gpu_pod, plain_node
+from modelfleet.capacity import CapacityStore, ObjectStore, gpu_pod, slim_node
 from modelfleet.loops import ReconcileLoops
 
 
@@ -22,7 +22,7 @@ def gpu_worker(name: str, uid: str, attempt: str, node_name: str = "n1", phase: 
 
 
 def test_a_relist_drops_what_it_lacks_unless_the_watch_saw_it_after_the_list_began() -> None:
-    store = ObjectStore(plain_node)
+    store = ObjectStore(slim_node)
     store.apply_event(node("ghost", "u1"))
     store.apply_event(node("kept", "u2"))
     listed_at = time.monotonic()
@@ -32,7 +32,7 @@ def test_a_relist_drops_what_it_lacks_unless_the_watch_saw_it_after_the_list_beg
 
 
 def test_a_list_never_overrides_a_newer_watch_event() -> None:
-    store = ObjectStore(plain_node)
+    store = ObjectStore(slim_node)
     store.apply_event(node("n", "u1", rv=7) | {"spec": {"unschedulable": True}})
     store.replace([node("n", "u1", rv=5)], time.monotonic())
     assert store.values()[0]["spec"] == {"unschedulable": True}
@@ -104,3 +104,19 @@ def test_a_pod_event_is_news_to_the_gpu_queue_only_when_the_gpus_held_or_freed_c
     assert state.pod_event(stopping), "its GPUs are being freed"
     assert state.pod_event(stopping, deleted=True), "its GPUs are free"
     assert state.pod_event(gpu_worker("someone-else", "u2", "0")), "a pod the operator did not place"
+
+
+def test_a_slim_node_gives_the_same_view_as_the_whole_node() -> None:
+    from modelfleet.devcluster.nodes import NodeGroup, fake_nodes
+    from modelfleet.scheduling.nodes import build_view
+
+    whole = fake_nodes([NodeGroup("r1", "r1a", "H100", 2)])
+    whole[0]["spec"]["unschedulable"] = True
+    whole[1]["metadata"]["managedFields"] = [{"manager": "kwok", "fieldsV1": {"f:status": {}}}]
+    whole[1]["status"]["conditions"] = [
+        {"type": "MemoryPressure", "status": "False"},
+        {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+    ]
+    slim = [slim_node(n) for n in whole]
+    assert build_view(slim, []) == build_view(whole, [])
+    assert "managedFields" not in slim[1]["metadata"] and len(slim[1]["status"]["conditions"]) == 1
