@@ -52,7 +52,7 @@ def grpc_request(shape: list[int]) -> pb.ModelInferRequest:
 async def run(target: str, mode: str, shape: list[int], concurrency: int, seconds: float) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
-    stop = time.monotonic() + seconds
+    stop = 0.0
 
     async def closed_loop(call: Callable[[], Awaitable[bool]]) -> None:
         nonlocal errors
@@ -67,7 +67,16 @@ async def run(target: str, mode: str, shape: list[int], concurrency: int, second
             else:
                 errors += 1
 
-    begun, cpu_begun = time.monotonic(), time.process_time()
+    async def measured(call: Callable[[], Awaitable[bool]]) -> tuple[float, float]:
+        """Runs the clients for `seconds` after one untimed round (every client's connection opened first: a
+        request's latency is never its TCP connect); (elapsed, CPU seconds) of the timed part."""
+        nonlocal stop
+        await asyncio.gather(*(call() for _ in range(concurrency)))
+        begun, cpu_begun = time.monotonic(), time.process_time()
+        stop = begun + seconds
+        await asyncio.gather(*(closed_loop(call) for _ in range(concurrency)))
+        return time.monotonic() - begun, time.process_time() - cpu_begun
+
     if mode == "grpc":
         async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -77,7 +86,7 @@ async def run(target: str, mode: str, shape: list[int], concurrency: int, second
                 await stub.ModelInfer(request, timeout=30)
                 return True
 
-            await asyncio.gather(*(closed_loop(call) for _ in range(concurrency)))
+            elapsed, cpu = await measured(call)
     else:
         body, headers = http_request(shape, mode == "binary")
         url = f"http://{target}/v2/models/m/infer"
@@ -89,10 +98,9 @@ async def run(target: str, mode: str, shape: list[int], concurrency: int, second
                     await response.read()
                     return response.status == 200
 
-            await asyncio.gather(*(closed_loop(call) for _ in range(concurrency)))
-    elapsed = time.monotonic() - begun
+            elapsed, cpu = await measured(call)
     # the load generator's own CPU use: near 100 % of its core, it (not the server) may be what limits req/s
-    client_cpu = round(100 * (time.process_time() - cpu_begun) / elapsed)
+    client_cpu = round(100 * cpu / elapsed)
     latencies.sort()
     if not latencies:
         return {"rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"), "errors": errors, "client_cpu": client_cpu}

@@ -14,6 +14,7 @@ UNAVAILABLE and DEADLINE_EXCEEDED.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -132,11 +133,11 @@ def build_app(config: ServerConfig, loaded: LoadedModel | None = None) -> Starle
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         engine.start()
-        grpc_server = await start_grpc(engine, config.host, config.grpc_port, config.max_body_bytes)
+        grpc_server = start_grpc(engine, config.host, config.grpc_port, config.max_body_bytes)
         yield
         engine.draining = True
-        if grpc_server is not None:
-            await grpc_server.stop(grace=config.request_timeout)
+        if grpc_server is not None:  # its calls in flight need this loop to finish: wait off it
+            await asyncio.to_thread(grpc_server.stop(grace=config.request_timeout).wait)
         await engine.stop()
 
     def model_of(request: Request) -> Response | None:
