@@ -182,3 +182,51 @@ def test_a_gang_that_does_not_fit_is_told_about_every_node_it_may_use_even_full_
     assert verdict.message.endswith("in r1: at most 0 fit in r1 (4 GPUs free there)")
     verdict = plan_queue(nodes({"n1": 0}), [queued("any", 1, 8)])[key("any")]
     assert verdict.message.endswith("at most 0 fit in r1 (0 GPUs free there)")
+
+
+def slack_case(holder_submitted: float = 0, holder_length: float | None = 500, **small) -> Wait | Admit:
+    """A 2-node gang reserves n1 (free) and n2 (busy until 100) at now=10; the verdict for a small gang behind it."""
+    cluster = nodes({"n1": 8, "n2": 0})
+    busy = [running("job", ("n2",), started=0, length=100, priority=1)]
+    holder = queued("big", 2, priority=1, submitted=holder_submitted, length=holder_length)
+    shape = {"workers": 1, "gpus": 2, "priority": 1, "submitted": 5, "length": 150} | small
+    verdicts = plan_queue(cluster, [holder, queued("small", **shape)], busy, now=10)
+    assert verdicts[key("big")].reserved == ("n1", "n2")
+    return verdicts[key("small")]
+
+
+def test_small_high_priority_gangs_backfill_with_slack_while_the_holder_is_young() -> None:
+    assert isinstance(slack_case(), Admit), "ends at 160: after the start (100), before 100 + (100 - 10)"
+    assert isinstance(slack_case(holder_length=None), Admit), "no bound: the fixed window applies"
+    assert slack_case(length=200).reason == "Reserved", "ends at 210, past start + (start - now) = 190"
+    assert slack_case(priority=0).reason == "Reserved", "default priority: conservative backfill only"
+    assert slack_case(gpus=8).reason == "Reserved", "8 of the 16 reserved GPUs: more than a quarter"
+    assert slack_case(holder_length=10).reason == "Reserved", "the holder has waited its own bound: no slack"
+    assert slack_case(holder_length=None, holder_submitted=-3600).reason == "Reserved", "past the fixed window"
+
+
+def test_a_big_gang_behind_an_endless_stream_of_small_high_priority_gangs_starts_after_finite_slack() -> None:
+    """A small gang arrives every 10 s and each one admitted with slack pushes the big gang's expected start
+    later; slack stops at the big gang's submission + bound (300), so it starts once the last of them ends."""
+    cluster = {"n1": 8, "n2": 8}
+    big = queued("big", 2, priority=1, submitted=0, length=300)
+    gangs = [running("first", ("n1",), started=0, length=100, priority=1)]
+    waiting, slack_used, now = [big], 0, 0
+    while not any(g.key == big.key for g in gangs):
+        gangs = [g for g in gangs if g.ends_by is None or g.ends_by > now]
+        waiting.append(queued(f"small-{now}", 1, 2, priority=1, submitted=now, length=60))
+        free = dict(cluster)
+        for g in gangs:
+            for name, gpus in g.holds().items():
+                free[name] -= gpus
+        verdicts = plan_queue(nodes(free), waiting, gangs, now=now)
+        starts = {g.key: v for g in waiting if isinstance(v := verdicts[g.key], Admit)}
+        expected_start = max((g.ends_by or 0 for g in gangs), default=now)
+        slack_used += sum(1 for k in starts if k != big.key and now + 60 > expected_start)
+        gangs += [running(k[1], tuple(n.name for n in v.plan.nodes), 8 if k == big.key else 2, started=now,
+                          length=300 if k == big.key else 60, priority=1) for k, v in starts.items()]  # fmt: skip
+        waiting = [g for g in waiting if g.key not in starts]
+        now += 10
+        assert now < 1000, "the big gang starved"
+    assert slack_used > 0, "slack while the big gang is young"
+    assert now - 10 <= 300 + 60, "started by its submission + its bound + the small gangs' bound"

@@ -11,6 +11,7 @@ Pure: the operator's planning pass and `benchmarks/placement.py` call `plan_queu
   end soonest (by their length bound, else the oldest) have ended. Gangs behind it backfill only onto capacity the
   reservation does not hold, or onto held capacity when their own length bound ends before the reservation starts
   (conservative backfill). A reservation is recomputed every pass, so it follows the cluster as it changes.
+  Small high-priority gangs get a bounded slack on young reservations (see `_Pass.blocks`).
 - A gang that takes any GPU type, and could run on the types no waiting gang names, is placed, reserved and
   preempts only on those in its turn; it takes a named type's GPUs only as a leftover, after every other gang of
   the pass had its turn. Otherwise untyped gangs fill the H100s that typed gangs wait for, and later leave the
@@ -47,6 +48,12 @@ Capacity = dict[str, int]
 """GPUs per node name."""
 RESERVATION_DEPTH = 2
 """Waiting gangs per region that hold a reservation at once."""
+SLACK_PRIORITY = 1
+"""Gangs at or above this priority (a PriorityClass above the default 0) may backfill with slack."""
+SLACK_SHARE = 4
+"""... when they ask for at most 1/SLACK_SHARE of the reservation's GPUs."""
+SLACK_WINDOW_UNBOUNDED = 3600.0
+"""Seconds after its submission that a holder without a length bound lends its reservation with slack."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,8 @@ class _Reservation:
     held: Capacity
     start: float | None
     """When it is expected to start (None: some gang it waits for has no length bound)."""
+    lends_until: float = float("-inf")
+    """Until when it takes gangs with slack: its holder's submission + length bound (see `_Pass.blocks`)."""
 
 
 class _Pass:
@@ -230,8 +239,15 @@ class _Pass:
         steered = self.fit(demand, respecting, steer=True)
         return steered if isinstance(steered, Plan) else plan
 
-    def hold(self, key: Key, capacity: Mapping[str, int], start: float | None, region: str) -> None:
-        self.reservations.append(_Reservation(key, dict(capacity), start))
+    def hold(
+        self,
+        key: Key,
+        capacity: Mapping[str, int],
+        start: float | None,
+        region: str,
+        lends_until: float = float("-inf"),
+    ) -> None:
+        self.reservations.append(_Reservation(key, dict(capacity), start, lends_until))
         self.held = _add(self.held, capacity)
         self.per_region[region] += 1
         self.memo.clear()
@@ -261,12 +277,37 @@ class _Pass:
         if isinstance(plan := place(respecting), Plan):
             return plan
         if gang.length is not None:
-            ends = self.now + gang.length
-            blocking = tuple(i for i, r in enumerate(self.reservations) if r.start is None or r.start < ends)
+            blocking = tuple(i for i, r in enumerate(self.reservations) if self.blocks(r, gang))
             if len(blocking) < len(self.reservations) and isinstance(plan := place(blocking), Plan):
                 return plan
         holders = ", ".join(_key_text(r.key) for r in self.reservations[:3])
         return Wait(0, "Reserved", f"the free GPUs it fits on are reserved for gangs ahead of it ({holders})")
+
+    def blocks(self, reservation: _Reservation, gang: QueuedGang) -> bool:
+        """Whether a gang with a length bound must keep off the reservation's GPUs.
+
+        Conservative backfill: it may use them when it ends by the time the reservation is expected to start.
+        Slack: while the holder is young (has waited less than its own length bound, or SLACK_WINDOW_UNBOUNDED
+        when it has none: `lends_until`), a gang of priority >= SLACK_PRIORITY that asks for at most
+        1/SLACK_SHARE of the reservation's GPUs may also when it ends by start + (start - now): it delays the
+        holder by at most as long as the holder still waits anyway.
+
+        Why every holder's wait stays finite although no pass remembers the last: `lends_until` is fixed (the
+        holder's submission and bound do not change from pass to pass), and after it the reservation is
+        conservative again. A gang that slack let in before then ends by `lends_until` + its own length bound;
+        every other gang on the reserved nodes ends by the start estimated when it was admitted. So a stream of
+        small high-priority gangs delays a big gang at most until its submission + its own bound + the longest
+        bound among them, then it starts as under conservative backfill.
+        """
+        if reservation.start is None or gang.length is None:
+            return True
+        ends = self.now + gang.length
+        if ends <= reservation.start:
+            return False
+        asks = gang.demand.workers * gang.demand.gpus_per_worker
+        small = asks * SLACK_SHARE <= sum(reservation.held.values())
+        young = self.now < reservation.lends_until
+        return not (gang.priority >= SLACK_PRIORITY and small and young and ends <= 2 * reservation.start - self.now)
 
     def keeps_off_contended(self, demand: GangDemand) -> bool:
         """Whether a gang that takes any GPU type could run on the types no waiting gang names, were they empty:
@@ -402,7 +443,8 @@ class _Pass:
         ends = [g.ends_by for g in touching]
         start = self.now if not touching else (None if None in ends else max(e for e in ends if e is not None))
         held = gpus_on((n.name for n in plan.nodes), gang.demand.gpus_per_worker)
-        self.hold(gang.key, held, start, plan.region)
+        window = SLACK_WINDOW_UNBOUNDED if gang.length is None else gang.length
+        self.hold(gang.key, held, start, plan.region, gang.submitted + window)
         when = "as soon as capacity frees" if start is None else f"in about {max(start - self.now, 0):.0f}s"
         message = f"{why.message}; {', '.join(sorted(nodes))} reserved for it, expected to start {when}"
         return replace(why, message=message, reserved=tuple(sorted(nodes)))
