@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -317,3 +318,15 @@ def test_several_processes_share_the_ports_and_drain_on_sigterm(server, mlp_arti
 
     assert [r.status_code for r in asyncio.run(scenario())] == [200]
     assert srv.proc.wait(timeout=30) in (0, -signal.SIGTERM), "exits on its own once drained"
+
+
+def test_a_grpc_call_its_client_gave_up_on_leaves_the_batcher(server, mlp_artifact: Path) -> None:
+    srv = server(env_for(mlp_artifact, batching={"maxBatchSize": 8, "maxDelayMs": 5000}))
+    asyncio.run(fire(srv.url, [request([[1.0, 2.0, 3.0]])] * 8))  # after a pass of several, a lone call waits 5 s
+    _, grpc = clients(srv)
+    row = grpcclient.InferInput("input__0", [1, 3], "FP32")
+    row.set_data_from_numpy(np.ones((1, 3), np.float32))
+    with pytest.raises(InferenceServerException, match="Deadline"):
+        grpc.infer("m", [row], client_timeout=0.3)
+    time.sleep(0.5)
+    assert metric(srv.url, "modelfleet_inflight_requests", model="m") == 0, "not still waiting for company"

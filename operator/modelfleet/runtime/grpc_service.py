@@ -10,7 +10,7 @@ poller thread and the loop cost more than a thread waiting on a future.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -67,11 +67,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def decode(signature: v2.Signature) -> v2.Inference:
             return v2.decode_grpc(request, signature)
 
+        call = asyncio.run_coroutine_threadsafe(self.engine.infer(decode, "grpc"), self.loop)
+        context.add_callback(call.cancel)  # runs when the call ends: if the client gave up first, so does the engine
         try:
-            call = asyncio.run_coroutine_threadsafe(self.engine.infer(decode, "grpc"), self.loop)
             inference, outputs = call.result()
         except v2.V2Error as exc:
             context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+        except CancelledError:
+            context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call")
         name = self.engine.config.model_name
         return v2.encode_grpc(name, MODEL_VERSION, inference, self.engine.signature, outputs)
 
