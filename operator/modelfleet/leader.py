@@ -86,7 +86,9 @@ class FencedLeaseLock(LeaseLock):
 
     def __init__(self, lease: Lease, api_client: client.ApiClient) -> None:
         super().__init__(lease.name, lease.namespace, lease.identity)
-        self.api_instance = _TimedApi(client.CoordinationV1Api(api_client), lease.retry_period)
+        # A try may take half the renew deadline (client-go bounds the whole renewal by the deadline, not each try
+        # by the retry period): a loaded apiserver answering in 3 s must not cost the lease.
+        self.api_instance = _TimedApi(client.CoordinationV1Api(api_client), lease.renew_deadline / 2)
         self.written_at: float | None = None  # monotonic time just before the last successful create or update
         self.released = False
         self.mutex = threading.Lock()

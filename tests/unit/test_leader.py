@@ -83,7 +83,7 @@ class FakeLeases:
 
 
 def fenced_lock(api: FakeLeases, identity: str = "a") -> FencedLeaseLock:
-    lock = FencedLeaseLock(Lease("mf", "ns", identity, retry_period=2), client.ApiClient())
+    lock = FencedLeaseLock(Lease("mf", "ns", identity, renew_deadline=10, retry_period=2), client.ApiClient())
     lock.api_instance.api = api  # type: ignore[attr-defined]
     return lock
 
@@ -92,7 +92,7 @@ def test_lock_calls_time_out_and_transport_errors_are_a_failed_try() -> None:
     api = FakeLeases("a")
     lock = fenced_lock(api)
     found, record = lock.get("mf", "ns")
-    assert found and record.holder_identity == "a" and api.timeouts == [2]
+    assert found and record.holder_identity == "a" and api.timeouts == [5], "half the renew deadline per try"
     api.down = True
     found, error = lock.get("mf", "ns")
     assert not found and "MaxRetryError" in error.reason

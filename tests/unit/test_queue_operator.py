@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from modelfleet.api.training import TrainingJobSpec
+from modelfleet.capacity import CapacityStore
+from modelfleet.loops import ReconcileLoops
+from modelfleet.scheduling.planner import Plan
 from modelfleet.scheduling.priority import Priority, resolve_priority, slim_priority_class
-from modelfleet.scheduling.queue import Evict
+from modelfleet.scheduling.queue import Admit, Evict
 from modelfleet.training.lifecycle import decide
-from modelfleet.training.queueing import snapshot
+from modelfleet.training.queueing import GpuQueue, snapshot
 from modelfleet.training.status import Placed, Queued, compose_status
 
 CLASSES = [
@@ -99,3 +102,18 @@ def test_queued_status_has_the_phase_position_and_reason_and_readmission_clears_
     placed = compose_status(previous, SPEC, 1, decision, {}, Placed((), (), ()))
     assert placed["phase"] == "Pending" and placed["queue"] is None
     assert next(c for c in placed["conditions"] if c["type"] == "Preempted")["reason"] == "Readmitted"
+
+
+def test_a_verdict_acted_on_while_the_pass_ran_is_not_published_again() -> None:
+    """The pass runs in a thread on a snapshot: a job admitted meanwhile (by the previous pass's verdict) must not
+    get that snapshot's Admit a second time."""
+    queue = GpuQueue(CapacityStore())
+    queue.loops = ReconcileLoops("trainingjobs", reconcile=lambda body: None)  # type: ignore[arg-type, return-value]
+    first, second = ("ns", "first"), ("ns", "second")
+    admit = Admit(Plan(()))
+    queue.publish({first: admit, second: admit})
+    inputs, queue.consumed = queue.inputs(), set()  # the next pass takes its snapshot
+    queue.consume(first)  # ... and a handler acts on the first job's verdict while it runs
+    published = queue.publish({first: admit, second: admit})
+    assert published == {second: admit} and queue.verdict(first) is None
+    assert inputs["queued"] == [] and inputs["nodes"] == []

@@ -8,6 +8,7 @@ holes stay free for big jobs. Spread puts one worker per node first, across zone
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,11 +73,13 @@ def eligible_nodes(nodes: Sequence[NodeInfo], demand: GangDemand) -> list[NodeIn
 
 
 def _pack(candidates: list[NodeInfo], workers: int, per_worker: int) -> list[NodeInfo] | None:
-    """Fewest nodes: fill the roomiest nodes first, then swap the last for the tightest node that still fits."""
-    ranked = sorted(candidates, key=lambda n: (-slots(n, per_worker), n.name))
+    """Fewest nodes: fill the roomiest nodes first, then swap the last for the tightest node that still fits.
+    Every node takes at least one worker or none does, so the `workers` roomiest are all it can need (a partial
+    sort: a pass plans thousands of gangs over regions of hundreds of nodes)."""
+    roomiest = heapq.nsmallest(workers, candidates, key=lambda n: (-slots(n, per_worker), n.name))
     chosen: list[tuple[NodeInfo, int]] = []
     remaining = workers
-    for node in ranked:
+    for node in roomiest:
         if remaining == 0:
             break
         take = min(slots(node, per_worker), remaining)
@@ -87,7 +90,7 @@ def _pack(candidates: list[NodeInfo], workers: int, per_worker: int) -> list[Nod
         return None
     last, take = chosen[-1]
     used = {n.name for n, _ in chosen[:-1]}
-    tighter = [n for n in ranked if n.name not in used and slots(n, per_worker) >= take]
+    tighter = [n for n in candidates if n.name not in used and slots(n, per_worker) >= take]
     best = min(tighter, key=lambda n: (slots(n, per_worker), n.name), default=last)
     chosen[-1] = (best, take)
     return [node for node, count in chosen for _ in range(count)]
