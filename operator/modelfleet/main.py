@@ -31,6 +31,11 @@ __all__ = ["inference", "training"]
 IDLE_WORKER_SECONDS = 0.5
 """How long kopf keeps an object's event worker after its last event (its default: 5 s). An idle worker holds
 that event's whole object, managedFields and all: at 1,000 jobs, over a thousand pods and jobs at a time."""
+GC_THRESHOLDS = (20_000, 10, 10)
+"""Young collections every 20,000 new containers, not Python's 700: in a profiled 1,000-job run the defaults made
+~11,000 young and ~90 full collections (~0.45 s each), 79 s inside collections by 107 CPU-seconds. Objects that live
+a little (an event, a response, a pass) now mostly die before a collection, so few reach the old generation and
+full collections stay rare."""
 WORKERS = 16
 """Threads for the blocking API client: 16 calls in flight keep a 2-core operator busy; more cost stacks and
 memory arenas, not throughput."""
@@ -71,6 +76,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     RESYNC.loops = {training.PLURAL: training.LOOPS, inference.PLURAL: inference.LOOPS}
     await RESYNC.run()  # nodes and GPU pods known before the first placement
     gc.freeze()  # what start-up made (modules, the client's models) is never garbage: no collection walks it again
+    gc.set_threshold(*GC_THRESHOLDS)
     memo.resync_task = asyncio.create_task(RESYNC.keep_healed(), name="resync")
     memo.queue_task = asyncio.create_task(QUEUE.run(), name="gpu-queue")
 
