@@ -18,6 +18,7 @@ from modelfleet.runtime.progress import ProgressReporter
 from modelfleet.training.progress import (
     SILENT_MAX_SECONDS,
     ProgressScraper,
+    listening,
     metrics_urls,
     progress_from_metrics,
     silent_probe,
@@ -233,3 +234,13 @@ def test_scrapes_share_one_connection_pool_per_event_loop() -> None:
     first, second = asyncio.run(pools())
     assert first is second and first.closed
     assert asyncio.run(pools())[0] is not first, "a new loop (or a closed pool) gets a pool of its own"
+
+
+def test_a_probe_asks_for_a_connection_before_a_scrape() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        up = f"http://127.0.0.1:{server.getsockname()[1]}/metrics"
+        down = f"http://127.0.0.1:{free_port()}/metrics"
+        assert run(listening(up, 1.0)) is True
+        assert run(listening(down, 1.0)) is False

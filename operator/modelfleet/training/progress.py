@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -157,7 +159,10 @@ class ProgressScraper:
             if not urls:  # finished, restarting or deleted: its next pass (if any) starts afresh
                 self.forget(uid, cancel=False)
                 return
-            answers = await scrape_all(silent_probe(urls, time.monotonic()), self.timeout, parse=_progress_or_empty)
+            probed = silent_probe(urls, time.monotonic())
+            open_ = await asyncio.gather(*(listening(url, self.timeout) for url in probed.values()))
+            listeners = {name: url for (name, url), up in zip(probed.items(), open_, strict=True) if up}
+            answers = await scrape_all(listeners, self.timeout, parse=_progress_or_empty)
             if any(answer is not None for answer in answers.values()):
                 self.silent.pop(uid, None)
                 self.last.pop(uid, None)
@@ -198,6 +203,21 @@ def silent_probe(urls: Mapping[str, str], now: float) -> dict[str, str]:
     names = list(urls)  # replica 0 first
     probed = names[:1] + ([names[1 + int(now) % (len(names) - 1)]] if len(names) > 1 else [])
     return {name: urls[name] for name in probed}
+
+
+async def listening(url: str, timeout: float) -> bool:
+    """Whether anything accepts connections at the URL's host and port. A probe asks this first: a refused
+    connection costs a socket (~90 us of CPU), an HTTP client's failed request ~250 us, and a thousand silent jobs
+    are probed on two workers a second each."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 80
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), timeout)
+        except (OSError, TimeoutError):
+            return False
+    return True
 
 
 def _progress_or_empty(text: str, at: float) -> dict[str, Any]:
