@@ -522,6 +522,8 @@ def print_services(count: int, services: dict[str, dict[str, Any]]) -> None:
 
 
 def main() -> None:
+    # SIGTERM (a `timeout` around the run) unwinds like Ctrl-C: the clusters' teardown runs, no apiserver is left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="200 jobs on 120 nodes, 300 services")
     parser.add_argument("--large", action="store_true", help="5,000 jobs on 2,000 nodes of 16 GPUs")
