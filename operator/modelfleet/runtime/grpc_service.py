@@ -3,8 +3,8 @@ metadata and inference; the protocol itself is in v2.py. Methods not served here
 
 It runs on grpcio's threaded server, not grpc.aio: each call's handler thread hands the inference to the engine's
 event loop (the batcher HTTP requests share) and waits for it. Measured with 16 clients on one core, grpc.aio in the
-server's event loop answered ~1,400 req/s (MLP) and the threaded server ~2,170: grpc.aio's per-call hops between its
-poller thread and the loop cost more than a thread waiting on a future.
+server's event loop answered 1,200-1,590 req/s (MLP) and the threaded server 1,870-2,170: grpc.aio's per-call hops
+between its poller thread and the loop cost more than a thread waiting on a future.
 """
 
 from __future__ import annotations
