@@ -41,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import scale_kserve
+from benchmarks import scale_kserve, scale_timeline
 from benchmarks.scale_cluster import READS, WRITES, ScaleCluster
 from modelfleet.api.common import GPU_RESOURCE
 from modelfleet.devcluster import binaries_dir
@@ -293,6 +293,13 @@ def measure(
     reconciles = scrape(env.get("MODELFLEET_METRICS_PORT"), "modelfleet_reconcile") or scrape(
         env.get("PEER_METRICS_PORT"), "controller_runtime_reconcile"
     )
+    diagnostics = {}
+    if system == "modelfleet":
+        running_at = {name: done + time.time() - time.monotonic() for name, done in tracker.done.items()}
+        diagnostics = {
+            "path": scale_timeline.modelfleet_path(api_client, "bench", running_at),
+            "counters": scale_timeline.operator_counters(env.get("MODELFLEET_METRICS_PORT")),
+        }
     if profiler:
         profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
         profiler.wait(timeout=60)
@@ -315,6 +322,7 @@ def measure(
         "peak_rss_mb": round(sampler.peak_rss_mb, 1), "cpu_seconds": round(sampler.cpu_seconds, 1),
         "measured": time.strftime("%H:%M UTC", time.gmtime()),
         "build": f"modelfleet@{git_commit()}" if system == "modelfleet" else Path(cmd[0]).parent.name,
+        **({"diagnostics": diagnostics} if diagnostics else {}),
     }  # fmt: skip
 
 
@@ -474,7 +482,7 @@ def print_jobs(size: Size, results: dict[str, dict[str, Any]]) -> None:
     peers = [p for p in ("peer", "peer-tuned") if p in results and "modelfleet" in results]
     for peer in peers:
         table.add_column(f"modelfleet / {peer}", justify="right")
-    keys = next(iter(results.values())).keys()
+    keys = [key for key in next(iter(results.values())) if key != "diagnostics"]
     for key in keys:
         values = [results[s].get(key) for s in systems]
         ratios = [ratio(results["modelfleet"].get(key), results[p].get(key)) for p in peers]
@@ -482,6 +490,7 @@ def print_jobs(size: Size, results: dict[str, dict[str, Any]]) -> None:
     Console(width=160).print(table)
     for line in targets(size, results):
         print(line)
+    scale_timeline.print_path(results.get("modelfleet", {}).get("diagnostics") or {})
 
 
 def targets(size: Size, results: dict[str, dict[str, Any]]) -> list[str]:

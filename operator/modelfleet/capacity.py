@@ -188,6 +188,9 @@ class CapacityStore:
     gpu_pods: ObjectStore = field(default_factory=lambda: ObjectStore(gpu_pod, owner=pod_node))
     """Indexed by node."""
     reservations: dict[tuple[str, str, str | None], tuple[dict[str, Any], float]] = field(default_factory=dict)
+    claims: dict[str, dict[str, int]] = field(default_factory=dict)
+    """GPUs per node held for an admitted gang (by job uid) from its plan's check until its pods are reserved:
+    a gang waiting for a placement slot keeps what the queue planned it on."""
     priority_classes: ObjectStore = field(default_factory=lambda: ObjectStore(slim_priority_class))
     gpu_quotas: ObjectStore = field(default_factory=lambda: ObjectStore(slim_gpu_quota))
     _nodes_view: tuple[int, float, dict[str, NodeInfo]] = field(default=(-1, 0.0, {}), init=False, repr=False)
@@ -202,6 +205,13 @@ class CapacityStore:
         now = time.monotonic()
         for pod in pods:
             self.reservations[reservation_key(pod)] = (slim_pod(pod), now)
+
+    def claim(self, owner: str, gpus: Mapping[str, int]) -> None:
+        """Holds these GPUs for a gang about to be placed; no list or timer ends a claim, only `unclaim`."""
+        self.claims[owner] = dict(gpus)
+
+    def unclaim(self, owner: str) -> None:
+        self.claims.pop(owner, None)
 
     def release(self, namespace: str, names: Iterable[str]) -> None:
         """Drops the reservations of these pods, whatever their attempt (they were deleted or never made)."""
@@ -231,7 +241,7 @@ class CapacityStore:
         return len(stale)
 
     def view(self) -> list[NodeInfo]:
-        """Every node, its free GPUs net of the stored GPU pods and the reservations."""
+        """Every node, its free GPUs net of the stored GPU pods, the reservations and the claims."""
         held = self.held_gpus()
         return [
             replace(info, free_gpus=max(0, info.gpus - held[name])) if name in held else info
@@ -247,8 +257,9 @@ class CapacityStore:
         return {n: max(0, nodes[n].gpus - held.get(n, 0)) for n in usable}
 
     def held_gpus(self, names: Collection[str] | None = None) -> dict[str, int]:
-        """GPUs held per node (of `names`, else all) by the stored GPU pods and the reservations the watch has not
-        delivered yet; a reservation whose pod the store holds is dropped."""
+        """GPUs held per node (of `names`, else all) by the stored GPU pods, the reservations the watch has not
+        delivered yet and the claims of gangs about to be placed; a reservation whose pod the store holds is
+        dropped."""
         held: dict[str, int] = {}
         stored = set()
         groups = (
@@ -264,6 +275,10 @@ class CapacityStore:
         for pod, _ in self.reservations.values():
             if (node := pod_node(pod)) and (names is None or node in names):
                 held[node] = held.get(node, 0) + pod["gpus"]
+        for claimed in self.claims.values():
+            for node, gpus in claimed.items():
+                if names is None or node in names:
+                    held[node] = held.get(node, 0) + gpus
         return held
 
     def freeing(self) -> dict[str, int]:

@@ -75,6 +75,19 @@ def test_a_reservation_outlives_a_slow_watch_and_ends_with_a_later_list() -> Non
     assert state.view()[0].free_gpus == 8 and not state.reservations
 
 
+def test_a_claim_holds_gpus_through_any_list_until_it_is_withdrawn() -> None:
+    """A gang waiting for its placement slot has no pods yet: a fresh list must not free what it was admitted on."""
+    state = CapacityStore()
+    state.nodes.apply_event(node("n1", "n-u") | {"status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [
+        {"type": "Ready", "status": "True"}]}})  # fmt: skip
+    state.claim("job-uid", {"n1": 6})
+    state.settle(time.monotonic() + 1)
+    assert state.view()[0].free_gpus == 2 and state.free_gpus(["n1"]) == {"n1": 2}
+    state.unclaim("job-uid")
+    state.unclaim("job-uid")  # a placement ends once, whichever way: a second withdrawal changes nothing
+    assert state.view()[0].free_gpus == 8
+
+
 def test_loops_of_objects_a_fresh_list_lacks_are_stopped() -> None:
     async def scenario() -> None:
         seen: list[str] = []

@@ -44,6 +44,7 @@ def test_snapshot_splits_waiting_running_and_unqueueable_jobs() -> None:
         job("stopping", status={"phase": "Queued"}),
         job(
             "running",
+            {"checkpoint": {"path": "/ckpt"}},
             status={
                 "phase": "Running",
                 "placement": [{"node": "n1"}, {"node": "n2"}],
@@ -62,6 +63,7 @@ def test_snapshot_splits_waiting_running_and_unqueueable_jobs() -> None:
     ]
     assert queued[0].submitted == 1767225610.0 and queued[0].demand.workers == 2
     assert [(g.key[1], g.nodes, g.started) for g in running] == [("running", ("n1", "n2"), 1767225660.0)]
+    assert (running[0].submitted, running[0].resumable, queued[0].resumable) == (1767225610.0, True, False)
     assert held[("ns", "unknown-class")].reason == "PriorityClassNotFound"
 
 
@@ -117,3 +119,21 @@ def test_a_verdict_acted_on_while_the_pass_ran_is_not_published_again() -> None:
     published = queue.publish({first: admit, second: admit})
     assert published == {second: admit} and queue.verdict(first) is None
     assert inputs["queued"] == [] and inputs["nodes"] == []
+
+
+def test_a_job_being_placed_takes_no_part_in_later_passes_until_its_placement_ends() -> None:
+    """An admitted gang waiting for a placement slot is not admitted again (elsewhere) by the passes meanwhile."""
+    queue = GpuQueue(CapacityStore())
+    queue.loops = ReconcileLoops("trainingjobs", reconcile=lambda body: None)  # type: ignore[arg-type, return-value]
+    queue.loops.bodies = {("ns", "a"): job("a"), ("ns", "b"): job("b")}
+    queue.publish({("ns", "a"): Admit(Plan(()))})
+    with queue.placing_gang(("ns", "a")):
+        assert queue.verdict(("ns", "a")) is None
+        assert [g.key for g in queue.inputs()["queued"]] == [("ns", "b")]
+    assert [g.key for g in queue.inputs()["queued"]] == [("ns", "a"), ("ns", "b")]
+    try:
+        with queue.placing_gang(("ns", "a")):
+            raise RuntimeError("the placement failed")
+    except RuntimeError:
+        pass
+    assert not queue.placing

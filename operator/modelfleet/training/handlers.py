@@ -77,14 +77,16 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
             return wait
         verdict = QUEUE.verdict(key)
         if isinstance(verdict, Admit):
-            QUEUE.consume(key)
-            outcome = await place_gang(meta, spec, int((body.get("status") or {}).get("restarts") or 0), verdict.plan)
+            with QUEUE.placing_gang(key):  # until the status says where it runs
+                attempt = int((body.get("status") or {}).get("restarts") or 0)
+                outcome = await place_gang(meta, spec, attempt, verdict.plan)
+                await _write_status(body, spec, decision, nodes, outcome)
         elif isinstance(verdict, Wait):
             outcome = Queued(verdict.position, verdict.reason, verdict.message, verdict.reserved)
+            await _write_status(body, spec, decision, nodes, outcome)
         else:
             QUEUE.request()
             return NO_VERDICT_RETRY_SECONDS  # the next pass will have a verdict for it
-        await _write_status(body, spec, decision, nodes, outcome)
     if decision.ungate:
         await asyncio.gather(*(ungate(namespace, w.name, w.uid) for w in decision.ungate))
 

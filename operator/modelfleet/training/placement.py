@@ -8,7 +8,10 @@ twins) and the next plan does not count its GPUs as free, before the watch deliv
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
+
+from prometheus_client import Counter, Histogram
 
 from modelfleet import kube
 from modelfleet.api.training import TrainingJobSpec
@@ -25,16 +28,18 @@ GANGS_IN_FLIGHT = 16
 """Gangs whose pods are being created or ungated at once. With no bound, a queue pass that admits a thousand gangs
 queues every create before the first gang's ungates (all gangs start together, at the end), and holds every
 pod's body in memory meanwhile; bounded, gangs start one after another, as fast."""
-_placement_lock: asyncio.Lock | None = None
+PLACEMENTS = Counter(
+    "modelfleet_gang_placements",
+    "Admitted gangs by what their placement came to: Placed, CreateRefused, CapacityChanged (the planned GPUs were "
+    "taken before the handler acted on the verdict), NotPlaced (a planned node went while it waited for a slot).",
+    ["result"],
+)
+SLOT_WAIT = Histogram(
+    "modelfleet_placement_slot_wait_seconds",
+    "Time an admitted gang waits, its GPUs claimed, for one of the GANGS_IN_FLIGHT placement slots.",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 40, 80),
+)
 _in_flight: asyncio.Semaphore | None = None
-
-
-def placement_lock() -> asyncio.Lock:
-    """Plans are made one at a time, so two gangs never count the same free GPUs."""
-    global _placement_lock
-    if _placement_lock is None:
-        _placement_lock = asyncio.Lock()
-    return _placement_lock
 
 
 def ungate_patch(uid: str) -> list[dict[str, Any]]:
@@ -73,25 +78,48 @@ async def delete_workers(namespace: str, pods: list[dict[str, Any]], names: list
 
 
 async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan) -> Outcome:
-    """Creates every worker of the queue's plan gated; the gates go only when all exist and all are ours."""
-    async with in_flight():
-        return await _place_gang(meta, spec, attempt, plan)
+    """Claims the plan's GPUs (if they are still free), waits for a placement slot, then creates every worker
+    gated; the gates go only when all exist and all are ours.
+
+    The check and the claim have no await between them, so two gangs never count the same free GPUs; the claim
+    holds them while the gang waits for its slot (the next queue pass sees them taken) and ends when its pods are
+    reserved, or when the placement ends any other way (the job gone, an error, a cancelled loop)."""
+    wanted = gpus_on((n.name for n in plan.nodes), spec.resources.gpus)
+    if changed := _short_of(wanted):
+        PLACEMENTS.labels("CapacityChanged").inc()
+        return changed
+    CAPACITY.claim(meta["uid"], wanted)
+    waiting = time.perf_counter()
+    try:
+        async with in_flight():
+            SLOT_WAIT.observe(time.perf_counter() - waiting)
+            outcome = await _place_gang(meta, spec, attempt, plan, wanted)
+    finally:
+        CAPACITY.unclaim(meta["uid"])
+    PLACEMENTS.labels(type(outcome).__name__).inc()
+    return outcome
 
 
-async def _place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan) -> Outcome:
+def _short_of(wanted: dict[str, int]) -> NotPlaced | None:
+    """NotPlaced when these nodes no longer have these GPUs free (Ready, schedulable, not held by anyone else)."""
+    free = CAPACITY.free_gpus(list(wanted))
+    if any(free.get(node, -1) < gpus for node, gpus in wanted.items()):
+        return NotPlaced("the capacity the queue planned on changed; planning again")
+    return None
+
+
+async def _place_gang(
+    meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan, wanted: dict[str, int]
+) -> Outcome:
     namespace = meta["namespace"]
     fresh = await kube.get_custom(PLURAL, namespace, meta["name"])
     if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
         raise ObjectGone(f"{namespace}/{meta['name']}")  # deleted while a watch gap hid it: make nothing
-    async with placement_lock():
-        wanted = gpus_on((n.name for n in plan.nodes), spec.resources.gpus)
-        free = CAPACITY.free_gpus(list(wanted))
-        if any(free.get(node, -1) < gpus for node, gpus in wanted.items()):
-            return NotPlaced("the capacity the queue planned on changed; planning again")
-        pods = [
-            worker_pod(meta, spec, i, plan.nodes, attempt, gated=spec.placement.gang) for i in range(len(plan.nodes))
-        ]
-        CAPACITY.reserve(pods)
+    CAPACITY.unclaim(meta["uid"])  # checked again without its own claim: a node may have gone while it waited
+    if changed := _short_of(wanted):
+        return changed
+    pods = [worker_pod(meta, spec, i, plan.nodes, attempt, gated=spec.placement.gang) for i in range(len(plan.nodes))]
+    CAPACITY.reserve(pods)  # the reservations hold the claimed GPUs from here
     names = [p["metadata"]["name"] for p in pods]
     results = await asyncio.gather(
         kube.apply(kube.core().patch_namespaced_service, headless_service(meta, spec)),

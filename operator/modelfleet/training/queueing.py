@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from modelfleet import policy
@@ -24,7 +25,7 @@ from modelfleet.capacity import CAPACITY, CapacityStore
 from modelfleet.loops import Key, ReconcileLoops, key_of
 from modelfleet.scheduling.planner import GangDemand
 from modelfleet.scheduling.priority import resolve_priority
-from modelfleet.scheduling.queue import QueuedGang, RunningGang, Verdict, Wait, plan_queue
+from modelfleet.scheduling.queue import Admit, QueuedGang, RunningGang, Verdict, Wait, plan_queue
 from modelfleet.scheduling.quota import quotas_by_namespace
 from modelfleet.training.gang import parse_time
 from modelfleet.training.policies import refusal
@@ -38,6 +39,7 @@ IDLE_SHARE = 2.0
 """After a pass, the operator spends at least this many times its length on other work before the next."""
 GROW_AFTER = 15.0
 """Seconds an elastic gang runs at one size before it may grow (each growth is a gang restart)."""
+ADMITS = Counter("modelfleet_queue_admits", "Admit verdicts published (a job admitted twice counts twice).")
 
 
 def gang_demand(spec: TrainingJobSpec) -> GangDemand:
@@ -119,13 +121,14 @@ def snapshot(
             continue
         demand = gang_demand(spec)
         length = float(spec.active_deadline_seconds) if spec.active_deadline_seconds else None
+        submitted, resumable = _seconds(meta.get("creationTimestamp")), spec.checkpoint.path is not None
         if placement := status.get("placement"):
             nodes = tuple(p["node"] for p in placement)
-            running.append(RunningGang(key, demand, nodes, priority.value, _placed_at(status), length))
+            running.append(RunningGang(key, demand, nodes, priority.value, _placed_at(status), length, submitted,
+                                       resumable))  # fmt: skip
         else:
-            submitted = _seconds(meta.get("creationTimestamp"))
             queued.append(QueuedGang(key, demand, priority.value, submitted, priority.may_preempt, length,
-                                     key in draining))  # fmt: skip
+                                     key in draining, resumable))  # fmt: skip
     return queued, running, held
 
 
@@ -144,6 +147,9 @@ class GpuQueue:
         """Jobs that cannot be queued yet (their PriorityClass does not exist), as of the last snapshot."""
         self.consumed: set[Key] = set()
         """Jobs whose verdict a handler acted on since the running pass took its snapshot."""
+        self.placing: set[Key] = set()
+        """Admitted jobs whose gang a handler is placing: no pass plans them (their GPUs are claimed in capacity)
+        until their status says where they run, or the placement ended otherwise."""
 
     def request(self) -> None:
         self.requested.set()
@@ -155,6 +161,17 @@ class GpuQueue:
         """The handler acted on this job's Admit or Evict: it must not act on it twice."""
         self.verdicts.pop(key, None)
         self.consumed.add(key)
+
+    @contextlib.contextmanager
+    def placing_gang(self, key: Key) -> Iterator[None]:
+        """While the handler acts on this job's Admit: the verdict is consumed, and the job takes no part in the
+        passes that start meanwhile (each would admit it again, often elsewhere, and hand its GPUs to others)."""
+        self.consume(key)
+        self.placing.add(key)
+        try:
+            yield
+        finally:
+            self.placing.discard(key)
 
     def note_draining(self, key: Key, draining: bool) -> None:
         if draining:
@@ -168,7 +185,8 @@ class GpuQueue:
         bodies = list(self.loops.bodies.values())
         self.draining &= set(self.loops.bodies)
         self.specs.keep_only(bodies)
-        queued, running, held = snapshot(bodies, self.cluster.priority_classes.values(), self.draining, self.specs)
+        planned = [body for key, body in self.loops.bodies.items() if key not in self.placing]
+        queued, running, held = snapshot(planned, self.cluster.priority_classes.values(), self.draining, self.specs)
         self.unqueued = held
         return {
             "nodes": self.cluster.view(),
@@ -190,6 +208,8 @@ class GpuQueue:
         for key in set(previous) | set(verdicts):
             if previous.get(key) != verdicts.get(key):
                 self.loops.wake(key)
+                if isinstance(verdicts.get(key), Admit):
+                    ADMITS.inc()
         return verdicts
 
     async def run(self) -> None:
