@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -39,3 +41,15 @@ TWO_TOWER_SIGNATURE = {
 def two_tower() -> tuple[nn.Module, tuple[int, ...], int]:
     torch.manual_seed(0)
     return TwoTower(), (4,), 3
+
+
+class Sleepy(nn.Module):
+    """A pass that takes `seconds` whatever its rows: calls pile up behind it (a pickled module, format pytorch)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x[:, :2]

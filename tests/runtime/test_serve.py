@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -21,7 +23,7 @@ from modelfleet.api.inference import InferenceServiceSpec
 from modelfleet.inference.builders import server_env
 from modelfleet.runtime.modelio import save_artifact
 from modelfleet.runtime.models import build_model
-from tests.runtime.factories import TWO_TOWER_SIGNATURE, two_tower
+from tests.runtime.factories import TWO_TOWER_SIGNATURE, Sleepy, two_tower
 from tests.support.processes import ServerProcess, free_port
 
 pytestmark = pytest.mark.runtime
@@ -330,3 +332,46 @@ def test_a_grpc_call_its_client_gave_up_on_leaves_the_batcher(server, mlp_artifa
         grpc.infer("m", [row], client_timeout=0.3)
     time.sleep(0.5)
     assert metric(srv.url, "modelfleet_inflight_requests", model="m") == 0, "not still waiting for company"
+
+
+def test_grpc_calls_past_the_queue_are_refused_at_once_and_admitted_ones_keep_the_timeout(
+    server, tmp_path: Path
+) -> None:
+    """One pass of 1 s at a time, 2 may wait, 1.5 s timeout: of 6 calls at once the first is answered, the queued
+    ones time out (the one still queued never runs), the rest are refused at once; none waits unseen."""
+    artifact = tmp_path / "sleepy"
+    artifact.mkdir()
+    torch.save(Sleepy(1.0), artifact / "model.pt")
+    (artifact / "metadata.json").write_text(json.dumps({"inputShape": [3], "classes": 2}))
+    env = env_for(artifact, batching={"maxBatchSize": 1})
+    srv = server({
+        **env, "MODELFLEET_MODEL_FORMAT": "pytorch", "MODELFLEET_ALLOW_PICKLE": "1", "MODELFLEET_MAX_QUEUE": "2",
+        "MODELFLEET_REQUEST_TIMEOUT_SECONDS": "1.5", "MODELFLEET_WORKERS": "1",
+    })  # fmt: skip
+
+    def call(_: int) -> tuple[str, float]:
+        row = grpcclient.InferInput("input__0", [1, 3], "FP32")
+        row.set_data_from_numpy(np.ones((1, 3), np.float32))
+        started = time.monotonic()
+        try:
+            grpcclient.InferenceServerClient(srv.grpc_address).infer("m", [row])
+            outcome = "OK"
+        except InferenceServerException as exc:
+            outcome = str(exc.status()).removeprefix("StatusCode.")
+        return outcome, time.monotonic() - started
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(call, range(6)))
+    outcomes = [o for o, _ in results]
+    refused = [t for o, t in results if o == "RESOURCE_EXHAUSTED"]
+    assert outcomes.count("OK") == 1 and len(refused) >= 3, results
+    assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, results
+    assert max(refused) < 0.8, f"refusals waited: {results}"
+    assert max(t for _, t in results) < 2.5, f"a call outlived the 1.5 s timeout: {results}"
+    time.sleep(1.0)  # the pass a timed-out call was in has ended
+    assert metric(srv.url, "modelfleet_rejected_requests_total", reason="queue_full") == len(refused)
+    assert metric(srv.url, "modelfleet_rejected_requests_total", reason="timeout") == outcomes.count(
+        "DEADLINE_EXCEEDED"
+    )
+    assert metric(srv.url, "modelfleet_batch_size_count", model="m") == 2, "the call timed out in the queue never ran"
+    assert metric(srv.url, "modelfleet_inflight_requests", model="m") == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -71,11 +72,11 @@ def test_the_batching_queue_is_bounded() -> None:
         await asyncio.sleep(0.05)  # the first is in its forward pass, the queue is empty
         waiting = [asyncio.ensure_future(batcher.infer((torch.ones(1, 3),))) for _ in range(2)]
         await asyncio.sleep(0)
-        with pytest.raises(asyncio.QueueFull):
+        with pytest.raises(queue.Full):
             await batcher.infer((torch.ones(1, 3),))
         release.set()
         assert all(r[0].shape == (1, 3) for r in await asyncio.gather(first, *waiting))
-        await batcher.stop()
+        batcher.stop()
 
     asyncio.run(scenario())
 

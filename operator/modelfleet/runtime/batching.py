@@ -1,11 +1,18 @@
-"""Dynamic batching: concurrent requests merged into one forward pass, off the event loop."""
+"""Dynamic batching: concurrent requests merged into one forward pass, in the batcher's own thread.
+
+Both transports hand rows straight to that thread: the HTTP event loop awaits the request's future
+(`Batcher.infer`), a gRPC handler thread blocks on it (`Batcher.submit`, then `Future.result`). A gRPC call so costs
+two thread hand-offs (handler -> batcher -> handler), not four through the event loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +24,7 @@ Forward = Callable[[Tensors], Tensors]
 @dataclass
 class Pending:
     inputs: Tensors
-    future: asyncio.Future[Tensors]
+    future: Future[Tensors]
 
     @property
     def rows(self) -> int:
@@ -55,8 +62,8 @@ class Batcher:
     Each request's rows come back to it alone; if the merged pass fails, each request is run by itself so a bad
     one fails only itself. `on_batch` sees every batch size (for the metrics).
 
-    At most `max_queue` requests wait (0: no bound): one more raises `asyncio.QueueFull` at once (the server answers 503).
-    A request whose caller gave up (its future cancelled) is dropped before its forward pass.
+    At most `max_queue` requests wait (0: no bound): one more raises `queue.Full` at once (the server refuses it).
+    A request whose future was cancelled (its caller gave up) is dropped before its forward pass.
     """
 
     def __init__(
@@ -71,65 +78,70 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000
         self.on_batch = on_batch
-        self.queue: asyncio.Queue[Pending] = asyncio.Queue(maxsize=max_queue)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self.task: asyncio.Task[None] | None = None
+        self.queue: queue.Queue[Pending | None] = queue.Queue(maxsize=max_queue)  # None: stop
+        self.thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self.last_batch = 0
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._loop())
+        self.thread.start()
 
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-        self.executor.shutdown(wait=True)
+    def stop(self) -> None:
+        """Runs what is queued, then ends the batcher's thread (blocking)."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def submit(self, inputs: Tensors) -> Future[Tensors]:
+        """Queues the rows from any thread; their answer comes on the returned future. Raises `queue.Full`."""
+        future: Future[Tensors] = Future()
+        self.queue.put_nowait(Pending(inputs, future))
+        return future
 
     async def infer(self, inputs: Tensors) -> Tensors:
-        future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(Pending(inputs, future))
-        return await future
+        """`submit` for the event loop: cancelling the awaiting task cancels the request."""
+        return await asyncio.wrap_future(self.submit(inputs))
 
-    async def _loop(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            rows = batch[0].rows
-            while rows < self.max_batch_size and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-                rows += batch[-1].rows
-            delay = self.max_delay if len(batch) == 1 and self.last_batch > 1 else 0.0
-            deadline = time.monotonic() + delay
-            while rows < self.max_batch_size and len(batch) < self.last_batch:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
+    def _serve(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch, rows = [first], first.rows
+            deadline: float | None = None  # set when the queue ran dry with a lone request after a pass of several
+            while rows < self.max_batch_size:
+                remaining = 0.0 if deadline is None else deadline - time.monotonic()
                 try:
-                    item = await asyncio.wait_for(self.queue.get(), timeout=remaining)
-                except TimeoutError:
+                    item = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+                except queue.Empty:
+                    if deadline is None and len(batch) == 1 and self.last_batch > 1:
+                        deadline = time.monotonic() + self.max_delay
+                        continue
+                    break
+                if item is None:
+                    stopping = True
                     break
                 batch.append(item)
                 rows += item.rows
-            batch = [p for p in batch if not p.future.done()]
+                if deadline is not None and len(batch) >= self.last_batch:
+                    break
+            batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
             if batch:
-                await self._run(batch)
+                self._run(batch)
 
-    async def _run(self, batch: list[Pending]) -> None:
-        loop = asyncio.get_running_loop()
+    def _run(self, batch: list[Pending]) -> None:
         self.last_batch = len(batch)
         self.on_batch(sum(p.rows for p in batch))
         try:
-            outputs = await loop.run_in_executor(self.executor, self.forward, merge(batch))
-            start = 0
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_result(tuple(o[start : start + p.rows] for o in outputs))
-                start += p.rows
+            outputs = self.forward(merge(batch))
         except Exception:
             for p in batch:
                 try:
-                    result = await loop.run_in_executor(self.executor, self.forward, p.inputs)
+                    p.future.set_result(self.forward(p.inputs))
                 except Exception as exc:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                else:
-                    if not p.future.done():
-                        p.future.set_result(result)
+                    p.future.set_exception(exc)
+            return
+        start = 0
+        for p in batch:
+            p.future.set_result(tuple(o[start : start + p.rows] for o in outputs))
+            start += p.rows

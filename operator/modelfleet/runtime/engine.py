@@ -4,12 +4,15 @@ engine a way to decode its request and encodes the arrays it gets back; refusals
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+import queue
 import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,7 +162,7 @@ class Engine:
     async def stop(self) -> None:
         self.draining = True
         if self.batcher:
-            await self.batcher.stop()
+            await asyncio.to_thread(self.batcher.stop)
 
     def _forward(self, inputs: Tensors) -> Tensors:
         model = self.model
@@ -178,18 +181,16 @@ class Engine:
         self.metrics.rejected.labels(self.config.model_name, reason).inc()
         return V2Error(status, message, reason)
 
-    async def infer(
-        self, decode: Callable[[Signature], Awaitable[Inference]], protocol: str
-    ) -> tuple[Inference, list[np.ndarray]]:
-        """Decodes a request and answers it within the request timeout, counted and timed; raises V2Error."""
+    @contextlib.contextmanager
+    def _accounted(self, protocol: str) -> Iterator[None]:
+        """Counts and times one request; a TimeoutError inside becomes the 504 refusal."""
         name = self.config.model_name
         started = time.perf_counter()
         gauge = self.metrics.inflight.labels(name)
         gauge.inc()
         status = 200
         try:
-            async with asyncio.timeout(self.config.request_timeout):  # no extra task per request, as wait_for makes
-                return await self._infer(decode)
+            yield
         except TimeoutError:
             status = 504
             raise self.reject("timeout", 504, f"no answer within {self.config.request_timeout:g}s") from None
@@ -203,20 +204,58 @@ class Engine:
             self.metrics.requests.labels(name, str(status), protocol).inc()
             self.metrics.latency.labels(name).observe(time.perf_counter() - started)
 
-    async def _infer(self, decode: Callable[[Signature], Awaitable[Inference]]) -> tuple[Inference, list[np.ndarray]]:
+    async def infer(
+        self, decode: Callable[[Signature], Awaitable[Inference]], protocol: str
+    ) -> tuple[Inference, list[np.ndarray]]:
+        """Decodes a request and answers it within the request timeout, counted and timed; raises V2Error."""
+        with self._accounted(protocol):
+            async with asyncio.timeout(self.config.request_timeout):  # no extra task per request, as wait_for makes
+                self._check_ready()
+                inference = await decode(self.signature)
+                future = self._submit(inference)
+                try:
+                    outputs = await asyncio.wrap_future(future)
+                except Exception as exc:  # the timeout and cancellation pass (asyncio raises them as BaseException)
+                    raise V2Error(400, f"inference failed: {exc}") from None
+                return inference, self._answer(outputs)
+
+    def infer_blocking(
+        self,
+        decode: Callable[[Signature], Inference],
+        protocol: str,
+        on_submit: Callable[[Future[Tensors]], object] = lambda _: None,
+    ) -> tuple[Inference, list[np.ndarray]]:
+        """`infer` for a transport's own thread (gRPC), which waits for the batcher's answer without the event
+        loop; `on_submit` gets the request's future (cancelling it drops the request)."""
+        with self._accounted(protocol):
+            deadline = time.monotonic() + self.config.request_timeout
+            self._check_ready()
+            inference = decode(self.signature)
+            future = self._submit(inference)
+            on_submit(future)
+            try:
+                outputs = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except (TimeoutError, CancelledError):
+                raise
+            except Exception as exc:
+                raise V2Error(400, f"inference failed: {exc}") from None
+            finally:
+                future.cancel()  # past the timeout: dropped if still queued (no-op once answered)
+            return inference, self._answer(outputs)
+
+    def _check_ready(self) -> None:
         if not self.ready or self.batcher is None:
             raise V2Error(503, "model not ready")
-        inference = await decode(self.signature)
-        inputs = tuple(torch.from_numpy(a) for a in inference.inputs)
+
+    def _submit(self, inference: Inference) -> Future[Tensors]:
+        assert self.batcher is not None
         try:
-            outputs = await self.batcher.infer(inputs)
-        except asyncio.QueueFull:
+            return self.batcher.submit(tuple(torch.from_numpy(a) for a in inference.inputs))
+        except queue.Full:
             raise V2Error(503, f"{self.config.max_queue} requests already queued", "queue_full") from None
-        except Exception as exc:
-            raise V2Error(400, f"inference failed: {exc}") from None
+
+    def _answer(self, outputs: Tensors) -> list[np.ndarray]:
         specs = self.signature.outputs
         if len(outputs) != len(specs):
             raise V2Error(500, f"the model returned {len(outputs)} outputs, its signature names {len(specs)}")
-        return inference, [
-            o.numpy().astype(DATATYPES[s.datatype], copy=False) for o, s in zip(outputs, specs, strict=True)
-        ]
+        return [o.numpy().astype(DATATYPES[s.datatype], copy=False) for o, s in zip(outputs, specs, strict=True)]

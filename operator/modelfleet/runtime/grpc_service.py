@@ -1,16 +1,23 @@
 """The V2 gRPC service (`inference.GRPCInferenceService`, the stubs tritonclient ships) over the engine: health,
 metadata and inference; the protocol itself is in v2.py. Methods not served here answer UNIMPLEMENTED.
 
-It runs on grpcio's threaded server, not grpc.aio: each call's handler thread hands the inference to the engine's
-event loop (the batcher HTTP requests share) and waits for it. Measured with 16 clients on one core, grpc.aio in the
-server's event loop answered 1,200-1,590 req/s (MLP) and the threaded server 1,870-2,170: grpc.aio's per-call hops
-between its poller thread and the loop cost more than a thread waiting on a future.
+It runs on grpcio's threaded server, not grpc.aio: each call's handler thread decodes the request, hands its rows
+straight to the batcher's thread (the one HTTP requests share) and waits on their future; the event loop takes no
+part. Measured with 16 clients on one core, grpc.aio in the server's event loop answered 1,200-1,590 req/s (MLP) and
+the threaded server, then going through the loop, 1,870-2,170: grpc.aio's per-call hops between its poller thread
+and the loop cost more than a thread waiting on a future.
+
+Limits: no call waits unseen in grpcio's own queue. The engine holds at most `max_queue` waiting requests and a
+batch in flight (`max_batch_size` at most); the server runs that many handler threads and `SPARE_HANDLERS` more, and
+takes no more calls at once than it has threads. A call the engine cannot queue is refused by it (counted, as
+HTTP's 503) and one past the threads by grpcio, both with RESOURCE_EXHAUSTED at once; an admitted call has the
+request timeout (DEADLINE_EXCEEDED). With `max_queue` 0 (no bound) there is no cap: calls past
+`UNCAPPED_HANDLER_THREADS` wait in grpcio's queue.
 """
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -27,15 +34,15 @@ STATUS_CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 PLATFORM = "pytorch_torchscript"
-HANDLER_THREADS = 64  # calls handled at once (the rest wait in grpcio's queue): enough to fill a batch
+SPARE_HANDLERS = 16  # threads past what the engine can hold: they refuse the calls it cannot, or serve metadata
+UNCAPPED_HANDLER_THREADS = 64  # with no queue bound: calls handled at once (the rest wait in grpcio's queue)
 
 
 class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Handlers run in the gRPC server's threads; `loop` is the engine's event loop."""
+    """Handlers run in the gRPC server's threads."""
 
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.loop = loop
 
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext):  # noqa: ANN201
         return pb.ServerLiveResponse(live=True)
@@ -64,15 +71,19 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext):  # noqa: ANN201
         self._known(request.model_name, request.model_version, context)
 
-        async def decode(signature: v2.Signature) -> v2.Inference:
+        def decode(signature: v2.Signature) -> v2.Inference:
             return v2.decode_grpc(request, signature)
 
-        call = asyncio.run_coroutine_threadsafe(self.engine.infer(decode, "grpc"), self.loop)
-        context.add_callback(call.cancel)  # runs when the call ends: if the client gave up first, so does the engine
+        def on_submit(future: Future) -> None:
+            context.add_callback(
+                future.cancel
+            )  # runs when the call ends: if the client gave up first, so does the engine
+
         try:
-            inference, outputs = call.result()
+            inference, outputs = self.engine.infer_blocking(decode, "grpc", on_submit)
         except v2.V2Error as exc:
-            context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.reason == "queue_full" else None
+            context.abort(code or STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
         except CancelledError:
             context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call")
         name = self.engine.config.model_name
@@ -86,19 +97,21 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 def start_grpc(engine: Engine, host: str, port: int, max_message_bytes: int) -> grpc.Server | None:
-    """The gRPC server on `port` (shared with this pod's other server processes), or None when `port` is 0; called
-    in the engine's event loop."""
+    """The gRPC server on `port` (shared with this pod's other server processes), or None when `port` is 0."""
     if not port:
         return None
+    config = engine.config
+    cap = config.max_queue + config.max_batch_size + SPARE_HANDLERS if config.max_queue > 0 else None
     server = grpc.server(
-        ThreadPoolExecutor(HANDLER_THREADS, thread_name_prefix="grpc"),
+        ThreadPoolExecutor(cap or UNCAPPED_HANDLER_THREADS, thread_name_prefix="grpc"),
+        maximum_concurrent_rpcs=cap,
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
         ],
     )
-    service = InferenceService(engine, asyncio.get_running_loop())
+    service = InferenceService(engine)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if server.add_insecure_port(address) == 0:

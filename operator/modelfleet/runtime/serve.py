@@ -5,8 +5,8 @@ InferenceService builder sets (MODELFLEET_*), or by flags.
 
 Limits: a request body over --max-body-bytes is refused with 413 while it streams in (never buffered whole); with
 --max-queue requests already waiting for the batcher, another gets 503 with Retry-After; a request not answered
-within --request-timeout seconds (body upload included) gets 504. gRPC maps these to RESOURCE_EXHAUSTED,
-UNAVAILABLE and DEADLINE_EXCEEDED.
+within --request-timeout seconds (body upload included) gets 504. gRPC answers RESOURCE_EXHAUSTED for the first two
+(and for calls past --max-queue plus a batch in flight at once: none waits unseen) and DEADLINE_EXCEEDED.
 
     python -m modelfleet.runtime.serve --model-path /models/mlp --quantization int8 --port 8080 --grpc-port 8081
 """
