@@ -230,3 +230,31 @@ def test_a_big_gang_behind_an_endless_stream_of_small_high_priority_gangs_starts
         assert now < 1000, "the big gang starved"
     assert slack_used > 0, "slack while the big gang is young"
     assert now - 10 <= 300 + 60, "started by its submission + its bound + the small gangs' bound"
+
+
+def test_a_resumable_gang_backfills_onto_reserved_gpus_and_yields_them_when_the_holder_can_start() -> None:
+    """n2 is reserved for `big` (it waits for `job` to end at 100); `resumable` (it checkpoints) runs on n1 anyway,
+    a gang that does not checkpoint waits; once `job` has ended, `big` preempts the backfill to start."""
+    cluster = nodes({"n1": 8, "n2": 0})
+    busy = [running("job", ("n2",), started=0, length=100)]
+    big = queued("big", 2, submitted=0)
+    verdicts = plan_queue(cluster, [big, queued("plain", 1, submitted=1), queued("resumable", 1, submitted=2,
+                                                                         resumable=True)], busy, now=10)  # fmt: skip
+    assert verdicts[key("big")].reserved == ("n1", "n2") and verdicts[key("plain")].reason == "Reserved"
+    assert isinstance(admitted := verdicts[key("resumable")], Admit) and admitted.plan.nodes[0].name == "n1"
+
+    backfill = running("resumable", ("n1",), started=10, submitted=2, resumable=True)
+    verdicts = plan_queue(nodes({"n1": 0, "n2": 8}), [big], [backfill], now=120)
+    assert verdicts[key("resumable")] == Evict("Preempted", "preempted for ns/big (backfill, queued after it)", 0)
+    assert verdicts[key("big")] == Wait(1, "Preempting", "waiting for ns/resumable to stop", ("n1", "n2"))
+
+
+def test_only_gangs_behind_the_holder_that_resume_yield_and_only_to_a_holder_that_may_preempt() -> None:
+    cluster = nodes({"n1": 0, "n2": 8})
+    for gang, holder in [
+        (running("ahead", ("n1",), submitted=-1, resumable=True), queued("big", 2)),
+        (running("no-checkpoint", ("n1",), submitted=1), queued("big", 2)),
+        (running("resumable", ("n1",), submitted=1, resumable=True), queued("big", 2, may_preempt=False)),
+    ]:
+        verdicts = plan_queue(cluster, [holder], [gang], now=10)
+        assert gang.key not in verdicts and verdicts[key("big")].reason == "Capacity", gang.key

@@ -12,6 +12,8 @@ Pure: the operator's planning pass and `benchmarks/placement.py` call `plan_queu
   reservation does not hold, or onto held capacity when their own length bound ends before the reservation starts
   (conservative backfill). A reservation is recomputed every pass, so it follows the cluster as it changes.
   Small high-priority gangs get a bounded slack on young reservations (see `_Pass.blocks`).
+- Preemptible backfill: a resumable gang (it checkpoints) may also run on a reservation's GPUs when it is behind
+  the holder in the queue; when the holder can start with such gangs gone, it preempts them (see `yields_to`).
 - A gang that takes any GPU type, and could run on the types no waiting gang names, is placed, reserved and
   preempts only on those in its turn; it takes a named type's GPUs only as a leftover, after every other gang of
   the pass had its turn. Otherwise untyped gangs fill the H100s that typed gangs wait for, and later leave the
@@ -68,6 +70,8 @@ class QueuedGang:
     """Upper bound of its run time in seconds (activeDeadlineSeconds), if it has one."""
     draining: bool = False
     """Its previous gang's pods are still stopping: it cannot start yet, but keeps its place and a reservation."""
+    resumable: bool = False
+    """It resumes from a checkpoint when stopped: it may backfill onto reserved GPUs, preemptible (`yields_to`)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ class RunningGang:
     priority: int = 0
     started: float = 0.0
     length: float | None = None
+    submitted: float = 0.0
+    """Its place in the queue (with priority and key), kept across preemptions."""
+    resumable: bool = False
 
     @property
     def ends_by(self) -> float | None:
@@ -136,8 +143,17 @@ def gpus_on(nodes: Iterable[str], per_worker: int) -> Capacity:
     return dict(held)
 
 
-def queue_order(gang: QueuedGang) -> tuple[int, float, Key]:
+def queue_order(gang: QueuedGang | RunningGang) -> tuple[int, float, Key]:
     return (-gang.priority, gang.submitted, gang.key)
+
+
+def yields_to(holder: QueuedGang, gang: QueuedGang | RunningGang) -> bool:
+    """Whether `gang` may run on GPUs that `holder` waits for, and is preempted (whole gang, requeued in its place)
+    when the holder can start with it gone: it resumes from a checkpoint, so it loses at most one checkpoint
+    interval; it is behind the holder in the queue, so the holder would have had the GPUs first anyway; and the
+    holder's PriorityClass allows preemption. A running gang behind the holder started after the holder was
+    submitted: it backfilled while the holder waited."""
+    return holder.may_preempt and gang.resumable and queue_order(gang) > queue_order(holder)
 
 
 def _add(a: Mapping[str, int], *others: Mapping[str, int], sign: int = 1) -> Capacity:
@@ -160,6 +176,8 @@ class _Reservation:
     """When it is expected to start (None: some gang it waits for has no length bound)."""
     lends_until: float = float("-inf")
     """Until when it takes gangs with slack: its holder's submission + length bound (see `_Pass.blocks`)."""
+    holder: QueuedGang | None = None
+    """The gang it waits for, when it lends its GPUs to preemptible backfill (None: a hold that starts now)."""
 
 
 class _Pass:
@@ -246,8 +264,9 @@ class _Pass:
         start: float | None,
         region: str,
         lends_until: float = float("-inf"),
+        holder: QueuedGang | None = None,
     ) -> None:
-        self.reservations.append(_Reservation(key, dict(capacity), start, lends_until))
+        self.reservations.append(_Reservation(key, dict(capacity), start, lends_until, holder))
         self.held = _add(self.held, capacity)
         self.per_region[region] += 1
         self.memo.clear()
@@ -277,8 +296,12 @@ class _Pass:
         if isinstance(plan := place(respecting), Plan):
             return plan
         if gang.length is not None:
-            blocking = tuple(i for i, r in enumerate(self.reservations) if self.blocks(r, gang))
-            if len(blocking) < len(self.reservations) and isinstance(plan := place(blocking), Plan):
+            respecting = tuple(i for i in respecting if self.blocks(self.reservations[i], gang))
+            if len(respecting) < len(self.reservations) and isinstance(plan := place(respecting), Plan):
+                return plan
+        if gang.resumable:  # preemptible backfill
+            firm = tuple(i for i in respecting if not ((h := self.reservations[i].holder) and yields_to(h, gang)))
+            if len(firm) < len(respecting) and isinstance(plan := place(firm), Plan):
                 return plan
         holders = ", ".join(_key_text(r.key) for r in self.reservations[:3])
         return Wait(0, "Reserved", f"the free GPUs it fits on are reserved for gangs ahead of it ({holders})")
@@ -326,13 +349,19 @@ class _Pass:
         self.free = _add(self.free, gpus_on((n.name for n in plan.nodes), per_worker), sign=-1)
         self.memo.clear()
 
+    def yielding(self, gang: QueuedGang) -> list[RunningGang]:
+        """The running gangs that stop for it when that lets it start: lower priority, or backfill (`yields_to`)."""
+        if not gang.may_preempt:
+            return []
+        return [g for g in self.running.values() if g.priority < gang.priority or yields_to(gang, g)]
+
     def preempt(self, gang: QueuedGang, keep_off: bool = False) -> Wait | None:
-        """Shrinks, then preempts, the fewest lower-priority gangs that make room (`keep_off`: on the GPU types no
-        waiting gang names, where its next pass will look first); None when it cannot or need not."""
-        if not gang.may_preempt or all(g.priority >= gang.priority for g in self.running.values()):
+        """Shrinks, then preempts, the fewest lower-priority or backfilled gangs that make room (`keep_off`: on the
+        GPU types no waiting gang names, where its next pass will look first); None when it cannot or need not."""
+        if not (yielding := self.yielding(gang)):
             return None
         eligible = {n.name for n in self.eligible(gang.demand)} - (self.contended if keep_off else set())
-        lower = [g for g in self.running.values() if g.priority < gang.priority and not eligible.isdisjoint(g.nodes)]
+        lower = [g for g in yielding if not eligible.isdisjoint(g.nodes)]
         base = self.keep_off(self.coming_free()) if keep_off else self.coming_free()
         if not lower or isinstance(self.plan(base, gang.demand), Plan):
             return None  # nobody to preempt, or room is coming without stopping anyone: a reservation will do
@@ -366,10 +395,13 @@ class _Pass:
         for g, shrink in chosen.values():
             size = len(g.nodes) - g.elastic_surplus if shrink else 0
             verb = f"shrunk from {len(g.nodes)} to {size} workers" if shrink else "preempted"
+            why = (
+                f"priority {gang.priority} > {g.priority}"
+                if g.priority < gang.priority
+                else "backfill, queued after it"
+            )
             self.verdicts[g.key] = Evict(
-                "ElasticShrink" if shrink else "Preempted",
-                f"{verb} for {_key_text(gang.key)} (priority {gang.priority} > {g.priority})",
-                size,
+                "ElasticShrink" if shrink else "Preempted", f"{verb} for {_key_text(gang.key)} ({why})", size
             )
             self.freeing = _add(self.freeing, g.holds())
             del self.running[g.key]
@@ -419,10 +451,12 @@ class _Pass:
         regions = set(gang.demand.regions) or self.all_regions
         if not gang.draining and all(self.per_region[r] >= depth for r in regions):
             return why
+        backfill = [g for g in self.running.values() if yields_to(gang, g)]  # preempted when it can start
         ending = sorted(
-            self.running.values(), key=lambda g: (g.ends_by is None, g.ends_by or g.started, g.started, g.key)
+            (g for g in self.running.values() if not yields_to(gang, g)),
+            key=lambda g: (g.ends_by is None, g.ends_by or g.started, g.started, g.key),
         )
-        base = self.coming_free()
+        base = _add(self.coming_free(), *(g.holds() for g in backfill))
         prefix = [base]
         for g in ending:
             prefix.append(_add(prefix[-1], g.holds()))
@@ -444,7 +478,7 @@ class _Pass:
         start = self.now if not touching else (None if None in ends else max(e for e in ends if e is not None))
         held = gpus_on((n.name for n in plan.nodes), gang.demand.gpus_per_worker)
         window = SLACK_WINDOW_UNBOUNDED if gang.length is None else gang.length
-        self.hold(gang.key, held, start, plan.region, gang.submitted + window)
+        self.hold(gang.key, held, start, plan.region, gang.submitted + window, gang)
         when = "as soon as capacity frees" if start is None else f"in about {max(start - self.now, 0):.0f}s"
         message = f"{why.message}; {', '.join(sorted(nodes))} reserved for it, expected to start {when}"
         return replace(why, message=message, reserved=tuple(sorted(nodes)))
