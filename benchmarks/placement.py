@@ -3,7 +3,9 @@
 all on the same seeded job stream. Time is in minutes; a policy runs whenever a job arrives, starts or ends.
 GPU allocation is read three ways, each over minutes while jobs arrive: all of them (gpu_allocated_ratio, the
 headline), the second half (gpu_allocated_second_half) and the saturated ones (gpu_allocated_saturated, see
-saturated()).
+saturated()). The stream's jobs checkpoint every CHECKPOINT_MINUTES, so modelfleet backfills them preemptibly onto
+reserved GPUs (modelfleet-no-checkpoint: the same queue when they do not); a stop throws away the work since the
+last checkpoint, which gpu_useful_* subtract from the allocation. IdleBreakdown tells where the idle GPUs are.
 
     python -m benchmarks.placement [--quick] [--seeds 42 43 44] [--parts plain priorities quotas heavy] [--processes 2]
 """
@@ -88,34 +90,48 @@ def percentile(values: list[int], q: float) -> int | None:
 
 
 class IdleBreakdown:
-    """Where the idle GPUs of a queue that reserves are, minute by minute while jobs arrive (mean GPUs):
-    `reserved` on nodes held for a waiting gang; `no_taker` where no waiting job could place even one worker
-    (GPU type, region, GPUs per worker, or nobody waiting); `stranded` where some waiting job could place a worker
-    but no whole gang fits (fragmentation, gangs too big for what is free)."""
+    """Where the idle GPUs are, minute by minute while jobs arrive (mean share of all GPUs), over every minute
+    (idle_*) and over the saturated ones (sat_idle_*, see saturated()): `reserved` on nodes held for a waiting gang
+    (modelfleet's reservations; the peers report none); `no_type` where no waiting job takes the node's GPU type
+    and region (or nobody waits); `too_small` where some do, but every one of them asks for more GPUs per worker
+    than the node has free; `stranded` where some waiting job could place a worker but not its whole gang (the gang
+    is too big for what is free: fragmentation)."""
+
+    KINDS = ("reserved", "no_type", "too_small", "stranded")
 
     def __init__(self) -> None:
         self.totals: Counter[str] = Counter()
-        self.samples = 0
+        self.samples: Counter[str] = Counter()
 
-    def __call__(self, policy: Any, nodes: dict[str, NodeInfo], free: dict[str, int], waiting: list[Job]) -> None:
+    def __call__(
+        self, policy: Any, nodes: dict[str, NodeInfo], free: dict[str, int], waiting: list[Job], saturated: bool
+    ) -> None:
         reserved = getattr(policy, "reserved", set())
-        self.samples += 1
+        scopes = ("idle", "sat_idle") if saturated else ("idle",)
+        self.samples.update(scopes)
         self.totals["queue_length"] += len(waiting)
         for name, gpus in free.items():
             if not gpus:
                 continue
+            takers = [j for j in waiting if worker_fits(nodes[name], j, nodes[name].gpus)]
             if name in reserved:
-                self.totals["reserved"] += gpus
-            elif any(worker_fits(nodes[name], job, gpus) for job in waiting):
-                self.totals["stranded"] += gpus
+                kind = "reserved"
+            elif not takers:
+                kind = "no_type"
+            elif any(j.gpus <= gpus for j in takers):
+                kind = "stranded"
             else:
-                self.totals["no_taker"] += gpus
+                kind = "too_small"
+            self.totals.update({f"{scope}_{kind}": gpus for scope in scopes})
 
     def figures(self, total: int) -> dict[str, float]:
         share = {
-            f"idle_{k}": round(self.totals[k] / self.samples / total, 4) for k in ("reserved", "stranded", "no_taker")
+            f"{scope}_{kind}": round(self.totals[f"{scope}_{kind}"] / self.samples[scope] / total, 4)
+            for scope in ("idle", "sat_idle")
+            for kind in self.KINDS
+            if self.samples[scope]
         }
-        return {**share, "queue_length_mean": round(self.totals["queue_length"] / self.samples, 1)}
+        return {**share, "queue_length_mean": round(self.totals["queue_length"] / self.samples["idle"], 1)}
 
 
 def saturated(free: dict[str, int], waiting: list[Job]) -> bool:
@@ -134,9 +150,11 @@ def simulate(jobs: list[Job], policy: Any, nodes: dict[str, NodeInfo]) -> dict[s
     waiting: list[Job] = []
     running: list[Job] = []
     alloc, useful, pass_ms = [], [], []
+    thrown_away: Counter[int] = Counter()
+    """GPUs per minute whose work a stop threw away (run since the job's last checkpoint)."""
     # the second half of the arrival window: the stream's first ~800 minutes do not fill the cluster for any policy
     late_alloc: list[float] = []
-    saturated_alloc: list[float] = []  # see saturated()
+    saturated_minutes: list[int] = []  # see saturated()
     half_placed_peak, t, changed = 0, 0, True
     idle = IdleBreakdown()
     held: Counter[str] = Counter()
@@ -161,7 +179,9 @@ def simulate(jobs: list[Job], policy: Any, nodes: dict[str, NodeInfo]) -> dict[s
                 running.remove(job)
                 for n in job.nodes:
                     free[n] += job.gpus
-                done = (t - job.start) // CHECKPOINT_MINUTES * CHECKPOINT_MINUTES * len(job.nodes) // job.workers
+                lost = (t - job.start) % CHECKPOINT_MINUTES
+                thrown_away.update({minute: job.gpus * len(job.nodes) for minute in range(t - lost, t)})
+                done = (t - job.start - lost) * len(job.nodes) // job.workers
                 job.remaining, job.nodes, job.start = job.remaining - done, [], None
                 job.preemptions += 1
                 waiting.append(job)
@@ -177,10 +197,10 @@ def simulate(jobs: list[Job], policy: Any, nodes: dict[str, NodeInfo]) -> dict[s
             alloc.append((total - sum(free.values())) / total)
             if t >= last_arrival // 2:
                 late_alloc.append(alloc[-1])
-            if saturated(free, waiting):
-                saturated_alloc.append(alloc[-1])
+            if busy := saturated(free, waiting):
+                saturated_minutes.append(t)
             useful.append(sum(j.gpus * len(j.nodes) for j in running) / total)
-            idle(policy, nodes, free, waiting)
+            idle(policy, nodes, free, waiting, busy)
             for j in running:
                 held[j.namespace] += j.gpus * len(j.nodes)
                 if j.min_workers:
@@ -188,15 +208,21 @@ def simulate(jobs: list[Job], policy: Any, nodes: dict[str, NodeInfo]) -> dict[s
         if isinstance(policy, FirstFitSpread):
             half_placed_peak = max(half_placed_peak, policy.half_placed())
         t += 1
+    useful = [share - thrown_away[minute] / total for minute, share in enumerate(useful)]
     delays = [j.first_start - j.arrival for j in jobs if j.first_start is not None]
     by_priority = {p: [j.first_start - j.arrival for j in jobs if j.priority == p and j.first_start is not None]
                    for p in (0, HIGH_PRIORITY)}  # fmt: skip
     return {
         "gpu_allocated_ratio": round(statistics.mean(alloc), 4),
         "gpu_allocated_second_half": round(statistics.mean(late_alloc), 4),
-        "gpu_allocated_saturated": round(statistics.mean(saturated_alloc), 4) if saturated_alloc else None,
-        "saturated_minutes_share": round(len(saturated_alloc) / len(alloc), 3),
+        "gpu_allocated_saturated": round(statistics.mean(alloc[m] for m in saturated_minutes), 4)
+        if saturated_minutes
+        else None,
+        "saturated_minutes_share": round(len(saturated_minutes) / len(alloc), 3),
         "gpu_useful_ratio": round(statistics.mean(useful), 4),
+        "gpu_useful_saturated": round(statistics.mean(useful[m] for m in saturated_minutes), 4)
+        if saturated_minutes
+        else None,
         "queue_delay_p50": percentile(delays, 0.5),
         "queue_delay_p99": percentile(delays, 0.99),
         "high_priority_p99": percentile(by_priority[HIGH_PRIORITY], 0.99),
@@ -215,15 +241,19 @@ def simulate(jobs: list[Job], policy: Any, nodes: dict[str, NodeInfo]) -> dict[s
 
 
 POLICIES: dict[str, Callable[[], Any]] = {
-    "modelfleet": lambda: ModelfleetQueue(grow_after=CHECKPOINT_MINUTES),
-    "modelfleet-quotas": lambda: ModelfleetQueue(quotas=team_quotas(cluster()), grow_after=CHECKPOINT_MINUTES),
+    # the stream's jobs checkpoint (CHECKPOINT_MINUTES): they backfill preemptibly, see queue.yields_to
+    "modelfleet": lambda: ModelfleetQueue(grow_after=CHECKPOINT_MINUTES, resumable=True),
+    "modelfleet-no-checkpoint": lambda: ModelfleetQueue(grow_after=CHECKPOINT_MINUTES),
+    "modelfleet-quotas": lambda: ModelfleetQueue(
+        quotas=team_quotas(cluster()), grow_after=CHECKPOINT_MINUTES, resumable=True
+    ),
     "first-fit": FirstFitSpread,
     "before": PerJobRetry,
     "kueue-strict": lambda: Kueue(strict=True),
     "kueue-best": lambda: Kueue(strict=False),
     "volcano": Volcano,
 }
-PEERS = ("modelfleet", "first-fit", "before", "kueue-strict", "kueue-best", "volcano")
+PEERS = ("modelfleet", "modelfleet-no-checkpoint", "first-fit", "before", "kueue-strict", "kueue-best", "volcano")
 HIGHER_BETTER = {"gpu_allocated_ratio", "gpu_allocated_second_half", "gpu_allocated_saturated", "gpu_useful_ratio",
                  "elastic_size_mean"}  # fmt: skip
 NEUTRAL = {f"gpus_{team}" for team in TEAM_QUOTAS} | {"queue_length_mean", "saturated_minutes_share"}
@@ -287,20 +317,24 @@ def main() -> None:
     count, seeds = (300, args.seeds[:1]) if args.quick else (1200, args.seeds)
     parts = [p for p in args.parts if not (args.quick and p == "heavy")]
     keys = ["gpu_allocated_ratio", "gpu_allocated_second_half", "gpu_allocated_saturated", "saturated_minutes_share",
-            "gpu_useful_ratio", "queue_delay_p50", "queue_delay_p99", "jobs_never_started", "half_placed_gangs_peak", "makespan", "pass_ms_mean",
-            "pass_ms_p99", "idle_reserved", "idle_stranded", "idle_no_taker", "queue_length_mean"]  # fmt: skip
+            "gpu_useful_ratio", "gpu_useful_saturated", "queue_delay_p50", "queue_delay_p99", "jobs_never_started",
+            "half_placed_gangs_peak", "preemptions", "makespan", "pass_ms_mean", "pass_ms_p99", "queue_length_mean"]  # fmt: skip
+    idle_keys = [f"{scope}_{kind}" for scope in ("sat_idle", "idle") for kind in IdleBreakdown.KINDS]
     report: dict[str, Any] = {}
     if "plain" in parts:
         plain = run_all(count, seeds, priorities=False, processes=args.processes)
         print_table(f"{count} jobs on 72 8-GPU nodes in 3 regions at saturation (offered load 1.07), seeds {seeds}; "
-                    "minutes; idle_*: where the idle GPUs are (share of all GPUs, see IdleBreakdown)", plain, keys)  # fmt: skip
+                    "minutes; useful: allocated less the work stops threw away (since the last checkpoint)", plain, keys)  # fmt: skip
+        print_table("Where the idle GPUs are (share of all GPUs; sat_: over the saturated minutes), see IdleBreakdown",
+                    plain, idle_keys)  # fmt: skip
         report["plain"] = {"runs": plain, "modelfleet_over_peer": ratios(plain, keys)}
         Console(width=200).print(report["plain"]["modelfleet_over_peer"])
     if "priorities" in parts:
-        prio = run_all(count, seeds, priorities=True, only=("modelfleet", "kueue-strict", "kueue-best", "volcano"),
-                       processes=args.processes)  # fmt: skip
+        prio = run_all(count, seeds, priorities=True, processes=args.processes,
+                       only=("modelfleet", "modelfleet-no-checkpoint", "kueue-strict", "kueue-best", "volcano"))  # fmt: skip
         prio_keys = ["high_priority_p99", "low_priority_p99", "queue_delay_p99", "gpu_allocated_ratio",
-                     "gpu_allocated_saturated", "preemptions", "jobs_never_started"]  # fmt: skip
+                     "gpu_allocated_saturated", "gpu_useful_ratio", "gpu_useful_saturated", "preemptions",
+                     "jobs_never_started"]  # fmt: skip
         print_table(f"Same stream, {HIGH_SHARE:.0%} of jobs at priority {HIGH_PRIORITY}", prio, prio_keys)
         report["priorities"] = {"runs": prio, "high_over_low_p99": {
             name: [r["high_priority_p99"] / r["low_priority_p99"] for r in runs] for name, runs in prio.items()}}  # fmt: skip

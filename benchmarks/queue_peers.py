@@ -199,9 +199,15 @@ class ModelfleetQueue:
     name = "modelfleet queue"
 
     def __init__(
-        self, depth: int | None = None, quotas: Mapping[str, Quota] | None = None, grow_after: int = 0
+        self,
+        depth: int | None = None,
+        quotas: Mapping[str, Quota] | None = None,
+        grow_after: int = 0,
+        resumable: bool = False,
     ) -> None:
         self.depth = depth
+        self.resumable = resumable
+        """The jobs checkpoint (TrainingJob spec.checkpoint.path): preemptible backfill (queue.yields_to)."""
         self.quotas = quotas
         self.grow_after = grow_after
         self.evictions: Counter[str] = Counter()
@@ -212,8 +218,10 @@ class ModelfleetQueue:
     def schedule(
         self, t: int, nodes: Nodes, free: Free, waiting: list[Job], running: list[Job]
     ) -> tuple[Starts, list[Job]]:
-        queued = [QueuedGang(j.key, j.demand(), j.priority, j.arrival, True, j.bound) for j in waiting]
-        gangs = [RunningGang(j.key, j.demand(), tuple(j.nodes), j.priority, j.start or 0, j.bound) for j in running]
+        queued = [QueuedGang(j.key, j.demand(), j.priority, j.arrival, True, j.bound, resumable=self.resumable)
+                  for j in waiting]  # fmt: skip
+        gangs = [RunningGang(j.key, j.demand(), tuple(j.nodes), j.priority, j.start or 0, j.bound, j.arrival,
+                             self.resumable) for j in running]  # fmt: skip
         extra = {"depth": self.depth} if self.depth is not None else {}
         verdicts = plan_queue(_view(nodes, free), queued, gangs, now=t, grow_after=self.grow_after,
                               quotas=self.quotas, **extra)  # fmt: skip
