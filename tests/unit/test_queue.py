@@ -249,12 +249,15 @@ def test_a_resumable_gang_backfills_onto_reserved_gpus_and_yields_them_when_the_
     assert verdicts[key("big")] == Wait(1, "Preempting", "waiting for ns/resumable to stop", ("n1", "n2"))
 
 
-def test_only_gangs_behind_the_holder_that_resume_yield_and_only_to_a_holder_that_may_preempt() -> None:
+def test_only_gangs_behind_the_holder_that_resume_yield_and_only_to_a_default_priority_holder_that_may_preempt() -> (
+    None
+):
     cluster = nodes({"n1": 0, "n2": 8})
     for gang, holder in [
         (running("ahead", ("n1",), submitted=-1, resumable=True), queued("big", 2)),
         (running("no-checkpoint", ("n1",), submitted=1), queued("big", 2)),
         (running("resumable", ("n1",), submitted=1, resumable=True), queued("big", 2, may_preempt=False)),
+        (running("resumable", ("n1",), submitted=1, resumable=True, priority=1), queued("big", 2, priority=1)),
     ]:
         verdicts = plan_queue(cluster, [holder], [gang], now=10)
         assert gang.key not in verdicts and verdicts[key("big")].reason == "Capacity", gang.key

@@ -12,8 +12,8 @@ Pure: the operator's planning pass and `benchmarks/placement.py` call `plan_queu
   reservation does not hold, or onto held capacity when their own length bound ends before the reservation starts
   (conservative backfill). A reservation is recomputed every pass, so it follows the cluster as it changes.
   Small high-priority gangs get a bounded slack on young reservations (see `_Pass.blocks`).
-- Preemptible backfill: a resumable gang (it checkpoints) may also run on a reservation's GPUs when it is behind
-  the holder in the queue; when the holder can start with such gangs gone, it preempts them (see `yields_to`).
+- Preemptible backfill: a resumable gang (it checkpoints) may also run on the GPUs reserved for a default-priority
+  gang ahead of it; when the holder can start with such gangs gone, it preempts them (see `yields_to`).
 - A gang that takes any GPU type, and could run on the types no waiting gang names, is placed, reserved and
   preempts only on those in its turn; it takes a named type's GPUs only as a leftover, after every other gang of
   the pass had its turn. Otherwise untyped gangs fill the H100s that typed gangs wait for, and later leave the
@@ -152,8 +152,14 @@ def yields_to(holder: QueuedGang, gang: QueuedGang | RunningGang) -> bool:
     when the holder can start with it gone: it resumes from a checkpoint, so it loses at most one checkpoint
     interval; it is behind the holder in the queue, so the holder would have had the GPUs first anyway; and the
     holder's PriorityClass allows preemption. A running gang behind the holder started after the holder was
-    submitted: it backfilled while the holder waited."""
-    return holder.may_preempt and gang.resumable and queue_order(gang) > queue_order(holder)
+    submitted: it backfilled while the holder waited. Holders of priority >= SLACK_PRIORITY lend only with slack
+    (`_Pass.blocks`): lending them preemptibly too lengthened the high-priority tail in the placement benchmark."""
+    return (
+        holder.may_preempt
+        and holder.priority < SLACK_PRIORITY
+        and gang.resumable
+        and queue_order(gang) > queue_order(holder)
+    )
 
 
 def _add(a: Mapping[str, int], *others: Mapping[str, int], sign: int = 1) -> Capacity:
