@@ -24,12 +24,9 @@ Owner = Callable[[Mapping[str, Any]], Hashable | None]
 
 
 def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """Only what capacity accounting needs, to keep the store small, and the GPUs it requests (`gpus`), counted
-    once instead of on every view."""
-    containers = [{"resources": c.get("resources") or {}} for c in pod.get("spec", {}).get("containers", [])]
-    spec = {"containers": containers}
-    if node := pod_node(pod):
-        spec["nodeName"] = node
+    """Only what capacity accounting needs, to keep the store small: its node (bound or pinned) and the GPUs it
+    requests (`gpus`), counted once instead of on every view."""
+    spec = {"nodeName": node} if (node := pod_node(pod)) else {}
     meta = pod.get("metadata", {})
     attempt = (meta.get("labels") or {}).get(GANG_ATTEMPT_LABEL)
     return {

@@ -70,8 +70,10 @@ def slim_pod(owner_label: str) -> Slim:
             for c in spec.get("containers") or []
         ]
         slim_spec: dict[str, Any] = {"containers": containers}
-        placement = ("nodeName", "schedulingGates", "affinity") if owner_label == JOB_NAME_LABEL else ("nodeName",)
+        placement = ("nodeName", "schedulingGates") if owner_label == JOB_NAME_LABEL else ("nodeName",)
         slim_spec.update({key: spec[key] for key in placement if spec.get(key)})
+        if owner_label == JOB_NAME_LABEL and not spec.get("nodeName") and spec.get("affinity"):
+            slim_spec["affinity"] = spec["affinity"]  # the node it is pinned to until it is bound (`pod_node`)
         return {"metadata": _slim_meta(meta), "spec": slim_spec, "status": _slim_pod_status(pod.get("status") or {})}
 
     return slim

@@ -8,6 +8,7 @@ from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, 
 from modelfleet.capacity import ObjectStore
 from modelfleet.loops import LAST_APPLIED, without_bookkeeping
 from modelfleet.owned import controller_uid, service_key, slim_deployment, slim_pod
+from modelfleet.scheduling.nodes import pod_node
 
 
 def worker(name: str, uid: str, job_uid: str, rv: str = "1", **status: Any) -> dict[str, Any]:
@@ -60,6 +61,19 @@ def test_a_worker_is_kept_slim_and_found_by_its_jobs_uid() -> None:
     assert [c["type"] for c in pod["status"]["conditions"]] == ["Ready"]
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
     assert store.owned_by("nobody") == []
+
+
+def test_a_worker_keeps_its_pinned_node_until_it_is_bound_and_only_then_drops_the_affinity() -> None:
+    store = workers()
+    pinned = worker("job-worker-0", "p0", "job-uid")
+    del pinned["spec"]["nodeName"]
+    term = {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["n7"]}]}
+    pinned["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [term]}}}  # fmt: skip
+    store.apply_event(pinned)
+    assert pod_node(store.get("p0")) == "n7"
+    store.apply_event({**pinned, "spec": {**pinned["spec"], "nodeName": "n7"}})
+    assert pod_node(store.get("p0")) == "n7" and "affinity" not in store.get("p0")["spec"]
 
 
 def test_pods_of_others_are_not_kept() -> None:
