@@ -19,6 +19,7 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 STAGES = ("to_first_pod", "creates", "to_scheduled", "to_running")
+SLOT_FAMILIES = ("modelfleet_placement_slot_wait_seconds", "modelfleet_placement_seconds")
 
 
 def _seconds(stamp: str | None) -> float | None:
@@ -76,8 +77,8 @@ def operator_counters(port: str | None) -> dict[str, float]:
                 found["admits_published"] = sample.value
             elif sample.name == "modelfleet_gang_placements_total":
                 found[f"placements_{sample.labels['result']}"] = sample.value
-            elif sample.name.startswith("modelfleet_placement_slot_wait_seconds_") and not sample.labels:
-                found[sample.name.removeprefix("modelfleet_placement_")] = round(sample.value, 1)
+            elif sample.name.endswith(("_sum", "_count")) and family.name in SLOT_FAMILIES:
+                found[sample.name.removeprefix("modelfleet_")] = round(sample.value, 1)
     return found
 
 

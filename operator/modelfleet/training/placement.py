@@ -39,6 +39,11 @@ SLOT_WAIT = Histogram(
     "Time an admitted gang waits, its GPUs claimed, for one of the GANGS_IN_FLIGHT placement slots.",
     buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 40, 80),
 )
+SLOT_HELD = Histogram(
+    "modelfleet_placement_seconds",
+    "Time a gang holds its placement slot: the fresh read of the job, the creates and the ungates.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
 _in_flight: asyncio.Semaphore | None = None
 
 
@@ -93,7 +98,8 @@ async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, 
     try:
         async with in_flight():
             SLOT_WAIT.observe(time.perf_counter() - waiting)
-            outcome = await _place_gang(meta, spec, attempt, plan, wanted)
+            with SLOT_HELD.time():
+                outcome = await _place_gang(meta, spec, attempt, plan, wanted)
     finally:
         CAPACITY.unclaim(meta["uid"])
     PLACEMENTS.labels(type(outcome).__name__).inc()
