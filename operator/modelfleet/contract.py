@@ -114,6 +114,7 @@ SERVER_LATENCY = "modelfleet_request_duration_seconds"
 SERVER_BATCH_SIZE = "modelfleet_batch_size"
 SERVER_MODEL_SIZE = "modelfleet_model_size_bytes"
 SERVER_QUANTIZATION_INFO = "modelfleet_quantization_info"
+SERVER_FREEZING_INFO = "modelfleet_freezing_info"
 SERVER_BATCH_LIMIT = "modelfleet_batch_limit_rows"
 SERVER_REJECTED = "modelfleet_rejected_requests"
 

@@ -238,6 +238,8 @@ def test_int8_answers_do_not_depend_on_batch_company(server, cnn_artifact: Path)
     int8 = server(int8_env(cnn_artifact, batching={"maxBatchSize": 64, "maxDelayMs": 50}))
     meta = httpx.get(f"{int8.url}/v2/models/m").json()["parameters"]
     assert meta["quantization_applied"] == "int8", meta["quantization_reason"]
+    fp32_meta = httpx.get(f"{fp32.url}/v2/models/m").json()["parameters"]
+    assert fp32_meta["freezing"].startswith("fp32 "), fp32_meta  # frozen or not, measured at load: the reason says
     torch.manual_seed(5)
     images = torch.randn(24, 1, 28, 28)
 

@@ -23,6 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from modelfleet.contract import (
     SERVER_BATCH_LIMIT,
     SERVER_BATCH_SIZE,
+    SERVER_FREEZING_INFO,
     SERVER_INFLIGHT,
     SERVER_LATENCY,
     SERVER_MODEL_SIZE,
@@ -31,7 +32,7 @@ from modelfleet.contract import (
     SERVER_REQUESTS,
 )
 from modelfleet.runtime.batching import Batcher, Tensors, sized_batch
-from modelfleet.runtime.modelio import LoadedModel, load_model
+from modelfleet.runtime.modelio import LoadedModel, load_model, probe_inputs
 from modelfleet.runtime.quantize import seconds_per_pass
 from modelfleet.runtime.v2 import DATATYPES, Inference, Signature, V2Error
 
@@ -88,6 +89,10 @@ class Metrics:
             SERVER_BATCH_LIMIT, "Rows per pass the batcher was sized to, from measured latency.",
             ["model"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
+        self.freezing = Gauge(
+            SERVER_FREEZING_INFO, "Whether fp32 passes run a frozen TorchScript copy (from how many rows), and why.",
+            ["model", "reason"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
         self.rejected = Counter(SERVER_REJECTED, "Requests refused by a server limit.", ["model", "reason"], registry=r)
         self.model = model
 
@@ -133,9 +138,10 @@ class Engine:
         self.metrics.quantization.labels(name, config.quantization, decision.applied, decision.reason).set(1)
         rows = self._batch_rows()
         self.metrics.batch_limit.labels(name).set(rows)
+        self.metrics.freezing.labels(name, model.freezing).set(1)
         log.info(
-            "serving %s (%s): %d -> %d bytes; %s; batches of up to %d rows",
-            name, config.model_path, model.original_bytes, model.served_bytes, decision.reason, rows,
+            "serving %s (%s): %d -> %d bytes; %s; %s; batches of up to %d rows",
+            name, config.model_path, model.original_bytes, model.served_bytes, decision.reason, model.freezing, rows,
         )  # fmt: skip
         self.batcher = Batcher(
             self._forward, rows, config.max_delay_ms, self.metrics.batch.labels(name).observe, config.max_queue
@@ -154,8 +160,7 @@ class Engine:
             return self.config.max_batch_size
 
         def seconds_for(rows: int) -> float:
-            probe = tuple(torch.from_numpy(np.zeros((rows, *t.shape[1:]), DATATYPES[t.datatype])) for t in specs)  # type: ignore[index]
-            return seconds_per_pass([lambda *x: self._forward(x)], probe, budget=0.1)[0]
+            return seconds_per_pass([lambda *x: self._forward(x)], probe_inputs(self.signature, rows), budget=0.1)[0]
 
         return sized_batch(self.config.max_batch_size, self.config.max_delay_ms / 1000, seconds_for)
 

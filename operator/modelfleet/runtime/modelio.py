@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from modelfleet.contract import ALLOW_PICKLE_ENV, MODEL_FACTORIES_ENV
+from modelfleet.runtime.frozen import choose_frozen
 from modelfleet.runtime.models import build_model
 from modelfleet.runtime.quantize import (
     CALIBRATION_FILE,
@@ -34,7 +36,7 @@ from modelfleet.runtime.quantize import (
     choose_int8,
     state_bytes,
 )
-from modelfleet.runtime.v2 import Signature
+from modelfleet.runtime.v2 import DATATYPES, Signature
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_FACTORIES = "modelfleet.runtime.models"
@@ -91,6 +93,12 @@ class LoadedModel:
     original_bytes: int = 0
     served_bytes: int = 0
     quantization: Decision = NOT_QUANTIZED
+    freezing: str = "not frozen (only an fp32 TorchScript model on CPU is)"  # else what frozen.choose_frozen decided
+
+
+def probe_inputs(signature: Signature, rows: int) -> tuple[torch.Tensor, ...]:
+    """Zero inputs of `rows` rows in the signature's shapes and datatypes (for timing passes)."""
+    return tuple(torch.from_numpy(np.zeros((rows, *t.shape[1:]), DATATYPES[t.datatype])) for t in signature.inputs)  # type: ignore[index]
 
 
 def _metadata(path: Path) -> dict[str, Any]:
@@ -102,7 +110,8 @@ def load_model(
     path: str | Path, fmt: str = "torchscript", quantization: str = "none", device: str = "cpu", batch_rows: int = 1
 ) -> LoadedModel:
     """Loads an artifact and applies quantization: static int8 (CPU; kept only where smaller and faster at
-    `batch_rows` rows, see quantize.py), fp16/bf16 casting (meant for GPUs)."""
+    `batch_rows` rows, see quantize.py), fp16/bf16 casting (meant for GPUs). An fp32 TorchScript model on CPU is
+    also frozen for the row counts where that measures faster (see frozen.py)."""
     path = Path(path)
     metadata = _metadata(path)
     signature = Signature.from_metadata(metadata)
@@ -138,7 +147,12 @@ def load_model(
         module = module.to(dtype)
         decision = Decision(quantization, f"weights cast to {quantization}")
     module = module.to(device)
-    return LoadedModel(module, signature, dtype, device, metadata, original, state_bytes(module), decision)
+    served = state_bytes(module)
+    freezing = LoadedModel.freezing
+    fixed_shapes = all(t.shape is not None and -1 not in t.shape[1:] for t in signature.inputs)
+    if device == "cpu" and dtype == torch.float32 and decision.applied == "none" and fixed_shapes:
+        module, freezing = choose_frozen(module, lambda rows: probe_inputs(signature, rows), batch_rows)
+    return LoadedModel(module, signature, dtype, device, metadata, original, served, decision, freezing)
 
 
 def _eager_from_artifact(model_file: Path, metadata: dict[str, Any]) -> nn.Module:

@@ -167,6 +167,7 @@ def build_app(config: ServerConfig, loaded: LoadedModel | None = None) -> Starle
             "quantization_applied": decision.applied,
             "quantization_reason": decision.reason,
             "served_bytes": engine.model.served_bytes,
+            "freezing": engine.model.freezing,
         }
         return json_response(document)
 

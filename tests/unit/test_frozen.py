@@ -1,0 +1,47 @@
+"""fp32 freezing: the frozen copy runs only for the row counts where it measured faster, and answers as the model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modelfleet.runtime import frozen
+from modelfleet.runtime.frozen import BySize, choose_frozen, row_counts
+
+
+def scripted() -> torch.jit.ScriptModule:
+    torch.manual_seed(0)
+    return torch.jit.script(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval())
+
+
+def probe(rows: int) -> tuple[torch.Tensor, ...]:
+    return (torch.zeros(rows, 8),)
+
+
+def test_row_counts_are_the_powers_of_two_up_to_the_batch() -> None:
+    assert row_counts(1) == [1]
+    assert row_counts(48) == [1, 2, 4, 8, 16, 32, 48]
+
+
+def test_the_frozen_copy_runs_from_the_first_row_count_it_is_faster_at_from_there_on(monkeypatch) -> None:
+    # measured times: (plain, frozen) by row count; frozen faster from 4 rows, except a noisy win at 1 row
+    times = {1: (1.0, 0.9), 2: (1.0, 1.1), 4: (1.0, 0.5), 8: (2.0, 1.0)}
+    monkeypatch.setattr(frozen, "seconds_per_pass", lambda forwards, inputs, budget: list(times[inputs[0].shape[0]]))
+    model = scripted()
+    chosen, reason = choose_frozen(model, probe, 8)
+    assert isinstance(chosen, BySize) and chosen.from_rows == 4, reason
+    assert reason.startswith("fp32 frozen from 4 rows")
+    assert set(chosen.state_dict()) == {f"plain.{k}" for k in model.state_dict()}, "the frozen copy is not state"
+    x = torch.randn(8, 8)
+    with torch.inference_mode():
+        for rows in (1, 8):
+            torch.testing.assert_close(chosen(x[:rows]), model(x[:rows]))
+
+
+def test_a_model_frozen_is_not_faster_for_or_cannot_be_frozen_is_served_as_loaded(monkeypatch) -> None:
+    monkeypatch.setattr(frozen, "seconds_per_pass", lambda forwards, inputs, budget: [1.0, 2.0])
+    model = scripted()
+    assert choose_frozen(model, probe, 8)[0] is model
+    eager = nn.Linear(8, 3)
+    chosen, reason = choose_frozen(eager, probe, 8)
+    assert chosen is eager and "not TorchScript" in reason
