@@ -1,4 +1,5 @@
-"""The GPU queue end to end: reservation ahead of backfill, preemption by priority, elastic growth.
+"""The GPU queue end to end: reservation ahead of backfill, preemptible backfill, preemption by priority, elastic
+growth, quotas.
 
 Every test works on cn-beijing's four 8-GPU A100 nodes and first waits until no pod of an earlier test holds them."""
 
@@ -83,6 +84,27 @@ def test_a_big_gang_is_admitted_ahead_of_later_small_ones(kube: Kube, namespace:
         assert started_at(kube, namespace, name) >= started_at(kube, namespace, "big")
     assert any(e.startswith("Reserved") for e in events_of(kube, namespace, "big"))
     assert any(e.startswith("Admitted") for e in events_of(kube, namespace, "big"))
+
+
+@pytest.mark.kwok
+def test_a_checkpointing_job_backfills_onto_a_reservation_and_yields_it_when_the_holder_can_start(
+    kube: Kube, namespace: str
+) -> None:
+    kube.apply(a100_job("filler", 3, exit_code=0, run_for="15s"), namespace)
+    wait_phase(kube, namespace, "filler", "Running")
+    kube.apply(a100_job("big", 4, exit_code=0, run_for="4s"), namespace)
+    wait_for(lambda: status(kube, namespace, "big").get("queue", {}).get("reservedNodes"), what="big's reservation")
+    kube.apply(a100_job("resumable", 1, checkpoint={"path": "/ckpt"}), namespace)  # runs until stopped
+    wait_phase(kube, namespace, "resumable", "Running", timeout=30)
+    preempted = wait_for(
+        lambda: (s := status(kube, namespace, "resumable")) and condition(s, "Preempted").get("status") == "True" and s,
+        timeout=60,
+        what="resumable preempted once filler ended",
+    )
+    assert f"for {namespace}/big (backfill, queued after it)" in condition(preempted, "Preempted")["message"]
+    wait_phase(kube, namespace, "big", "Succeeded", timeout=60)
+    back = wait_phase(kube, namespace, "resumable", "Running", timeout=60)
+    assert back["restarts"] == 0, "a preemption is not a failure"
 
 
 @pytest.fixture
