@@ -255,7 +255,7 @@ POLICIES: dict[str, Callable[[], Any]] = {
 }
 PEERS = ("modelfleet", "modelfleet-no-checkpoint", "first-fit", "before", "kueue-strict", "kueue-best", "volcano")
 HIGHER_BETTER = {"gpu_allocated_ratio", "gpu_allocated_second_half", "gpu_allocated_saturated", "gpu_useful_ratio",
-                 "elastic_size_mean"}  # fmt: skip
+                 "gpu_useful_saturated", "elastic_size_mean"}  # fmt: skip
 NEUTRAL = {f"gpus_{team}" for team in TEAM_QUOTAS} | {"queue_length_mean", "saturated_minutes_share"}
 STOP_REASONS = ("Preempted", "Reclaimed", "ElasticGrow", "ElasticShrink")
 PARTS = ("plain", "priorities", "quotas", "heavy")
