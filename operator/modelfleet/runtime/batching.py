@@ -53,11 +53,13 @@ def merge(batch: Sequence[Pending]) -> Tensors:
 class Batcher:
     """Collects requests until `max_batch_size` rows or `max_delay_ms` after the first, then runs them together.
 
-    Under load, a batch is whatever queued while the previous pass ran (up to `max_batch_size` rows), and it runs at
-    once. Only a lone request after a pass that held several waits for company: up to `max_delay_ms`, or until as
-    many requests as that pass held are in (the clients it answered are likely to be back; waiting on past them
-    only adds latency). Under light load (the last pass held a single request) it runs at once: waiting for
-    company that is not coming would only add `max_delay_ms` to its latency.
+    Under load, a batch is what queued while the previous pass ran (up to `max_batch_size` rows). If that is fewer
+    requests than the previous pass held, it waits for company: up to `max_delay_ms`, or until as many are in (the
+    clients that pass answered are likely to be back; waiting on past them only adds latency). Taken at once, the
+    batcher's thread would run a pass for every few requests the transports hand it, each pass with its own fixed
+    cost (measured: 6.6 requests a pass instead of 9.6 at 64 gRPC clients, 7 % fewer req/s). Under light load (the
+    last pass held a single request) a request runs at once: waiting for company that is not coming would only add
+    `max_delay_ms` to its latency.
 
     Each request's rows come back to it alone; if the merged pass fails, each request is run by itself so a bad
     one fails only itself. `on_batch` sees every batch size (for the metrics).
@@ -108,13 +110,13 @@ class Batcher:
             if first is None:
                 return
             batch, rows = [first], first.rows
-            deadline: float | None = None  # set when the queue ran dry with a lone request after a pass of several
+            deadline: float | None = None  # set when the queue ran dry with fewer requests than the last pass
             while rows < self.max_batch_size:
                 remaining = 0.0 if deadline is None else deadline - time.monotonic()
                 try:
                     item = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
                 except queue.Empty:
-                    if deadline is None and len(batch) == 1 and self.last_batch > 1:
+                    if deadline is None and len(batch) < self.last_batch:
                         deadline = time.monotonic() + self.max_delay
                         continue
                     break
