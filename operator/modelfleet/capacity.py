@@ -118,13 +118,20 @@ class ObjectStore:
         """Takes a fresh list made at `listed_at`: adds or updates what it holds (unless the watch already brought
         a newer version) and drops what it lacks (unless a watch event came after the list started).
         Returns how many entries were dropped."""
-        present = set()
-        for obj in listed:
-            uid = obj["metadata"]["uid"]
-            present.add(uid)
-            known = self.entries.get(uid)
-            if known is None or _version(obj) >= known[1]:
-                self.apply_event(obj)
+        return self.drop_unlisted({self.refresh(obj) for obj in listed}, listed_at)
+
+    def refresh(self, obj: Mapping[str, Any]) -> str:
+        """Takes one object of a fresh list, unless the watch already brought a newer version; returns its uid.
+        (A list taken page by page: no page needs to outlive its turn.)"""
+        uid = obj["metadata"]["uid"]
+        known = self.entries.get(uid)
+        if known is None or _version(obj) >= known[1]:
+            self.apply_event(obj)
+        return uid
+
+    def drop_unlisted(self, present: Collection[str], listed_at: float) -> int:
+        """After a fresh list made at `listed_at` held the uids `present`: drops what it lacked, unless a watch
+        event came after the list started. Returns how many entries were dropped."""
         stale = [uid for uid, (_, _, seen) in self.entries.items() if uid not in present and seen < listed_at]
         for uid in stale:
             self._drop(uid)

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from modelfleet import kube
@@ -48,12 +48,14 @@ class Resync:
         started = time.monotonic()
         nodes = await _list_all(kube.core().list_node)
         dropped = {"nodes": CAPACITY.nodes.replace(nodes, started)}
-        pods = await self._list(kube.core().list_pod_for_all_namespaces, kube.core().list_namespaced_pod)
-        dropped["pods"] = CAPACITY.gpu_pods.replace(pods, started)
+        pod_stores = {"pods": CAPACITY.gpu_pods, "workers": WORKER_PODS, "servers": SERVER_PODS}
+        listed: set[str] = set()
+        async for page in self._pages(kube.core().list_pod_for_all_namespaces, kube.core().list_namespaced_pod):
+            for pod in page:  # each page goes into the stores (slim) and is dropped: whole pods never pile up
+                listed.update(store.refresh(pod) for store in pod_stores.values())
+        for kind, store in pod_stores.items():
+            dropped[kind] = store.drop_unlisted(listed, started)
         CAPACITY.settle(started)
-        dropped["workers"] = WORKER_PODS.replace(pods, started)
-        dropped["servers"] = SERVER_PODS.replace(pods, started)
-        del pods
         ours = {"label_selector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"}
         apps, core = kube.apps(), kube.core()
         deployments = await self._list(apps.list_deployment_for_all_namespaces, apps.list_namespaced_deployment, **ours)
@@ -64,16 +66,21 @@ class Resync:
         dropped["priorityclasses"] = CAPACITY.priority_classes.replace(classes, started)
         custom = kube.custom()
         for plural, loops in self.loops.items():
-            items = await self._list(
+            keys, results = set(), set()
+            listing = self._pages(
                 custom.list_cluster_custom_object,
                 custom.list_namespaced_custom_object,
                 group=GROUP,
                 version=VERSION,
                 plural=plural,
             )
-            dropped[plural] = len(loops.prune({key_of(item) for item in items}, started))
+            async for page in listing:
+                keys.update(key_of(item) for item in page)
+                if plural == "trainingjobs":
+                    results.update(TRAINING_RESULTS.refresh(item) for item in page)
+            dropped[plural] = len(loops.prune(keys, started))
             if plural == "trainingjobs":
-                dropped["trainingresults"] = TRAINING_RESULTS.replace(items, started)
+                dropped["trainingresults"] = TRAINING_RESULTS.drop_unlisted(results, started)
         quotas = await _list_all(custom.list_cluster_custom_object, group=GROUP, version=VERSION, plural="gpuquotas")
         dropped["gpuquotas"] = CAPACITY.gpu_quotas.replace(quotas, started)
         if any(dropped.values()):
@@ -85,12 +92,18 @@ class Resync:
     async def _list(
         self, cluster_wide: Callable[..., Any], namespaced: Callable[..., Any], **args: str
     ) -> list[dict[str, Any]]:
+        return [item async for page in self._pages(cluster_wide, namespaced, **args) for item in page]
+
+    async def _pages(
+        self, cluster_wide: Callable[..., Any], namespaced: Callable[..., Any], **args: str
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The watched namespaces' objects (the whole cluster's when none is named), a page at a time."""
         if not self.namespaces:
-            return await _list_all(cluster_wide, **args)
-        found: list[dict[str, Any]] = []
+            async for page in _pages(cluster_wide, **args):
+                yield page
         for namespace in self.namespaces:
-            found += await _list_all(namespaced, namespace=namespace, **args)
-        return found
+            async for page in _pages(namespaced, namespace=namespace, **args):
+                yield page
 
     async def keep_healed(self, period: float = PERIOD) -> None:
         """Runs a pass after every re-list and every `period` seconds, for the operator's lifetime."""
@@ -106,8 +119,12 @@ class Resync:
 
 
 async def _list_all(fn: Callable[..., Any], **args: str) -> list[dict[str, Any]]:
-    """Every item of a paginated list, as plain dicts (raw JSON: the client's models are slow to build)."""
-    items: list[dict[str, Any]] = []
+    return [item async for page in _pages(fn, **args) for item in page]
+
+
+async def _pages(fn: Callable[..., Any], **args: str) -> AsyncIterator[list[dict[str, Any]]]:
+    """The items of a paginated list, a page at a time, as plain dicts (raw JSON: the client's models are slow to
+    build)."""
     token = None
     while True:
         kwargs: dict[str, Any] = {**args, "limit": PAGE, "_preload_content": False}
@@ -115,10 +132,11 @@ async def _list_all(fn: Callable[..., Any], **args: str) -> list[dict[str, Any]]
             kwargs["_continue"] = token
         response = await kube.call(fn, **kwargs)
         page = json.loads(response.data)
-        items += page.get("items") or []
+        del response
+        yield page.get("items") or []
         token = (page.get("metadata") or {}).get("continue")
         if not token:
-            return items
+            return
 
 
 RESYNC = Resync()
