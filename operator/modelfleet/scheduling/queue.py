@@ -371,6 +371,9 @@ class _Pass:
         base = self.keep_off(self.coming_free()) if keep_off else self.coming_free()
         if not lower or isinstance(self.plan(base, gang.demand), Plan):
             return None  # nobody to preempt, or room is coming without stopping anyone: a reservation will do
+        everyone = _add(base, *(g.holds() for g in lower))
+        if not isinstance(self.plan(self.keep_off(everyone) if keep_off else everyone, gang.demand), Plan):
+            return None  # stopping them all would not make room: one planner call instead of one per victim
         by_cost = sorted(lower, key=lambda g: (g.gpu_hours_lost(self.now), -g.started, g.key))
         shrinks = [(g, True) for g in by_cost if g.elastic_surplus > 0]
         options = shrinks + [(g, False) for g in by_cost]
@@ -457,12 +460,12 @@ class _Pass:
         regions = set(gang.demand.regions) or self.all_regions
         if not gang.draining and all(self.per_region[r] >= depth for r in regions):
             return why
-        backfill = [g for g in self.running.values() if yields_to(gang, g)]  # preempted when it can start
+        backfill = {g.key for g in self.running.values() if yields_to(gang, g)}  # preempted when it can start
         ending = sorted(
-            (g for g in self.running.values() if not yields_to(gang, g)),
+            (g for g in self.running.values() if g.key not in backfill),
             key=lambda g: (g.ends_by is None, g.ends_by or g.started, g.started, g.key),
         )
-        base = _add(self.coming_free(), *(g.holds() for g in backfill))
+        base = _add(self.coming_free(), *(self.running[key].holds() for key in backfill))
         prefix = [base]
         for g in ending:
             prefix.append(_add(prefix[-1], g.holds()))
