@@ -261,3 +261,6 @@ def test_only_gangs_behind_the_holder_that_resume_yield_and_only_to_a_default_pr
     ]:
         verdicts = plan_queue(cluster, [holder], [gang], now=10)
         assert gang.key not in verdicts and verdicts[key("big")].reason == "Capacity", gang.key
+    backfill = running("resumable", ("n1",), submitted=1, resumable=True)
+    verdicts = plan_queue(cluster, [queued("big", 2)], [backfill], now=10, depth=0)
+    assert backfill.key not in verdicts, "a gang without a reservation lent nothing and preempts no backfill"

@@ -195,11 +195,13 @@ class _Pass:
         running: Sequence[RunningGang],
         freeing: Mapping[str, int],
         now: float,
+        depth: int = RESERVATION_DEPTH,
     ) -> None:
         self.nodes = list(nodes)
         self.free: Capacity = {n.name: n.free_gpus for n in nodes}
         self.freeing: Capacity = dict(freeing)
         self.now = now
+        self.depth = depth
         self.running = {g.key: g for g in running}
         self.reservations: list[_Reservation] = []
         self.held: Capacity = {}
@@ -355,11 +357,19 @@ class _Pass:
         self.free = _add(self.free, gpus_on((n.name for n in plan.nodes), per_worker), sign=-1)
         self.memo.clear()
 
+    def may_hold(self, gang: QueuedGang) -> bool:
+        """Whether it gets a reservation when it does not fit: its regions have one to spare, or it is draining."""
+        regions = set(gang.demand.regions) or self.all_regions
+        return gang.draining or any(self.per_region[r] < self.depth for r in regions)
+
     def yielding(self, gang: QueuedGang) -> list[RunningGang]:
-        """The running gangs that stop for it when that lets it start: lower priority, or backfill (`yields_to`)."""
+        """The running gangs that stop for it when that lets it start: lower priority, or, for a gang that holds a
+        reservation, backfill (`yields_to`). A gang that waits without one lent nothing and preempts no backfill:
+        when every waiting gang did, the heavier stream lost more work to preemptions than backfill gained."""
         if not gang.may_preempt:
             return []
-        return [g for g in self.running.values() if g.priority < gang.priority or yields_to(gang, g)]
+        holder = self.may_hold(gang)
+        return [g for g in self.running.values() if g.priority < gang.priority or (holder and yields_to(gang, g))]
 
     def preempt(self, gang: QueuedGang, keep_off: bool = False) -> Wait | None:
         """Shrinks, then preempts, the fewest lower-priority or backfilled gangs that make room (`keep_off`: on the
@@ -454,11 +464,10 @@ class _Pass:
         victims = ", ".join(_key_text(g.key) for g in chosen)
         return Wait(0, "Preempting", f"waiting for {victims} to stop (borrowed quota taken back)", tuple(sorted(held)))
 
-    def reserve(self, gang: QueuedGang, depth: int, why: Wait, keep_off: bool = False) -> Wait:
+    def reserve(self, gang: QueuedGang, why: Wait, keep_off: bool = False) -> Wait:
         """Holds the nodes it would get soonest, if its regions have a reservation to spare (`keep_off`: among the
         GPU types no waiting gang names)."""
-        regions = set(gang.demand.regions) or self.all_regions
-        if not gang.draining and all(self.per_region[r] >= depth for r in regions):
+        if not self.may_hold(gang):
             return why
         backfill = {g.key for g in self.running.values() if yields_to(gang, g)}  # preempted when it can start
         ending = sorted(
@@ -532,7 +541,7 @@ def plan_queue(
     `nodes` carry the GPUs free now (every live pod subtracted, stopping ones included); `freeing` is what pods
     already stopping hold per node; `grow_after` is how long an elastic gang runs before it may grow; `quotas`: the
     GPUQuota of each namespace that has one."""
-    state = _Pass(nodes, running, freeing or {}, now)
+    state = _Pass(nodes, running, freeing or {}, now, depth)
     ledger = Ledger(quotas or {}, {n.name: n.gpu_type for n in nodes})
     for g in running:
         ledger.take(g.key[0], ledger.count(g.key[0], g.holds()))
@@ -571,7 +580,7 @@ def plan_queue(
                 outcome = (
                     state.reclaim(gang, ledger)
                     or state.preempt(gang, keep_off)
-                    or state.reserve(gang, depth, outcome, keep_off)
+                    or state.reserve(gang, outcome, keep_off)
                 )
                 if keep_off and outcome.reason in ("Capacity", "Reserved"):
                     leftovers.append(gang)
