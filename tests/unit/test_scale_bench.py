@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from benchmarks.scale import Size, inventory, targets
 from benchmarks.scale_cluster import OPERATOR_USER, ScaleCluster
+from benchmarks.scale_timeline import job_paths, summary
 
 
 def test_large_inventory_has_room_for_every_worker() -> None:
@@ -48,3 +49,16 @@ def test_targets_say_which_are_met() -> None:
     lines = targets(Size(1000, 500), results)
     assert lines[0].startswith("met: all 1,000 jobs")
     assert [line.split(":")[0] for line in lines[1:]] == ["met", "NOT met", "met", "NOT met"]
+
+
+def test_a_jobs_path_to_running_splits_at_its_first_pod_its_last_pod_and_its_last_binding() -> None:
+    def pod(made: str, bound: str) -> dict:
+        scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": f"2026-01-01T00:00:{bound}Z"}
+        return {"metadata": {"labels": {"modelfleet.dev/job-name": "j"}, "creationTimestamp": f"2026-01-01T00:00:{made}Z"},
+                "status": {"conditions": [scheduled]}}  # fmt: skip
+
+    jobs = [{"metadata": {"name": "j", "creationTimestamp": "2026-01-01T00:00:00Z"}}, {"metadata": {"name": "gone"}}]
+    running = {"j": 1767225620.0}  # 00:00:20
+    (path,) = job_paths(jobs, [pod("05", "09"), pod("06", "12")], running)
+    assert path == {"to_first_pod": 5.0, "creates": 1.0, "to_scheduled": 6.0, "to_running": 8.0, "total": 20.0}
+    assert summary([path])["mean_slowest_1pct"]["total"] == 20.0
