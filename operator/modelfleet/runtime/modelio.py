@@ -107,11 +107,17 @@ def _metadata(path: Path) -> dict[str, Any]:
 
 
 def load_model(
-    path: str | Path, fmt: str = "torchscript", quantization: str = "none", device: str = "cpu", batch_rows: int = 1
+    path: str | Path,
+    fmt: str = "torchscript",
+    quantization: str = "none",
+    device: str = "cpu",
+    batch_rows: int = 1,
+    freeze: bool = True,
 ) -> LoadedModel:
     """Loads an artifact and applies quantization: static int8 (CPU; kept only where smaller and faster at
     `batch_rows` rows, see quantize.py), fp16/bf16 casting (meant for GPUs). An fp32 TorchScript model on CPU is
-    also frozen for the row counts where that measures faster (see frozen.py)."""
+    also frozen for the row counts where that measures faster (see frozen.py), unless `freeze` is off (a module
+    the caller moves to another device or trains with)."""
     path = Path(path)
     metadata = _metadata(path)
     signature = Signature.from_metadata(metadata)
@@ -150,7 +156,7 @@ def load_model(
     served = state_bytes(module)
     freezing = LoadedModel.freezing
     fixed_shapes = all(t.shape is not None and -1 not in t.shape[1:] for t in signature.inputs)
-    if device == "cpu" and dtype == torch.float32 and decision.applied == "none" and fixed_shapes:
+    if freeze and device == "cpu" and dtype == torch.float32 and decision.applied == "none" and fixed_shapes:
         module, freezing = choose_frozen(module, lambda rows: probe_inputs(signature, rows), batch_rows)
     return LoadedModel(module, signature, dtype, device, metadata, original, served, decision, freezing)
 

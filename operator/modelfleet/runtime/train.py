@@ -201,7 +201,7 @@ def load_data(cfg: TrainConfig, shape: tuple[int, ...], classes: int) -> tuple[t
 def distillation_of(cfg: TrainConfig, device: torch.device) -> Distillation | None:
     if not cfg.teacher:
         return None
-    teacher = load_model(cfg.teacher.removeprefix("file://")).module.to(device).eval()
+    teacher = load_model(cfg.teacher.removeprefix("file://"), freeze=False).module.to(device).eval()
     log.info("distilling from %s (temperature %s, alpha %s)", cfg.teacher, cfg.temperature, cfg.alpha)
     return Distillation(teacher, cfg.temperature, cfg.alpha)
 
