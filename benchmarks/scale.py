@@ -262,48 +262,50 @@ def measure(
     cluster.kubectl("wait", "--for", "condition=Established", "crd", "--all", "--timeout=60s")
     cluster.kubectl("create", "namespace", "bench")
     proc = subprocess.Popen(cmd, env=env, stdout=(work / "operator.log").open("wb"), stderr=subprocess.STDOUT)
-    if system != "modelfleet":
-        threading.Thread(target=mount_peer_certs, args=(cluster,), daemon=True).start()
     sampler = ProcessSampler(proc.pid)
-    sampler.start()
-    profiler = start_profiler(proc.pid, profile / f"{system}.txt") if profile else None
-    time.sleep(3)
-    api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig_path))
-    api_client.configuration.connection_pool_maxsize = 16
-    custom = client.CustomObjectsApi(api_client)
-    tracker = RunningPods(api_client, "bench", label, {name: workers for name, workers, _ in mix})
-    tracker.start()
-    submitted: dict[str, float] = {}
+    try:
+        if system != "modelfleet":
+            threading.Thread(target=mount_peer_certs, args=(cluster,), daemon=True).start()
+        sampler.start()
+        profiler = start_profiler(proc.pid, profile / f"{system}.txt") if profile else None
+        time.sleep(3)
+        api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig_path))
+        api_client.configuration.connection_pool_maxsize = 16
+        custom = client.CustomObjectsApi(api_client)
+        tracker = RunningPods(api_client, "bench", label, {name: workers for name, workers, _ in mix})
+        tracker.start()
+        submitted: dict[str, float] = {}
 
-    def submit(item: tuple[str, int, str]) -> None:
-        name, workers, region = item
-        submitted[name] = time.monotonic()
-        custom.create_namespaced_custom_object(group, version, "bench", plural, make(name, workers, region))
+        def submit(item: tuple[str, int, str]) -> None:
+            name, workers, region = item
+            submitted[name] = time.monotonic()
+            custom.create_namespaced_custom_object(group, version, "bench", plural, make(name, workers, region))
 
-    start = time.monotonic()
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(submit, mix))
-    submit_seconds = time.monotonic() - start
-    tracker.wait(timeout=600 + 0.3 * len(mix))
-    total = time.monotonic() - start
-    busy = cluster.operator_requests()
-    time.sleep(IDLE_SECONDS)
-    idle = sum(cluster.operator_requests().values()) - sum(busy.values())
-    events = scrape(env.get("MODELFLEET_METRICS_PORT"), "modelfleet_watch_events")
-    reconciles = scrape(env.get("MODELFLEET_METRICS_PORT"), "modelfleet_reconcile") or scrape(
-        env.get("PEER_METRICS_PORT"), "controller_runtime_reconcile"
-    )
-    diagnostics = {}
-    if system == "modelfleet":
-        running_at = {name: done + time.time() - time.monotonic() for name, done in tracker.done.items()}
-        diagnostics = {
-            "path": scale_timeline.modelfleet_path(api_client, "bench", running_at),
-            "counters": scale_timeline.operator_counters(env.get("MODELFLEET_METRICS_PORT")),
-        }
-    if profiler:
-        profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
-        profiler.wait(timeout=60)
-    stop(proc, sampler)
+        start = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(submit, mix))
+        submit_seconds = time.monotonic() - start
+        tracker.wait(timeout=600 + 0.3 * len(mix))
+        total = time.monotonic() - start
+        busy = cluster.operator_requests()
+        time.sleep(IDLE_SECONDS)
+        idle = sum(cluster.operator_requests().values()) - sum(busy.values())
+        events = scrape(env.get("MODELFLEET_METRICS_PORT"), "modelfleet_watch_events")
+        reconciles = scrape(env.get("MODELFLEET_METRICS_PORT"), "modelfleet_reconcile") or scrape(
+            env.get("PEER_METRICS_PORT"), "controller_runtime_reconcile"
+        )
+        diagnostics = {}
+        if system == "modelfleet":
+            running_at = {name: done + time.time() - time.monotonic() for name, done in tracker.done.items()}
+            diagnostics = {
+                "path": scale_timeline.modelfleet_path(api_client, "bench", running_at),
+                "counters": scale_timeline.operator_counters(env.get("MODELFLEET_METRICS_PORT")),
+            }
+        if profiler:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+            profiler.wait(timeout=60)
+    finally:  # also when the run is interrupted (SIGTERM, an error): no operator outlives its cluster
+        stop(proc, sampler)
     verbs = cluster.operator_requests()
     times = sorted(done - submitted[name] for name, done in tracker.done.items())
     jobs = len(mix)
