@@ -54,8 +54,7 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
         return None
 
     pods = WORKER_PODS.owned_by(meta["uid"])
-    nodes = CAPACITY.nodes_by_name()
-    lost = {node for p in pods if (node := p["spec"].get("nodeName")) and (node not in nodes or not nodes[node].ready)}
+    lost = _lost_nodes(pods, CAPACITY.nodes_by_name())  # no local holds the view: a pass may wait a minute for a slot
     key = (namespace, name)
     evict = verdict if isinstance(verdict := QUEUE.verdict(key), Evict) else None
     decision = decide(spec, body.get("status") or {}, pods, lost, generation=generation, evict=evict)
@@ -65,7 +64,7 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
     # A placement alone has nothing to keep: its one write comes with the queue's verdict.
     if not _placement_only(decision):
         artifact = artifact_from_pods(spec, pods, meta["uid"]) if decision.finished else None
-        body = await _write_status(body, spec, decision, nodes, progress=progress, artifact=artifact)
+        body = await _write_status(body, spec, decision, progress=progress, artifact=artifact)
     await delete_workers(namespace, pods, decision.delete, decision.force_delete)
     if decision.evicted:
         QUEUE.consume(key)
@@ -80,10 +79,10 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
             with QUEUE.placing_gang(key):  # until the status says where it runs
                 attempt = int((body.get("status") or {}).get("restarts") or 0)
                 outcome = await place_gang(meta, spec, attempt, verdict.plan)
-                await _write_status(body, spec, decision, nodes, outcome)
+                await _write_status(body, spec, decision, outcome)
         elif isinstance(verdict, Wait):
             outcome = Queued(verdict.position, verdict.reason, verdict.message, verdict.reserved)
-            await _write_status(body, spec, decision, nodes, outcome)
+            await _write_status(body, spec, decision, outcome)
         else:
             QUEUE.request()
             return NO_VERDICT_RETRY_SECONDS  # the next pass will have a verdict for it
@@ -117,7 +116,6 @@ async def _write_status(
     body: dict[str, Any],
     spec: TrainingJobSpec,
     decision: Decision,
-    nodes: dict[str, NodeInfo],
     outcome: Outcome | None = None,
     progress: dict[str, Any] | None = None,
     artifact: dict[str, Any] | None = None,
@@ -125,7 +123,9 @@ async def _write_status(
     """Writes the status that follows from the decision, if it changed, on exactly the version of the job it was
     decided on; returns the job as it now is. ObjectGone when the job was deleted meanwhile."""
     meta, prev = body["metadata"], body.get("status") or {}
+    nodes = CAPACITY.nodes_by_name()  # read now, not kept from the pass's start: views are rebuilt every second
     status = compose_status(prev, spec, meta.get("generation", 1), decision, nodes, outcome, progress, artifact)
+    del nodes  # nor across the write below
     if not _changed(prev, status):
         return {**body, "status": prev}
     try:
@@ -138,6 +138,11 @@ async def _write_status(
     _announce(body, prev, status, decision, outcome)
     LOOPS.remember(updated)
     return updated
+
+
+def _lost_nodes(pods: list[dict[str, Any]], nodes: dict[str, NodeInfo]) -> set[str]:
+    """The nodes of these pods that are gone or not Ready (past their grace)."""
+    return {node for p in pods if (node := p["spec"].get("nodeName")) and (node not in nodes or not nodes[node].ready)}
 
 
 def _placement_only(decision: Decision) -> bool:
