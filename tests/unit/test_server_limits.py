@@ -5,31 +5,20 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
-from torch import nn
 
 from modelfleet.runtime.batching import Batcher
 from modelfleet.runtime.modelio import LoadedModel
 from modelfleet.runtime.serve import ServerConfig, build_app, read_limited
 from modelfleet.runtime.v2 import Signature
+from tests.runtime.factories import Sleepy
 
 ROW = {"inputs": [{"name": "input__0", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
-
-
-class Slow(nn.Module):
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(self.seconds)
-        return x[:, :2]
 
 
 async def endless(chunk: bytes, pulled: list[int]) -> AsyncIterator[bytes]:
@@ -88,7 +77,7 @@ def served(**limits: object) -> ServerConfig:
 async def fire(config: ServerConfig, seconds: float, bodies: list[object]) -> tuple[list[httpx.Response], str]:
     """Posts the bodies at once to the app in this process; the responses and the /metrics text."""
     signature = Signature.from_metadata({"inputShape": [3], "classes": 2})
-    app = build_app(config, LoadedModel(Slow(seconds), signature, torch.float32, "cpu"))
+    app = build_app(config, LoadedModel(Sleepy(seconds), signature, torch.float32, "cpu"))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://server") as client:
