@@ -77,9 +77,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             return v2.decode_grpc(request, signature)
 
         def on_submit(future: Future) -> None:
-            context.add_callback(
-                future.cancel
-            )  # runs when the call ends: if the client gave up first, so does the engine
+            # runs when the call ends: if the client gave up first, so does the engine
+            context.add_callback(future.cancel)
 
         try:
             inference, outputs = self.engine.infer_blocking(decode, "grpc", on_submit)
