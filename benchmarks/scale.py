@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import os
 import random
@@ -393,8 +394,11 @@ def scrape(port: str | None, family: str) -> float | None:
     return sum(s.value for f in found for s in f.samples if s.name.endswith("_total")) if found else None
 
 
+@functools.cache
 def git_commit() -> str:
-    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    """The checkout's commit when the benchmark started (`main` asks first), `-dirty` when files differed from it:
+    a commit landing during a long run does not relabel the code that ran."""
+    out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
     return out.stdout.strip()
 
 
@@ -554,6 +558,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default benchmarks/results/scale-<jobs>.json")
     parser.add_argument("--profile", type=Path, help="a folder: py-spy samples each operator into <system>.txt")
     args = parser.parse_args()
+    git_commit()  # the label of the code under test, taken before it runs
     size = Size(200, 120) if args.quick else Size(5000, 2000, 16) if args.large else Size(1000, 500)
     size = Size(args.jobs or size.jobs, args.nodes or size.nodes, size.gpus_per_node)
     systems = ["modelfleet"] if args.no_peer else [s for s in args.systems.split(",") if s]
