@@ -45,6 +45,7 @@ from rich.table import Table
 from benchmarks import scale_kserve, scale_timeline
 from benchmarks.scale_cluster import READS, WRITES, ScaleCluster
 from modelfleet.api.common import GPU_RESOURCE
+from modelfleet.contract import JOB_NAME_LABEL
 from modelfleet.devcluster import binaries_dir
 from modelfleet.devcluster.nodes import NodeGroup, fake_nodes
 
@@ -239,7 +240,7 @@ def operator_command(system: str, cluster: ScaleCluster, env: dict[str, str]) ->
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         env["MODELFLEET_METRICS_PORT"] = str(free_port())
         cmd = list(MODELFLEET_OPERATOR)
-        return cmd, "trainingjobs", "modelfleet.dev/job-name", training_job
+        return cmd, "trainingjobs", JOB_NAME_LABEL, training_job
     binary, crd = build_peer(PEER_VERSIONS[system])
     cluster.kubectl("apply", "--server-side", "-f", crd)
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(PEER_SETUP))

@@ -18,6 +18,8 @@ import httpx
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelfleet.contract import JOB_NAME_LABEL
+
 STAGES = ("to_first_pod", "creates", "to_scheduled", "to_running")
 SLOT_FAMILIES = ("modelfleet_placement_slot_wait_seconds", "modelfleet_placement_seconds")
 
@@ -37,7 +39,7 @@ def job_paths(jobs: list[dict[str, Any]], pods: list[dict[str, Any]], running_at
     """Each job's stages in seconds (wall clock, `running_at` by job name), for jobs with every timestamp."""
     by_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for pod in pods:
-        if job := (pod["metadata"].get("labels") or {}).get("modelfleet.dev/job-name"):
+        if job := (pod["metadata"].get("labels") or {}).get(JOB_NAME_LABEL):
             by_job[job].append(pod)
     paths = []
     for job in jobs:
