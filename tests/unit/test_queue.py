@@ -184,13 +184,15 @@ def test_a_gang_that_does_not_fit_is_told_about_every_node_it_may_use_even_full_
     assert verdict.message.endswith("at most 0 fit in r1 (0 GPUs free there)")
 
 
-def slack_case(holder_submitted: float = 0, holder_length: float | None = 500, **small) -> Wait | Admit:
+def slack_case(
+    holder_submitted: float = 0, holder_length: float | None = 500, default_priority: int = 0, **small
+) -> Wait | Admit:
     """A 2-node gang reserves n1 (free) and n2 (busy until 100) at now=10; the verdict for a small gang behind it."""
     cluster = nodes({"n1": 8, "n2": 0})
     busy = [running("job", ("n2",), started=0, length=100, priority=1)]
     holder = queued("big", 2, priority=1, submitted=holder_submitted, length=holder_length)
     shape = {"workers": 1, "gpus": 2, "priority": 1, "submitted": 5, "length": 150} | small
-    verdicts = plan_queue(cluster, [holder, queued("small", **shape)], busy, now=10)
+    verdicts = plan_queue(cluster, [holder, queued("small", **shape)], busy, now=10, default_priority=default_priority)
     assert verdicts[key("big")].reserved == ("n1", "n2")
     return verdicts[key("small")]
 
@@ -264,3 +266,14 @@ def test_only_gangs_behind_the_holder_that_resume_yield_and_only_to_a_default_pr
     backfill = running("resumable", ("n1",), submitted=1, resumable=True)
     verdicts = plan_queue(cluster, [queued("big", 2)], [backfill], now=10, depth=0)
     assert backfill.key not in verdicts, "a gang without a reservation lent nothing and preempts no backfill"
+
+
+def test_the_default_priority_is_the_global_default_classs_not_zero() -> None:
+    """With a globalDefault PriorityClass of 1, priority 1 is the default: no slack, and its holders lend."""
+    assert slack_case(default_priority=1).reason == "Reserved", "priority 1 is the default: conservative only"
+    cluster = nodes({"n1": 0, "n2": 8})
+    backfill = running("resumable", ("n1",), submitted=1, resumable=True, priority=1)
+    holder = queued("big", 2, priority=1)
+    verdicts = plan_queue(cluster, [holder], [backfill], now=10, default_priority=1)
+    assert verdicts[backfill.key] == Evict("Preempted", "preempted for ns/big (backfill, queued after it)", 0)
+    assert backfill.key not in plan_queue(cluster, [holder], [backfill], now=10), "above a default of 0: lends none"

@@ -9,7 +9,7 @@ from modelfleet.api.training import TrainingJobSpec
 from modelfleet.capacity import CapacityStore
 from modelfleet.loops import ReconcileLoops
 from modelfleet.scheduling.planner import Plan
-from modelfleet.scheduling.priority import Priority, resolve_priority, slim_priority_class
+from modelfleet.scheduling.priority import Priority, default_priority, resolve_priority, slim_priority_class
 from modelfleet.scheduling.queue import Admit, Evict
 from modelfleet.training.lifecycle import decide
 from modelfleet.training.queueing import GpuQueue, snapshot
@@ -28,6 +28,7 @@ def test_priority_comes_from_the_named_class_else_the_global_default_else_zero()
     assert resolve_priority(None, CLASSES) == Priority(10, True)
     assert resolve_priority(None, []) == Priority(0, True)
     assert resolve_priority("missing", CLASSES) is None
+    assert default_priority(CLASSES) == 10 and default_priority([]) == 0
 
 
 def job(name: str, spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None) -> dict[str, Any]:

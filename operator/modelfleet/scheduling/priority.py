@@ -34,3 +34,10 @@ def resolve_priority(name: str | None, classes: Iterable[Mapping[str, Any]]) -> 
     if chosen is None:
         return Priority()
     return Priority(chosen["value"], chosen["preemptionPolicy"] != "Never")
+
+
+def default_priority(classes: Iterable[Mapping[str, Any]]) -> int:
+    """The value a job without priorityClassName gets: the globalDefault class's, else 0."""
+    chosen = resolve_priority(None, classes)
+    assert chosen is not None  # only a named class can be missing
+    return chosen.value

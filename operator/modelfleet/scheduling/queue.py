@@ -13,7 +13,8 @@ Pure: the operator's planning pass and `benchmarks/placement.py` call `plan_queu
   (conservative backfill). A reservation is recomputed every pass, so it follows the cluster as it changes.
   Small high-priority gangs get a bounded slack on young reservations (see `_Pass.blocks`).
 - Preemptible backfill: a resumable gang (it checkpoints) may also run on the GPUs reserved for a default-priority
-  gang ahead of it; when the holder can start with such gangs gone, it preempts them (see `yields_to`).
+  gang ahead of it; when the holder can start with such gangs gone, it preempts them (see `yields_to`). The
+  default priority is the globalDefault PriorityClass's value (0 without one): `plan_queue(default_priority=...)`.
 - A gang that takes any GPU type, and could run on the types no waiting gang names, is placed, reserved and
   preempts only on those in its turn; it takes a named type's GPUs only as a leftover, after every other gang of
   the pass had its turn. Otherwise untyped gangs fill the H100s that typed gangs wait for, and later leave the
@@ -50,8 +51,6 @@ Capacity = dict[str, int]
 """GPUs per node name."""
 RESERVATION_DEPTH = 2
 """Waiting gangs per region that hold a reservation at once."""
-SLACK_PRIORITY = 1
-"""Gangs at or above this priority (a PriorityClass above the default 0) may backfill with slack."""
 SLACK_SHARE = 4
 """... when they ask for at most 1/SLACK_SHARE of the reservation's GPUs."""
 SLACK_WINDOW_UNBOUNDED = 3600.0
@@ -147,16 +146,17 @@ def queue_order(gang: QueuedGang | RunningGang) -> tuple[int, float, Key]:
     return (-gang.priority, gang.submitted, gang.key)
 
 
-def yields_to(holder: QueuedGang, gang: QueuedGang | RunningGang) -> bool:
+def yields_to(holder: QueuedGang, gang: QueuedGang | RunningGang, default_priority: int) -> bool:
     """Whether `gang` may run on GPUs that `holder` waits for, and is preempted (whole gang, requeued in its place)
     when the holder can start with it gone: it resumes from a checkpoint, so it loses at most one checkpoint
     interval; it is behind the holder in the queue, so the holder would have had the GPUs first anyway; and the
     holder's PriorityClass allows preemption. A running gang behind the holder started after the holder was
-    submitted: it backfilled while the holder waited. Holders of priority >= SLACK_PRIORITY lend only with slack
-    (`_Pass.blocks`): lending them preemptibly too lengthened the high-priority tail in the placement benchmark."""
+    submitted: it backfilled while the holder waited. Holders above the cluster's default priority lend only with
+    slack (`_Pass.blocks`): lending them preemptibly too lengthened the high-priority tail in the placement
+    benchmark."""
     return (
         holder.may_preempt
-        and holder.priority < SLACK_PRIORITY
+        and holder.priority <= default_priority
         and gang.resumable
         and queue_order(gang) > queue_order(holder)
     )
@@ -196,12 +196,15 @@ class _Pass:
         freeing: Mapping[str, int],
         now: float,
         depth: int = RESERVATION_DEPTH,
+        default_priority: int = 0,
     ) -> None:
         self.nodes = list(nodes)
         self.free: Capacity = {n.name: n.free_gpus for n in nodes}
         self.freeing: Capacity = dict(freeing)
         self.now = now
         self.depth = depth
+        self.default_priority = default_priority
+        """The value of the globalDefault PriorityClass: gangs above it get slack, holders at or below it lend."""
         self.running = {g.key: g for g in running}
         self.reservations: list[_Reservation] = []
         self.held: Capacity = {}
@@ -308,7 +311,7 @@ class _Pass:
             if len(respecting) < len(self.reservations) and isinstance(plan := place(respecting), Plan):
                 return plan
         if gang.resumable:  # preemptible backfill
-            firm = tuple(i for i in respecting if not ((h := self.reservations[i].holder) and yields_to(h, gang)))
+            firm = tuple(i for i in respecting if not ((h := self.reservations[i].holder) and self.lends(h, gang)))
             if len(firm) < len(respecting) and isinstance(plan := place(firm), Plan):
                 return plan
         holders = ", ".join(_key_text(r.key) for r in self.reservations[:3])
@@ -319,7 +322,7 @@ class _Pass:
 
         Conservative backfill: it may use them when it ends by the time the reservation is expected to start.
         Slack: while the holder is young (has waited less than its own length bound, or SLACK_WINDOW_UNBOUNDED
-        when it has none: `lends_until`), a gang of priority >= SLACK_PRIORITY that asks for at most
+        when it has none: `lends_until`), a gang above the default priority that asks for at most
         1/SLACK_SHARE of the reservation's GPUs may also when it ends by start + (start - now): it delays the
         holder by at most as long as the holder still waits anyway.
 
@@ -338,7 +341,9 @@ class _Pass:
         asks = gang.demand.workers * gang.demand.gpus_per_worker
         small = asks * SLACK_SHARE <= sum(reservation.held.values())
         young = self.now < reservation.lends_until
-        return not (gang.priority >= SLACK_PRIORITY and small and young and ends <= 2 * reservation.start - self.now)
+        return not (
+            gang.priority > self.default_priority and small and young and ends <= 2 * reservation.start - self.now
+        )
 
     def keeps_off_contended(self, demand: GangDemand) -> bool:
         """Whether a gang that takes any GPU type could run on the types no waiting gang names, were they empty:
@@ -357,6 +362,10 @@ class _Pass:
         self.free = _add(self.free, gpus_on((n.name for n in plan.nodes), per_worker), sign=-1)
         self.memo.clear()
 
+    def lends(self, holder: QueuedGang, gang: QueuedGang | RunningGang) -> bool:
+        """Whether `gang` may run preemptibly on what `holder` waits for (`yields_to` at the default priority)."""
+        return yields_to(holder, gang, self.default_priority)
+
     def may_hold(self, gang: QueuedGang) -> bool:
         """Whether it gets a reservation when it does not fit: its regions have one to spare, or it is draining."""
         regions = set(gang.demand.regions) or self.all_regions
@@ -369,7 +378,7 @@ class _Pass:
         if not gang.may_preempt:
             return []
         holder = self.may_hold(gang)
-        return [g for g in self.running.values() if g.priority < gang.priority or (holder and yields_to(gang, g))]
+        return [g for g in self.running.values() if g.priority < gang.priority or (holder and self.lends(gang, g))]
 
     def preempt(self, gang: QueuedGang, keep_off: bool = False) -> Wait | None:
         """Shrinks, then preempts, the fewest lower-priority or backfilled gangs that make room (`keep_off`: on the
@@ -469,7 +478,7 @@ class _Pass:
         GPU types no waiting gang names)."""
         if not self.may_hold(gang):
             return why
-        backfill = {g.key for g in self.running.values() if yields_to(gang, g)}  # preempted when it can start
+        backfill = {g.key for g in self.running.values() if self.lends(gang, g)}  # preempted when it can start
         ending = sorted(
             (g for g in self.running.values() if g.key not in backfill),
             key=lambda g: (g.ends_by is None, g.ends_by or g.started, g.started, g.key),
@@ -535,13 +544,15 @@ def plan_queue(
     depth: int = RESERVATION_DEPTH,
     grow_after: float = 0.0,
     quotas: Mapping[str, Quota] | None = None,
+    default_priority: int = 0,
 ) -> dict[Key, Verdict]:
     """A verdict for every queued gang (Admit or Wait) and for running gangs that must stop (Evict).
 
     `nodes` carry the GPUs free now (every live pod subtracted, stopping ones included); `freeing` is what pods
     already stopping hold per node; `grow_after` is how long an elastic gang runs before it may grow; `quotas`: the
-    GPUQuota of each namespace that has one."""
-    state = _Pass(nodes, running, freeing or {}, now, depth)
+    GPUQuota of each namespace that has one; `default_priority`: the globalDefault PriorityClass's value (what a job
+    without priorityClassName gets, `priority.default_priority`)."""
+    state = _Pass(nodes, running, freeing or {}, now, depth, default_priority)
     ledger = Ledger(quotas or {}, {n.name: n.gpu_type for n in nodes})
     for g in running:
         ledger.take(g.key[0], ledger.count(g.key[0], g.holds()))

@@ -24,7 +24,7 @@ from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.capacity import CAPACITY, CapacityStore
 from modelfleet.loops import Key, ReconcileLoops, key_of
 from modelfleet.scheduling.planner import GangDemand
-from modelfleet.scheduling.priority import resolve_priority
+from modelfleet.scheduling.priority import default_priority, resolve_priority
 from modelfleet.scheduling.queue import Admit, QueuedGang, RunningGang, Verdict, Wait, plan_queue
 from modelfleet.scheduling.quota import quotas_by_namespace
 from modelfleet.training.gang import parse_time
@@ -196,6 +196,7 @@ class GpuQueue:
             "now": (now or datetime.now().astimezone()).timestamp(),
             "grow_after": GROW_AFTER,
             "quotas": quotas_by_namespace(self.cluster.gpu_quotas.values()),
+            "default_priority": default_priority(self.cluster.priority_classes.values()),
         }
 
     def publish(self, planned: Mapping[Key, Verdict]) -> dict[Key, Verdict]:
