@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from modelfleet.scheduling.nodes import pod_node
 from modelfleet.training.builders import headless_service, worker_pod
 from modelfleet.training.gang import Decision
 from modelfleet.training.lifecycle import decide
@@ -24,6 +25,13 @@ def test_worker_pod_is_pinned_gated_and_wired() -> None:
     assert p["metadata"]["labels"]["modelfleet.dev/attempt"] == "2"
     assert p["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert headless_service(META, spec())["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_worker_pod_is_pinned_by_node_name_for_the_schedulers_prefilter_and_by_hostname() -> None:
+    p = worker_pod(META, spec(), 1, NODES, attempt=0, gated=True)
+    terms = p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": [NODES[1].name]}]
+    assert pod_node(p) == NODES[1].name
 
 
 def test_user_env_cannot_override_the_rendezvous() -> None:

@@ -137,14 +137,15 @@ def worker_env(
 
 
 def pinned_affinity(node: NodeInfo) -> dict[str, Any]:
+    """The node the queue planned the worker on, by its hostname label (what `pod_node` reads) and by its name: a
+    `metadata.name` field requirement makes kube-scheduler's NodeAffinity PreFilter hand on that one node, so it
+    filters one node per worker instead of every node in the cluster."""
     expressions = [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node.name]}]
     if node.region:
         expressions.append({"key": REGION_LABEL, "operator": "In", "values": [node.region]})
-    return {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": expressions}]}
-        }
-    }
+    by_name = [{"key": "metadata.name", "operator": "In", "values": [node.name]}]
+    term = {"matchExpressions": expressions, "matchFields": by_name}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
 
 
 def worker_pod(
