@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
@@ -61,6 +62,16 @@ def test_a_worker_is_kept_slim_and_found_by_its_jobs_uid() -> None:
     assert [c["type"] for c in pod["status"]["conditions"]] == ["Ready"]
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
     assert store.owned_by("nobody") == []
+
+
+def test_stored_workers_share_their_short_strings() -> None:
+    store = workers()
+    for uid in ("p0", "p1"):  # each decoded on its own, as two watch events are
+        store.apply_event(json.loads(json.dumps(worker(f"job-worker-{uid}", uid, "job-uid"))))
+    first, second = (store.get(uid) for uid in ("p0", "p1"))
+    assert first["status"]["conditions"][0]["status"] is second["status"]["conditions"][0]["status"]
+    label_keys = [next(k for k in pod["metadata"]["labels"] if k == JOB_NAME_LABEL) for pod in (first, second)]
+    assert label_keys[0] is label_keys[1]
 
 
 def test_a_worker_keeps_its_pinned_node_until_it_is_bound_and_only_then_drops_the_affinity() -> None:

@@ -12,7 +12,7 @@ from modelfleet.scheduling.planner import Plan
 from modelfleet.scheduling.priority import Priority, default_priority, resolve_priority, slim_priority_class
 from modelfleet.scheduling.queue import Admit, Evict
 from modelfleet.training.lifecycle import decide
-from modelfleet.training.queueing import GpuQueue, snapshot
+from modelfleet.training.queueing import FactsCache, GpuQueue, snapshot
 from modelfleet.training.status import Placed, Queued, compose_status
 
 CLASSES = [
@@ -66,6 +66,16 @@ def test_snapshot_splits_waiting_running_and_unqueueable_jobs() -> None:
     assert [(g.key[1], g.nodes, g.started) for g in running] == [("running", ("n1", "n2"), 1767225660.0)]
     assert (running[0].submitted, running[0].resumable, queued[0].resumable) == (1767225610.0, True, False)
     assert held[("ns", "unknown-class")].reason == "PriorityClassNotFound"
+
+
+def test_the_cache_keeps_what_a_pass_reads_not_the_spec_and_nothing_for_a_job_that_takes_no_part() -> None:
+    cache = FactsCache()
+    facts = cache.get(job("waiting", {"activeDeadlineSeconds": 600, "checkpoint": {"path": "/ckpt"}}))
+    assert facts is not None and (facts.demand.workers, facts.length, facts.resumable) == (2, 600.0, True)
+    assert cache.get(job("paused", {"suspend": True})) is None
+    assert cache.get(job("broken", {"resources": {"gpus": -1}})) is None
+    cache.keep_only([job("paused", {"suspend": True})])
+    assert list(cache.facts) == [("ns", "paused", "", 1)]
 
 
 def pod(index: int, phase: str = "Running") -> dict[str, Any]:

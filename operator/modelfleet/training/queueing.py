@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -66,62 +67,81 @@ def _placed_at(status: Mapping[str, Any]) -> float:
     return _seconds(status.get("startTime"))
 
 
-class SpecCache:
-    """Each job's parsed spec by (namespace, name, uid, generation): a pass reads every job, and validating a
+@dataclass(frozen=True, slots=True)
+class QueueFacts:
+    """What a queue pass reads of a job's spec: kept per generation instead of the parsed spec (~5 KB a job)."""
+
+    demand: GangDemand
+    priority_class_name: str | None
+    length: float | None
+    """spec.activeDeadlineSeconds, the planner's bound on how long the gang runs."""
+    resumable: bool
+    """It checkpoints (spec.checkpoint.path): preemptible backfill may take it."""
+
+
+def queue_facts(spec: TrainingJobSpec) -> QueueFacts | None:
+    """None for a job that takes no part in the queue: suspended, or refused by the operator's policy."""
+    if spec.suspend or policy.refusal(spec):
+        return None
+    length = float(spec.active_deadline_seconds) if spec.active_deadline_seconds else None
+    return QueueFacts(gang_demand(spec), spec.priority_class_name, length, spec.checkpoint.path is not None)
+
+
+class FactsCache:
+    """Each job's QueueFacts by (namespace, name, uid, generation): a pass reads every job, and validating a
     thousand specs each pass costs more than the rest of the snapshot. None stands for a spec that does not
-    validate."""
+    validate or a job that takes no part."""
 
     def __init__(self) -> None:
-        self.specs: dict[tuple[str, str, str, int], TrainingJobSpec | None] = {}
+        self.facts: dict[tuple[str, str, str, int], QueueFacts | None] = {}
 
     @staticmethod
     def key(body: Mapping[str, Any]) -> tuple[str, str, str, int]:
         meta = body["metadata"]
         return meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""), meta.get("generation", 1)
 
-    def get(self, body: Mapping[str, Any]) -> TrainingJobSpec | None:
+    def get(self, body: Mapping[str, Any]) -> QueueFacts | None:
         key = self.key(body)
-        if key not in self.specs:
+        if key not in self.facts:
             try:
-                self.specs[key] = TrainingJobSpec.model_validate(body.get("spec") or {})
+                self.facts[key] = queue_facts(TrainingJobSpec.model_validate(body.get("spec") or {}))
             except ValidationError:
-                self.specs[key] = None
-        return self.specs[key]
+                self.facts[key] = None
+        return self.facts[key]
 
     def keep_only(self, bodies: Iterable[Mapping[str, Any]]) -> None:
         live = {self.key(b) for b in bodies}
-        self.specs = {k: v for k, v in self.specs.items() if k in live}
+        self.facts = {k: v for k, v in self.facts.items() if k in live}
 
 
 def snapshot(
     bodies: Iterable[Mapping[str, Any]],
     classes: Iterable[Mapping[str, Any]],
     draining: set[Key],
-    specs: SpecCache | None = None,
+    cache: FactsCache | None = None,
 ) -> tuple[list[QueuedGang], list[RunningGang], dict[Key, Wait]]:
     """The queue's input from the jobs as last seen: waiting gangs, running gangs, and jobs that cannot be queued
     yet (their PriorityClass does not exist). Finished, suspended, invalid and refused jobs take no part."""
     queued, running, held = [], [], {}
     classes = list(classes)
-    specs = specs or SpecCache()
+    cache = cache or FactsCache()
     for body in bodies:
         meta, status = body["metadata"], body.get("status") or {}
         if status.get("phase") in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
             continue
-        spec = specs.get(body)
-        if spec is None or spec.suspend or policy.refusal(spec):
+        facts = cache.get(body)
+        if facts is None:
             continue
         if refusal(status, meta.get("generation", 1)) == "InvalidSpec":
             continue
         key = key_of(dict(body))
-        priority = resolve_priority(spec.priority_class_name, classes)
+        priority = resolve_priority(facts.priority_class_name, classes)
         if priority is None:
-            message = f"PriorityClass {spec.priority_class_name} does not exist"
+            message = f"PriorityClass {facts.priority_class_name} does not exist"
             held[key] = Wait(0, "PriorityClassNotFound", message)
             continue
-        demand = gang_demand(spec)
-        length = float(spec.active_deadline_seconds) if spec.active_deadline_seconds else None
-        submitted, resumable = _seconds(meta.get("creationTimestamp")), spec.checkpoint.path is not None
+        demand, length, resumable = facts.demand, facts.length, facts.resumable
+        submitted = _seconds(meta.get("creationTimestamp"))
         if placement := status.get("placement"):
             nodes = tuple(p["node"] for p in placement)
             running.append(RunningGang(key, demand, nodes, priority.value, _placed_at(status), length, submitted,
@@ -140,7 +160,7 @@ class GpuQueue:
         self.loops: ReconcileLoops | None = None
         self.verdicts: dict[Key, Verdict] = {}
         self.draining: set[Key] = set()
-        self.specs = SpecCache()
+        self.facts = FactsCache()
         self.requested = asyncio.Event()
         self.passes = 0
         self.unqueued: dict[Key, Verdict] = {}
@@ -184,9 +204,9 @@ class GpuQueue:
         assert self.loops is not None
         bodies = list(self.loops.bodies.values())
         self.draining &= set(self.loops.bodies)
-        self.specs.keep_only(bodies)
+        self.facts.keep_only(bodies)
         planned = [body for key, body in self.loops.bodies.items() if key not in self.placing]
-        queued, running, held = snapshot(planned, self.cluster.priority_classes.values(), self.draining, self.specs)
+        queued, running, held = snapshot(planned, self.cluster.priority_classes.values(), self.draining, self.facts)
         self.unqueued = held
         return {
             "nodes": self.cluster.view(),
