@@ -1,12 +1,16 @@
-"""fp32 freezing: the frozen copy runs only for the row counts where it measured faster, and answers as the model."""
+"""Freezing: the frozen copy runs only for the row counts where it measured faster, and answers as the model (fp32
+close, int8 exactly); the int8 engine is the one measured faster."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from modelfleet.runtime import frozen
-from modelfleet.runtime.frozen import BySize, choose_frozen, row_counts
+from modelfleet.runtime import frozen, quantize
+from modelfleet.runtime.frozen import BySize, choose_frozen, frozen_copy, row_counts
+from modelfleet.runtime.models import build_model
+from modelfleet.runtime.quantize import choose_int8, static_int8
 
 
 def scripted() -> torch.jit.ScriptModule:
@@ -45,3 +49,42 @@ def test_a_model_frozen_is_not_faster_for_or_cannot_be_frozen_is_served_as_loade
     eager = nn.Linear(8, 3)
     chosen, reason = choose_frozen(eager, probe, 8)
     assert chosen is eager and "not TorchScript" in reason
+
+
+def small_cnn() -> tuple[nn.Module, tuple[int, ...]]:
+    torch.manual_seed(0)
+    model, shape, _ = build_model("cnn")
+    return model.eval(), shape
+
+
+def test_an_int8_model_frozen_answers_exactly_as_its_graph_module() -> None:
+    model, shape = small_cnn()
+    quantized = static_int8(model, [torch.randn(64, *shape)])
+    chosen, reason = choose_frozen(quantized, lambda rows: (torch.zeros(rows, *shape),), 16, quantized=True)
+    assert reason.startswith("int8 "), reason
+    copy = frozen_copy(quantized, quantized=True)
+    x = torch.randn(16, *shape)
+    with torch.inference_mode():
+        for rows in (1, 5, 16):
+            assert torch.equal(copy(x[:rows]), quantized(x[:rows]))
+            assert torch.equal(chosen(x[:rows]), quantized(x[:rows]))
+
+
+def test_the_int8_engine_is_the_one_measured_faster(monkeypatch) -> None:
+    model, shape = small_cnn()
+    engines = [e for e in quantize.ENGINES if e in torch.backends.quantized.supported_engines]
+    if len(engines) < 2:
+        pytest.skip("this torch has one quantized engine")
+    fastest = engines[-1]
+
+    def timed(forwards: list, inputs: list, budget: float = 0.3) -> list[float]:  # fp32, then each engine's int8
+        return [0.003, *(0.001 if engine == fastest else 0.002 for engine in engines)]
+
+    monkeypatch.setattr(quantize, "seconds_per_pass", timed)
+    before = torch.backends.quantized.engine
+    try:
+        _, decision = choose_int8(model, [torch.randn(64, *shape)], 8)
+        assert decision.applied == "int8" and f"engine {fastest}" in decision.reason, decision
+        assert torch.backends.quantized.engine == fastest
+    finally:
+        torch.backends.quantized.engine = before

@@ -1,7 +1,10 @@
-"""fp32 on CPU: a TorchScript model frozen and optimized for inference (`torch.jit.freeze` +
-`torch.jit.optimize_for_inference`: weights folded in, conv/linear fused, MKL-DNN layouts) where that measures faster.
+"""CPU models frozen to TorchScript where that measures faster: fp32 TorchScript models `torch.jit.freeze`d and
+`torch.jit.optimize_for_inference`d (weights folded in, conv/linear fused, MKL-DNN layouts); int8 models (torch.fx
+GraphModules, which run each op through Python) scripted and frozen, their packed int8 weights inlined
+(`optimize_for_inference` is left out for int8: its MKL-DNN rewrites are for float convolutions; measured no
+faster on the int8 CNN). A frozen int8 copy answers exactly as the GraphModule (tested).
 
-It is not faster at every batch size (the small CNN: 2x faster at 16-64 rows, 2x slower at one row, where its
+It is not faster at every batch size (the small fp32 CNN: 2x faster at 16-64 rows, 2x slower at one row, where its
 layout conversions cost more than the pass), so both modules are kept and each pass runs the one measured faster
 for its row count: the frozen one from `from_rows` up. Measured at load at every power of two up to the batch the
 batcher may run (the sizes it does run). The frozen copy holds the weights again (inlined constants).
@@ -40,24 +43,32 @@ def row_counts(batch_rows: int) -> list[int]:
     return counts
 
 
+def frozen_copy(module: nn.Module, quantized: bool) -> torch.jit.ScriptModule:
+    """`module` scripted (unless it is TorchScript already) and frozen; fp32 also optimized for inference."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit announces its deprecation on every call
+        scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
+        frozen = torch.jit.freeze(scripted.eval())
+        return frozen if quantized else torch.jit.optimize_for_inference(frozen)
+
+
 def choose_frozen(
-    module: nn.Module, probe: Callable[[int], Sequence[torch.Tensor]], batch_rows: int
+    module: nn.Module, probe: Callable[[int], Sequence[torch.Tensor]], batch_rows: int, quantized: bool = False
 ) -> tuple[nn.Module, str]:
     """`module` with its frozen twin for the row counts where that is faster (see BySize), or `module` itself;
-    and why. `probe(rows)` makes inputs of that many rows."""
-    if not isinstance(module, torch.jit.ScriptModule):
+    and why. `probe(rows)` makes inputs of that many rows; `quantized`: an int8 GraphModule (see quantize.py)."""
+    kind = "int8" if quantized else "fp32"
+    if not quantized and not isinstance(module, torch.jit.ScriptModule):
         return module, "fp32 served as loaded (not TorchScript: nothing to freeze)"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit announces its deprecation on every call
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(module.eval()))
+        frozen = frozen_copy(module, quantized)
     except Exception as exc:  # a model freezing cannot handle is served as it is
-        return module, f"fp32 served as loaded (freezing failed: {exc})"
+        return module, f"{kind} served as loaded (freezing failed: {exc})"
     timings = {rows: seconds_per_pass([module, frozen], probe(rows), MEASURE_BUDGET) for rows in row_counts(batch_rows)}
     shown = ", ".join(f"{rows}: {plain * 1e3:.3f} -> {fast * 1e3:.3f}" for rows, (plain, fast) in timings.items())
     faster = [rows for rows, (plain, fast) in timings.items() if fast < plain]
     # from the smallest row count above which it is faster at every measured size
     from_rows = next((rows for rows in timings if all(r in faster for r in timings if r >= rows)), None)
     if from_rows is None:
-        return module, f"fp32 served as loaded: frozen is not faster at {batch_rows} rows (ms per pass {shown})"
-    return BySize(module, frozen, from_rows), f"fp32 frozen from {from_rows} rows (ms per pass {shown})"
+        return module, f"{kind} served as loaded: frozen is not faster at {batch_rows} rows (ms per pass {shown})"
+    return BySize(module, frozen, from_rows), f"{kind} frozen from {from_rows} rows (ms per pass {shown})"

@@ -93,7 +93,7 @@ class LoadedModel:
     original_bytes: int = 0
     served_bytes: int = 0
     quantization: Decision = NOT_QUANTIZED
-    freezing: str = "not frozen (only an fp32 TorchScript model on CPU is)"  # else what frozen.choose_frozen decided
+    freezing: str = "not frozen (only fp32 TorchScript and int8 models on CPU are)"  # else what choose_frozen decided
 
 
 def probe_inputs(signature: Signature, rows: int) -> tuple[torch.Tensor, ...]:
@@ -115,9 +115,9 @@ def load_model(
     freeze: bool = True,
 ) -> LoadedModel:
     """Loads an artifact and applies quantization: static int8 (CPU; kept only where smaller and faster at
-    `batch_rows` rows, see quantize.py), fp16/bf16 casting (meant for GPUs). An fp32 TorchScript model on CPU is
-    also frozen for the row counts where that measures faster (see frozen.py), unless `freeze` is off (a module
-    the caller moves to another device or trains with)."""
+    `batch_rows` rows, see quantize.py), fp16/bf16 casting (meant for GPUs). An fp32 TorchScript or an int8 model on
+    CPU is also frozen for the row counts where that measures faster (see frozen.py), unless `freeze` is off (a
+    module the caller moves to another device or trains with)."""
     path = Path(path)
     metadata = _metadata(path)
     signature = Signature.from_metadata(metadata)
@@ -156,8 +156,9 @@ def load_model(
     served = state_bytes(module)
     freezing = LoadedModel.freezing
     fixed_shapes = all(t.shape is not None and -1 not in t.shape[1:] for t in signature.inputs)
-    if freeze and device == "cpu" and dtype == torch.float32 and decision.applied == "none" and fixed_shapes:
-        module, freezing = choose_frozen(module, lambda rows: probe_inputs(signature, rows), batch_rows)
+    quantized = decision.applied == "int8"
+    if freeze and device == "cpu" and fixed_shapes and (quantized or decision.applied == "none"):
+        module, freezing = choose_frozen(module, lambda rows: probe_inputs(signature, rows), batch_rows, quantized)
     return LoadedModel(module, signature, dtype, device, metadata, original, served, decision, freezing)
 
 
