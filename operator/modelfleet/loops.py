@@ -151,8 +151,9 @@ class ReconcileLoops:
             event = self.wakeups.get(key)
             if event is None:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=None if delay == NO_RESYNC else delay)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout, not wait_for: no task of its own per wait
+                async with asyncio.timeout(None if delay == NO_RESYNC else delay):
+                    await event.wait()
             if self.coalesce and event.is_set():
                 await asyncio.sleep(self.coalesce)
             event.clear()

@@ -214,7 +214,8 @@ async def listening(url: str, timeout: float) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: no task of its own per probe
+                await asyncio.get_running_loop().sock_connect(sock, (host, port))
         except (OSError, TimeoutError):
             return False
     return True
