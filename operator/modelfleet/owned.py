@@ -8,12 +8,12 @@ as it heals the capacity stores.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 from modelfleet.capacity import ObjectStore, Slim
 from modelfleet.contract import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, SHARD_WEIGHTS_ENV
+from modelfleet.loops import shared_strings
 
 DECISION_ENV = frozenset({"WORLD_SIZE", SHARD_WEIGHTS_ENV})
 """The only env vars a worker's pod is read for (its gang's size and its shard weight)."""
@@ -52,22 +52,6 @@ def _slim_pod_status(status: Mapping[str, Any]) -> dict[str, Any]:
         if (terminated := (cs.get("state") or {}).get("terminated"))
     ]
     return slim
-
-
-SHARED_STRING_CHARS = 64
-
-
-def shared_strings(value: Any) -> Any:
-    """The value with its short strings (keys and values) interned: decoded JSON gives every pod its own copy of
-    each key and of values most pods share (label keys, "True", "Running", a job's shard weights), ~1.5 of a stored
-    worker's 5 KB."""
-    if isinstance(value, str):
-        return sys.intern(value) if len(value) <= SHARED_STRING_CHARS else value
-    if isinstance(value, dict):
-        return {shared_strings(k): shared_strings(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [shared_strings(v) for v in value]
-    return value
 
 
 def slim_pod(owner_label: str) -> Slim:

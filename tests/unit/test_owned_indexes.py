@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from modelfleet.capacity import ObjectStore
-from modelfleet.loops import LAST_APPLIED, without_bookkeeping
+from modelfleet.loops import LAST_APPLIED, ReconcileLoops, without_bookkeeping
 from modelfleet.owned import controller_uid, service_key, slim_deployment, slim_pod
 from modelfleet.scheduling.nodes import pod_node
 
@@ -148,6 +149,15 @@ def test_a_loop_keeps_its_objects_body_without_bookkeeping() -> None:
     kept = without_bookkeeping(body)
     assert kept["metadata"] == {"name": "job", "namespace": "ns", "resourceVersion": "5", "annotations": {"team": "a"}}
     assert kept["spec"] is body["spec"] and without_bookkeeping(kept) is kept
+
+
+def test_loops_keep_bodies_whose_short_strings_are_shared() -> None:
+    loops = ReconcileLoops("job", reconcile=lambda body: asyncio.sleep(0))
+    status = {"phase": "Running", "conditions": [{"type": "Scheduled", "status": "True"}]}
+    for name in ("a", "b"):  # each decoded on its own, as two watch events are
+        loops.remember(json.loads(json.dumps({"metadata": {"namespace": "ns", "name": name}, "status": status})))
+    first, second = (loops.bodies[("ns", name)]["status"] for name in ("a", "b"))
+    assert first == status and first["phase"] is second["phase"]
 
 
 def test_the_answer_to_an_own_write_never_hides_what_the_watch_brought_since() -> None:
