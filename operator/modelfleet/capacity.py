@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelfleet.api.common import GANG_ATTEMPT_LABEL
+from modelfleet.loops import shared_strings
 from modelfleet.scheduling.gpus import gpu_type_matches
 from modelfleet.scheduling.nodes import NodeInfo, build_view, pod_gpu_request, pod_holds_resources, pod_node
 from modelfleet.scheduling.priority import slim_priority_class
@@ -45,7 +46,7 @@ def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
 def gpu_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """The slim pod when it is live, holds GPUs and has a node (bound or pinned); else None (not stored)."""
     if pod_node(pod) and pod_holds_resources(pod) and pod_gpu_request(pod) > 0:
-        return slim_pod(pod)
+        return shared_strings(slim_pod(pod))  # 1.2 -> 1.0 KB a pod
     return None
 
 
