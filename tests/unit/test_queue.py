@@ -175,6 +175,26 @@ def test_an_untyped_gang_preempts_where_it_will_look_first_so_it_does_not_preemp
     assert [n.name for n in after[key("urgent")].plan.nodes] == ["b-t4"]
 
 
+def test_a_resumable_gang_of_any_type_on_a_named_type_moves_over_when_a_gang_needs_that_type() -> None:
+    """`any` took the H100 as a leftover; the T4 is free now and an H100 gang waits: `any` is preempted (it comes
+    back on the T4), unless it does not checkpoint, the T4 is busy, the waiting gang names no type or ranks below."""
+    cluster = [NodeInfo("a-h100", "r1", "r1a", "H100", 8, 0), NodeInfo("b-t4", "r1", "r1a", "T4", 8, 8)]
+    anything = RunningGang(("ns", "any"), GangDemand(1, 8), ("a-h100",), started=0, submitted=5, resumable=True)
+    h100 = QueuedGang(("ns", "h100"), GangDemand(1, 8, "H100"), submitted=9)
+    verdicts = plan_queue(cluster, [h100], [anything], now=10)
+    message = "preempted for ns/h100 (it takes any GPU type and fits on others now; H100 is what the gang needs)"
+    assert verdicts[key("any")] == Evict("Preempted", message, 0)
+    assert verdicts[key("h100")] == Wait(1, "Preempting", "waiting for ns/any to stop", ("a-h100",))
+    for gang, waiting, t4_free in [
+        (replace(anything, resumable=False), h100, 8),
+        (anything, h100, 0),
+        (anything, replace(h100, demand=GangDemand(1, 8)), 8),
+        (replace(anything, priority=1), h100, 8),
+    ]:
+        verdicts = plan_queue([cluster[0], replace(cluster[1], free_gpus=t4_free)], [waiting], [gang], now=10)
+        assert key("any") not in verdicts
+
+
 def test_a_gang_that_does_not_fit_is_told_about_every_node_it_may_use_even_full_ones() -> None:
     cluster = nodes({"n1": 0, "n2": 4}) + nodes({"m1": 0}, region="r2")
     verdict = plan_queue(cluster, [queued("big", 1, 8, regions=("r1",))])[key("big")]

@@ -18,7 +18,8 @@ Pure: the operator's planning pass and `benchmarks/placement.py` call `plan_queu
 - A gang that takes any GPU type, and could run on the types no waiting gang names, is placed, reserved and
   preempts only on those in its turn; it takes a named type's GPUs only as a leftover, after every other gang of
   the pass had its turn. Otherwise untyped gangs fill the H100s that typed gangs wait for, and later leave the
-  other types idle.
+  other types idle. Such a gang running on a named type moves over when a gang that names the type needs the
+  GPUs and it fits on the other types now (`_Pass.moves_over`): it is preempted and comes back there.
 - Quotas (scheduling/quota.py): a gang over its namespace's GPUQuota waits (QuotaExceeded) and holds nothing; one
   admitted only by borrowing idle quota never reserves or preempts; a gang within its own quota that does not fit
   takes borrowed GPUs back (whole gangs of namespaces above their quota, newest first) before preempting by priority.
@@ -49,7 +50,7 @@ Key = tuple[str, str]
 """(namespace, name) of a job."""
 Capacity = dict[str, int]
 """GPUs per node name."""
-RESERVATION_DEPTH = 2
+RESERVATION_DEPTH = 3
 """Waiting gangs per region that hold a reservation at once."""
 SLACK_SHARE = 4
 """... when they ask for at most 1/SLACK_SHARE of the reservation's GPUs."""
@@ -371,14 +372,35 @@ class _Pass:
         regions = set(gang.demand.regions) or self.all_regions
         return gang.draining or any(self.per_region[r] < self.depth for r in regions)
 
+    def moves_over(self, gang: QueuedGang, running: RunningGang) -> bool:
+        """Whether `running` takes any GPU type, sits on a type that waiting gangs name, resumes from a checkpoint
+        and fits on the other types' free GPUs now: then it gives way to `gang` (which names a type, may preempt and
+        is of at least its priority), losing at most a checkpoint interval, and its next turn places it on the other
+        types (see plan_queue: a named type's GPUs are only its leftovers)."""
+        return (
+            gang.may_preempt
+            and bool(gang.demand.gpu_type)
+            and running.resumable
+            and not running.demand.gpu_type
+            and running.demand.gpus_per_worker > 0
+            and running.priority <= gang.priority
+            and not self.contended.isdisjoint(running.nodes)
+            and isinstance(self.fit(running.demand, tuple(range(len(self.reservations))), steer=True), Plan)
+        )
+
     def yielding(self, gang: QueuedGang) -> list[RunningGang]:
-        """The running gangs that stop for it when that lets it start: lower priority, or, for a gang that holds a
-        reservation, backfill (`yields_to`). A gang that waits without one lent nothing and preempts no backfill:
-        when every waiting gang did, the heavier stream lost more work to preemptions than backfill gained."""
+        """The running gangs that stop for it when that lets it start: lower priority; gangs that move over to
+        other GPU types (`moves_over`); for a gang that holds a reservation, backfill (`yields_to`). A gang that
+        waits without one lent nothing and preempts no backfill: when every waiting gang did, the heavier stream
+        lost more work to preemptions than backfill gained."""
         if not gang.may_preempt:
             return []
         holder = self.may_hold(gang)
-        return [g for g in self.running.values() if g.priority < gang.priority or (holder and self.lends(gang, g))]
+        return [
+            g
+            for g in self.running.values()
+            if g.priority < gang.priority or (holder and self.lends(gang, g)) or self.moves_over(gang, g)
+        ]
 
     def preempt(self, gang: QueuedGang, keep_off: bool = False) -> Wait | None:
         """Shrinks, then preempts, the fewest lower-priority or backfilled gangs that make room (`keep_off`: on the
@@ -423,11 +445,12 @@ class _Pass:
         for g, shrink in chosen.values():
             size = len(g.nodes) - g.elastic_surplus if shrink else 0
             verb = f"shrunk from {len(g.nodes)} to {size} workers" if shrink else "preempted"
-            why = (
-                f"priority {gang.priority} > {g.priority}"
-                if g.priority < gang.priority
-                else "backfill, queued after it"
-            )
+            if g.priority < gang.priority:
+                why = f"priority {gang.priority} > {g.priority}"
+            elif self.lends(gang, g):
+                why = "backfill, queued after it"
+            else:
+                why = f"it takes any GPU type and fits on others now; {gang.demand.gpu_type} is what the gang needs"
             self.verdicts[g.key] = Evict(
                 "ElasticShrink" if shrink else "Preempted", f"{verb} for {_key_text(gang.key)} ({why})", size
             )
@@ -478,7 +501,8 @@ class _Pass:
         GPU types no waiting gang names)."""
         if not self.may_hold(gang):
             return why
-        backfill = {g.key for g in self.running.values() if self.lends(gang, g)}  # preempted when it can start
+        # preempted when it can start
+        backfill = {g.key for g in self.running.values() if self.lends(gang, g) or self.moves_over(gang, g)}
         ending = sorted(
             (g for g in self.running.values() if g.key not in backfill),
             key=lambda g: (g.ends_by is None, g.ends_by or g.started, g.started, g.key),
