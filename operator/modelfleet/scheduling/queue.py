@@ -50,7 +50,7 @@ Key = tuple[str, str]
 """(namespace, name) of a job."""
 Capacity = dict[str, int]
 """GPUs per node name."""
-RESERVATION_DEPTH = 3
+RESERVATION_DEPTH = 2
 """Waiting gangs per region that hold a reservation at once."""
 SLACK_SHARE = 4
 """... when they ask for at most 1/SLACK_SHARE of the reservation's GPUs."""
