@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import sys
@@ -27,6 +28,21 @@ from modelfleet.kube import transient
 log = logging.getLogger(__name__)
 RECONCILES = Counter("modelfleet_reconcile", "Reconciles by resource kind and result.", ["kind", "result"])
 RECONCILE_SECONDS = Histogram("modelfleet_reconcile_duration_seconds", "Time one reconcile takes.", ["kind"])
+WATCH_EVENTS = Counter("modelfleet_watch_events", "Watch events handled, by resource.", ["resource"])
+
+EventHandler = Callable[..., Awaitable[None]]
+
+
+def counts_watch_events(handler: EventHandler) -> EventHandler:
+    """A kopf event handler that also counts the events it handles in WATCH_EVENTS (by the resource's plural)."""
+
+    @functools.wraps(handler)
+    async def counted(*args: Any, resource: Any, **kwargs: Any) -> None:
+        WATCH_EVENTS.labels(resource.plural).inc()
+        await handler(*args, resource=resource, **kwargs)
+
+    return counted
+
 
 Key = tuple[str, str]
 Reconcile = Callable[[dict[str, Any]], Awaitable[float | None]]

@@ -22,6 +22,7 @@ from modelfleet.contract import OPERATOR_METRICS_PORT_ENV, OPERATOR_WORKERS_ENV
 from modelfleet.inference import handlers as inference
 from modelfleet.inference.load_sources import close_shared_session
 from modelfleet.leader import default_identity
+from modelfleet.loops import counts_watch_events
 from modelfleet.resync import RESYNC
 from modelfleet.scheduling.nodes import node_is_ready
 from modelfleet.training import handlers as training
@@ -92,6 +93,7 @@ async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "nodes")
+@counts_watch_events
 async def node_event(event: dict[str, Any], **_: Any) -> None:
     """Keeps the node store, and wakes every job when a node goes away or not ready."""
     node = event["object"]
@@ -105,6 +107,7 @@ async def node_event(event: dict[str, Any], **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "pods")
+@counts_watch_events
 async def pod_event(event: dict[str, Any], **_: Any) -> None:
     """Keeps the store of pods that hold GPUs (anyone's: the capacity they hold is not free), with a GPU queue pass
     only when the GPUs held or being freed changed; then the index of workers or model servers, if it is one (one
@@ -122,6 +125,7 @@ async def pod_event(event: dict[str, Any], **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, training.PLURAL)
+@counts_watch_events
 async def training_job_event(event: dict[str, Any], **_: Any) -> None:
     """Every TrainingJob event: its loop, and the services that serve its artifact."""
     job, deleted = event["object"], event.get("type") == "DELETED"

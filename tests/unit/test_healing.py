@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from prometheus_client import REGISTRY
+
 from modelfleet.capacity import CapacityStore, ObjectStore, gpu_pod, slim_node
-from modelfleet.loops import ReconcileLoops
+from modelfleet.loops import ReconcileLoops, counts_watch_events
 
 
 def node(name: str, uid: str, rv: int = 1) -> dict:
@@ -133,3 +135,24 @@ def test_a_slim_node_gives_the_same_view_as_the_whole_node() -> None:
     slim = [slim_node(n) for n in whole]
     assert build_view(slim, []) == build_view(whole, [])
     assert "managedFields" not in slim[1]["metadata"] and len(slim[1]["status"]["conditions"]) == 1
+
+
+def test_an_event_handler_counts_its_events_by_resource_and_still_runs() -> None:
+    seen: list[str] = []
+
+    async def handler(event: dict, **kwargs: object) -> None:
+        seen.append(event["type"])
+
+    class Pods:
+        plural = "test-counted-pods"
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("modelfleet_watch_events_total", {"resource": "test-counted-pods"}) or 0.0
+
+    counted = counts_watch_events(handler)
+    before = count()
+    asyncio.run(counted(event={"type": "ADDED"}, resource=Pods(), logger=None))
+    asyncio.run(counted(event={"type": "MODIFIED"}, resource=Pods(), logger=None))
+    assert seen == ["ADDED", "MODIFIED"]
+    assert count() == before + 2
+    assert counted.__name__ == "handler"  # kopf names the handler by it

@@ -28,7 +28,7 @@ from modelfleet.inference.model_source import resolve_for, services_serving
 from modelfleet.inference.routes import ROUTES
 from modelfleet.inference.scaling import SCALING, resync_seconds
 from modelfleet.inference.status import compose_status, region_status
-from modelfleet.loops import NO_RESYNC, ObjectGone, ReconcileLoops
+from modelfleet.loops import NO_RESYNC, ObjectGone, ReconcileLoops, counts_watch_events
 from modelfleet.owned import DEPLOYMENTS, SERVER_PODS, SERVICES, TRAINING_RESULTS
 from modelfleet.resync import RESYNC
 
@@ -210,6 +210,7 @@ def training_job_changed(job: dict[str, Any], deleted: bool) -> None:
 
 
 @kopf.on.event("modelfleet.dev", "v1alpha1", PLURAL)
+@counts_watch_events
 async def inference_service_event(event: dict[str, Any], **_: Any) -> None:
     if event.get("type") is None:
         RESYNC.request()
@@ -222,6 +223,7 @@ async def inference_service_event(event: dict[str, Any], **_: Any) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY, SERVICE_NAME_LABEL: kopf.PRESENT})
 @kopf.on.event("", "v1", "services", labels={MANAGED_BY_LABEL: MANAGED_BY, SERVICE_NAME_LABEL: kopf.PRESENT})
+@counts_watch_events
 async def region_object_event(event: dict[str, Any], resource: kopf.Resource, **_: Any) -> None:
     """A region's Deployment or Service changed or went: the index keeps it, the service's loop looks again."""
     store = DEPLOYMENTS if resource.plural == "deployments" else SERVICES

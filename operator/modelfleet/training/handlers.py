@@ -13,7 +13,7 @@ from modelfleet import kube, policy
 from modelfleet.api.common import GROUP, JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.capacity import CAPACITY
-from modelfleet.loops import NO_RESYNC, ObjectGone, ReconcileLoops
+from modelfleet.loops import NO_RESYNC, ObjectGone, ReconcileLoops, counts_watch_events
 from modelfleet.owned import WORKER_PODS
 from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.scheduling.queue import Admit, Evict, Wait
@@ -213,12 +213,14 @@ def worker_changed(pod: dict[str, Any], deleted: bool) -> None:
 
 
 @kopf.on.event("scheduling.k8s.io", "v1", "priorityclasses")
+@counts_watch_events
 async def priority_class_event(event: dict[str, Any], **_: Any) -> None:
     CAPACITY.priority_classes.apply_event(event["object"], deleted=event.get("type") == "DELETED")
     QUEUE.request()
 
 
 @kopf.on.event(GROUP, VERSION, "gpuquotas")
+@counts_watch_events
 async def gpu_quota_event(event: dict[str, Any], **_: Any) -> None:
     CAPACITY.gpu_quotas.apply_event(event["object"], deleted=event.get("type") == "DELETED")
     QUEUE.request()
