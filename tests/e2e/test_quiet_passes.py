@@ -78,7 +78,9 @@ def steady(url: str, quiet: float = 6.0) -> dict[tuple[str, ...], float]:
     raise AssertionError(f"the operator never went quiet: {last}")
 
 
-def test_a_pass_that_changes_nothing_makes_no_api_request(kube: Kube, namespace: str, metrics_url: str) -> None:
+def test_a_pass_that_changes_nothing_makes_no_api_request(
+    kube: Kube, namespace: str, metrics_url: str, tmp_path: Path
+) -> None:
     kube.apply(training_job("steady", workers=2, gpus=1, gpu_type=None), namespace)
     for name, scaling in (("steady", {"replicas": 1, "autoscaling": {"enabled": False}}), ("scaled", {})):
         spec = {"model": {"uri": "file:///models/m/model.pt"}, "regions": [{"name": "cn-beijing"}], **scaling}
@@ -110,7 +112,8 @@ def test_a_pass_that_changes_nothing_makes_no_api_request(kube: Kube, namespace:
     after = counters(metrics_url)
 
     made = {call: n - api_requests(before).get(call, 0.0) for call, n in api_requests(after).items()}
-    assert {call: n for call, n in made.items() if n} == {}, "API requests made by passes that changed nothing"
+    applied = [line for line in (tmp_path / "operator.log").read_text().splitlines() if " applying " in line]
+    assert {call: n for call, n in made.items() if n} == {}, f"API requests by passes that changed nothing: {applied}"
     assert len(kube.get_json("events", "-n", namespace)["items"]) == events_before
     for kind in ("trainingjob", "inferenceservice"):
         assert after.get(("reconcile", kind, "error"), 0.0) == before.get(("reconcile", kind, "error"), 0.0)

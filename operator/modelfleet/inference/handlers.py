@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from modelfleet.loops import NO_RESYNC, ObjectGone, ReconcileLoops, counts_watch
 from modelfleet.owned import DEPLOYMENTS, SERVER_PODS, SERVICES, TRAINING_RESULTS
 from modelfleet.resync import RESYNC
 
+log = logging.getLogger(__name__)
 PLURAL = "inferenceservices"
 CREATE_FAILED_RETRY_SECONDS = 60.0
 
@@ -173,11 +175,20 @@ async def _apply_region(
     pod template's revision or the replicas differ; returns the Deployment. Raises kube.Refused."""
     wanted_service = service(meta, spec, region.name)
     if svc is None or not covers(svc, {k: wanted_service[k] for k in ("metadata", "spec")}):
+        why = "not in the index" if svc is None else "differs from the index"
+        log.info("applying Service %s/%s: %s", meta["namespace"], wanted_service["metadata"]["name"], why)
         SERVICES.apply_event(await kube.apply(kube.core().patch_namespaced_service, wanted_service))
     products = CAPACITY.gpu_products(spec.resources.gpu_type) if spec.resources.gpu_type else []
     wanted = deployment(meta, spec, region, replicas, products)
-    if dep is not None and _revision(dep) == _revision(wanted) and dep["spec"].get("replicas") == replicas:
+    if dep is None:
+        why = "not in the index"
+    elif _revision(dep) != _revision(wanted):
+        why = f"pod template {_revision(dep)} -> {_revision(wanted)}"
+    elif dep["spec"].get("replicas") != replicas:
+        why = f"replicas {dep['spec'].get('replicas')} -> {replicas}"
+    else:
         return dep
+    log.info("applying Deployment %s/%s: %s", meta["namespace"], wanted["metadata"]["name"], why)
     applied = await kube.apply(kube.apps().patch_namespaced_deployment, wanted)
     DEPLOYMENTS.apply_event(applied)
     return applied
