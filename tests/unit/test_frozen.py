@@ -88,3 +88,11 @@ def test_the_int8_engine_is_the_one_measured_faster(monkeypatch) -> None:
         assert torch.backends.quantized.engine == fastest
     finally:
         torch.backends.quantized.engine = before
+
+
+def test_an_int8_conv_net_stays_int8_from_its_input_to_its_output() -> None:
+    model, shape = small_cnn()  # its forward flattens with the method, x.flatten(1)
+    quantized = static_int8(model, [torch.randn(64, *shape)])
+    calls = [node.target for node in quantized.graph.nodes if node.op in ("call_function", "call_method")]
+    assert calls.count("dequantize") == 1 and calls[-1] == "dequantize", calls  # only the answer leaves int8
+    assert torch.flatten in calls
