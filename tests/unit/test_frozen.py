@@ -3,11 +3,13 @@ close, int8 exactly); the int8 engine is the one measured faster."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from modelfleet.runtime import frozen, quantize
+from modelfleet.runtime import frozen, int8_layout, quantize
 from modelfleet.runtime.frozen import BySize, choose_frozen, frozen_copy, row_counts
 from modelfleet.runtime.models import build_model
 from modelfleet.runtime.quantize import choose_int8, static_int8
@@ -96,3 +98,18 @@ def test_an_int8_conv_net_stays_int8_from_its_input_to_its_output() -> None:
     calls = [node.target for node in quantized.graph.nodes if node.op in ("call_function", "call_method")]
     assert calls.count("dequantize") == 1 and calls[-1] == "dequantize", calls  # only the answer leaves int8
     assert torch.flatten in calls
+
+
+def test_the_classifier_reads_channels_last_features_and_answers_bit_for_bit_as_before(monkeypatch) -> None:
+    model, shape = small_cnn()
+    calibration = [torch.randn(64, *shape)]
+    monkeypatch.setattr(int8_layout, "flatten_channels_last", lambda model, sample: 0)
+    before = static_int8(model, calibration)
+    monkeypatch.undo()
+    rewritten = copy.deepcopy(before)
+    assert int8_layout.flatten_channels_last(rewritten, [calibration[0][:1]]) == 1
+    assert "permute" in [node.target for node in rewritten.graph.nodes]
+    x = torch.randn(16, *shape)
+    with torch.inference_mode():
+        for rows in (1, 5, 16):
+            assert torch.equal(rewritten(x[:rows]), before(x[:rows]))

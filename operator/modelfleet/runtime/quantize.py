@@ -14,7 +14,8 @@ CPUs) and `qnnpack` (built for ARM) where torch has them; the faster at the batc
 process's engine. Conv-BN-ReLU patterns are fused by torch.fx's preparation before quantizing (one int8 kernel each).
 `x.flatten(...)` is traced as `torch.flatten(x, ...)` first: torch.ao's backend configs list only the function among
 the ops that keep their input's int8 scale, so the method form ran in fp32 between a dequantize and a quantize (a
-conv net's flatten before its classifier: ~5 % of cnn-wide's int8 pass at 64 rows).
+conv net's flatten before its classifier: ~5 % of cnn-wide's int8 pass at 64 rows); then the classifier reads the
+convolutions' channels-last memory as it lies (int8_layout.py).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def static_int8(module: nn.Module, calibration: Sequence[torch.Tensor], engine: 
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    from modelfleet.runtime.int8_layout import flatten_channels_last  # torch.ao: imported when int8 is asked for
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao on every call
         torch.backends.quantized.engine = engine
@@ -90,7 +93,9 @@ def static_int8(module: nn.Module, calibration: Sequence[torch.Tensor], engine: 
         with torch.inference_mode():
             for start in range(0, calibration[0].shape[0], 64):
                 prepared(*(c[start : start + 64] for c in calibration))
-        return convert_fx(prepared)
+        quantized = convert_fx(prepared)
+        flatten_channels_last(quantized, [c[:1] for c in calibration])
+        return quantized
 
 
 def seconds_per_pass(
