@@ -501,18 +501,21 @@ class _Pass:
         GPU types no waiting gang names)."""
         if not self.may_hold(gang):
             return why
-        # preempted when it can start
-        backfill = {g.key for g in self.running.values() if self.lends(gang, g) or self.moves_over(gang, g)}
+        # only the nodes it may use count: the other gangs' endings change nothing it could get
+        usable = {n.name for n in self.eligible(gang.demand)} - (self.contended if keep_off else set())
+
+        def on_usable(capacity: Mapping[str, int]) -> Capacity:
+            return {node: gpus for node, gpus in capacity.items() if node in usable}
+
+        near = [g for g in self.running.values() if not usable.isdisjoint(g.nodes)]
+        backfill = {g.key: g for g in near if self.lends(gang, g) or self.moves_over(gang, g)}  # preempted then
         ending = sorted(
-            (g for g in self.running.values() if g.key not in backfill),
+            (g for g in near if g.key not in backfill),
             key=lambda g: (g.ends_by is None, g.ends_by or g.started, g.started, g.key),
         )
-        base = _add(self.coming_free(), *(self.running[key].holds() for key in backfill))
-        prefix = [base]
+        prefix = [on_usable(_add(self.coming_free(), *(g.holds() for g in backfill.values())))]
         for g in ending:
-            prefix.append(_add(prefix[-1], g.holds()))
-        if keep_off:
-            prefix = [self.keep_off(capacity) for capacity in prefix]
+            prefix.append(_add(prefix[-1], on_usable(g.holds())))
 
         def fits_after(k: int) -> bool:
             return isinstance(self.plan(prefix[k], gang.demand), Plan)
