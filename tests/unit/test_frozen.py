@@ -113,3 +113,13 @@ def test_the_classifier_reads_channels_last_features_and_answers_bit_for_bit_as_
     with torch.inference_mode():
         for rows in (1, 5, 16):
             assert torch.equal(rewritten(x[:rows]), before(x[:rows]))
+
+
+def test_a_row_count_the_frozen_copy_lost_is_timed_again(monkeypatch) -> None:
+    measured: dict[int, list[list[float]]] = {1: [[1.0, 0.5]], 2: [[1.0, 0.5]], 4: [[1.0, 3.0], [1.2, 0.6]]}  # 4: noisy
+    monkeypatch.setattr(
+        frozen, "seconds_per_pass", lambda forwards, inputs, budget: measured[inputs[0].shape[0]].pop(0)
+    )
+    chosen, reason = choose_frozen(scripted(), probe, 4)
+    assert isinstance(chosen, BySize) and chosen.from_rows == 1, reason
+    assert "4: 1000.000 -> 600.000" in reason  # the minima of both timings

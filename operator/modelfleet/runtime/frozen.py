@@ -7,7 +7,9 @@ faster on the int8 CNN). A frozen int8 copy answers exactly as the GraphModule (
 It is not faster at every batch size (the small fp32 CNN: 2x faster at 16-64 rows, 2x slower at one row, where its
 layout conversions cost more than the pass), so both modules are kept and each pass runs the one measured faster
 for its row count: the frozen one from `from_rows` up. Measured at load at every power of two up to the batch the
-batcher may run (the sizes it does run). The frozen copy holds the weights again (inlined constants).
+batcher may run (the sizes it does run); a row count where the frozen copy lost is timed once more (on a loaded
+node one noisy measurement at 64 rows had served the int8 CNN unfrozen, ~35 % slower). The frozen copy holds the
+weights again (inlined constants).
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ def choose_frozen(
     except Exception as exc:  # a model freezing cannot handle is served as it is
         return module, f"{kind} served as loaded (freezing failed: {exc})"
     timings = {rows: seconds_per_pass([module, frozen], probe(rows), MEASURE_BUDGET) for rows in row_counts(batch_rows)}
+    for rows, (plain, fast) in timings.items():
+        if fast >= plain:  # a loss is timed again, minima kept: one burst of load elsewhere does not decide it
+            again = seconds_per_pass([module, frozen], probe(rows), MEASURE_BUDGET)
+            timings[rows] = [min(plain, again[0]), min(fast, again[1])]
     shown = ", ".join(f"{rows}: {plain * 1e3:.3f} -> {fast * 1e3:.3f}" for rows, (plain, fast) in timings.items())
     faster = [rows for rows, (plain, fast) in timings.items() if fast < plain]
     # from the smallest row count above which it is faster at every measured size
