@@ -195,6 +195,28 @@ def test_a_resumable_gang_of_any_type_on_a_named_type_moves_over_when_a_gang_nee
         assert key("any") not in verdicts
 
 
+def test_a_resumable_gang_of_any_type_moves_over_ahead_of_need_while_the_other_types_idle() -> None:
+    """`any` shares the H100 node with `other`: the H100 gang cannot start before `other` ends, whether `any` stays
+    or not, but the T4 node idles. `any` moves over now, so the node is whole when `other` ends. Not when no waiting
+    gang names H100 where it runs, or only one of lower priority."""
+    cluster = [NodeInfo("a-h100", "r1", "r1a", "H100", 8, 0), NodeInfo("b-t4", "r1", "r1a", "T4", 8, 8)]
+    anything = RunningGang(("ns", "any"), GangDemand(1, 4), ("a-h100",), started=0, submitted=5, resumable=True)
+    other = RunningGang(("ns", "other"), GangDemand(1, 4, "H100"), ("a-h100",), started=0, submitted=1, length=100)
+    h100 = QueuedGang(("ns", "h100"), GangDemand(1, 8, "H100"), submitted=9)
+    verdicts = plan_queue(cluster, [h100], [anything, other], now=10)
+    why = "it takes any GPU type and fits on others now; gangs wait for H100"
+    assert verdicts[key("any")] == Evict("Preempted", f"preempted to move over to other GPU types ({why})", 0)
+    assert verdicts[key("h100")].reserved == ("a-h100",) and key("other") not in verdicts
+    for gang, waiting in [
+        (anything, []),
+        (anything, [replace(h100, demand=GangDemand(1, 8, "A100"))]),
+        (anything, [replace(h100, demand=GangDemand(1, 8, "H100", ("r2",)))]),
+        (replace(anything, priority=1), [h100]),
+        (replace(anything, resumable=False), [h100]),
+    ]:
+        assert key("any") not in plan_queue(cluster, waiting, [gang, other], now=10)
+
+
 def test_a_gang_that_does_not_fit_is_told_about_every_node_it_may_use_even_full_ones() -> None:
     cluster = nodes({"n1": 0, "n2": 4}) + nodes({"m1": 0}, region="r2")
     verdict = plan_queue(cluster, [queued("big", 1, 8, regions=("r1",))])[key("big")]

@@ -18,8 +18,10 @@ Pure: the operator's planning pass and `benchmarks/placement.py` call `plan_queu
 - A gang that takes any GPU type, and could run on the types no waiting gang names, is placed, reserved and
   preempts only on those in its turn; it takes a named type's GPUs only as a leftover, after every other gang of
   the pass had its turn. Otherwise untyped gangs fill the H100s that typed gangs wait for, and later leave the
-  other types idle. Such a gang running on a named type moves over when a gang that names the type needs the
-  GPUs and it fits on the other types now (`_Pass.moves_over`): it is preempted and comes back there.
+  other types idle. Such a gang running on a named type moves over when it resumes from a checkpoint and fits on
+  the other types' free GPUs now: it is preempted and comes back there. It does so when a gang that names the type
+  needs the GPUs (`_Pass.moves_over`), and after every waiting gang's turn when one waits for that type there and
+  the other types' GPUs are still free (`_Pass.move_over`).
 - Quotas (scheduling/quota.py): a gang over its namespace's GPUQuota waits (QuotaExceeded) and holds nothing; one
   admitted only by borrowing idle quota never reserves or preempts; a gang within its own quota that does not fit
   takes borrowed GPUs back (whole gangs of namespaces above their quota, newest first) before preempting by priority.
@@ -50,7 +52,7 @@ Key = tuple[str, str]
 """(namespace, name) of a job."""
 Capacity = dict[str, int]
 """GPUs per node name."""
-RESERVATION_DEPTH = 2
+RESERVATION_DEPTH = 3
 """Waiting gangs per region that hold a reservation at once."""
 SLACK_SHARE = 4
 """... when they ask for at most 1/SLACK_SHARE of the reservation's GPUs."""
@@ -373,20 +375,55 @@ class _Pass:
         return gang.draining or any(self.per_region[r] < self.depth for r in regions)
 
     def moves_over(self, gang: QueuedGang, running: RunningGang) -> bool:
-        """Whether `running` takes any GPU type, sits on a type that waiting gangs name, resumes from a checkpoint
-        and fits on the other types' free GPUs now: then it gives way to `gang` (which names a type, may preempt and
-        is of at least its priority), losing at most a checkpoint interval, and its next turn places it on the other
-        types (see plan_queue: a named type's GPUs are only its leftovers)."""
+        """Whether `running` gives way to `gang` (which names a type, may preempt and is of at least its priority)
+        because it can move over (`can_move_over`)."""
         return (
             gang.may_preempt
             and bool(gang.demand.gpu_type)
-            and running.resumable
+            and running.priority <= gang.priority
+            and self.can_move_over(running)
+        )
+
+    def can_move_over(self, running: RunningGang) -> bool:
+        """Whether `running` takes any GPU type, sits on a type that waiting gangs name, resumes from a checkpoint
+        and fits on the other types' free, unreserved GPUs now: stopped, it loses at most a checkpoint interval, and
+        its next turn places it on the other types (see plan_queue: a named type's GPUs are only its leftovers)."""
+        return (
+            running.resumable
             and not running.demand.gpu_type
             and running.demand.gpus_per_worker > 0
-            and running.priority <= gang.priority
             and not self.contended.isdisjoint(running.nodes)
             and isinstance(self.fit(running.demand, tuple(range(len(self.reservations))), steer=True), Plan)
         )
+
+    def move_over(self, waiting: Iterable[QueuedGang]) -> None:
+        """After every waiting gang's turn: gangs that can move over (`can_move_over`) off nodes that a waiting gang
+        of at least their priority names the type of are preempted, newest first, each onto GPUs no earlier one
+        counts on. The named type's GPUs are freed ahead of the typed gangs' turn rather than only when one of them
+        could start at once (`moves_over`), and the other types' GPUs, which no waiting gang took, do not idle."""
+        wanted: dict[tuple[tuple[str, ...], str], int] = {}
+        """Regions and GPU type of the waiting gangs that name one: the highest priority among them."""
+        for w in waiting:
+            if w.may_preempt and w.demand.gpu_type and w.demand.gpus_per_worker and not w.draining:
+                kind = (w.demand.regions, w.demand.gpu_type)
+                wanted[kind] = max(wanted.get(kind, w.priority), w.priority)
+        named: dict[str, int] = {}
+        """Node -> the highest priority of a waiting gang that names its type and may run on it."""
+        for (regions, gpu_type), priority in wanted.items():
+            for node in self.eligible(GangDemand(1, 1, gpu_type, regions)):
+                named[node.name] = max(named.get(node.name, priority), priority)
+        for g in sorted(self.running.values(), key=lambda g: (g.priority, -g.started, g.key)):
+            wanted_here = [node for node in g.nodes if node in named and named[node] >= g.priority]
+            if not wanted_here or not self.can_move_over(g):
+                continue
+            plan = self.fit(g.demand, tuple(range(len(self.reservations))), steer=True)
+            assert isinstance(plan, Plan)
+            self.take(plan, g.demand.gpus_per_worker)
+            types = ", ".join(sorted({n.gpu_type or "" for n in self.nodes if n.name in wanted_here}))
+            why = f"it takes any GPU type and fits on others now; gangs wait for {types}"
+            self.verdicts[g.key] = Evict("Preempted", f"preempted to move over to other GPU types ({why})", 0)
+            self.freeing = _add(self.freeing, g.holds())
+            del self.running[g.key]
 
     def yielding(self, gang: QueuedGang) -> list[RunningGang]:
         """The running gangs that stop for it when that lets it start: lower priority; gangs that move over to
@@ -632,6 +669,7 @@ def plan_queue(
         if isinstance(outcome := Wait(0, "QuotaExceeded", refused) if refused else admit(gang), Wait):
             waiting[gang.key] = (gang, outcome)
     in_order = sorted(waiting.values(), key=lambda item: queue_order(item[0]))
+    state.move_over(g for g, _ in in_order)
     state.grow([g for g, _ in in_order], grow_after, ledger)
     ahead: Counter[frozenset[str]] = Counter()
     for gang, wait in in_order:
