@@ -113,6 +113,12 @@ def test_every_running_worker_with_an_ip_is_a_candidate_replica_zero_first() -> 
     assert metrics_urls([deleting]) == {}
 
 
+def test_under_static_rendezvous_only_replica_zero_is_asked() -> None:
+    """Its rank is its replica index: no other pod can be rank 0, so no other is scraped or probed."""
+    assert list(metrics_urls([worker(1), worker(0), worker(2)], static_ranks=True)) == ["job-worker-0"]
+    assert metrics_urls([worker(1), worker(0, phase="Pending")], static_ranks=True) == {}
+
+
 def test_each_workers_share_and_throughput_are_read(reporter) -> None:
     r = reporter()
     r.report(step=5, epoch=0, loss=0.5, samples_per_second=100.0)

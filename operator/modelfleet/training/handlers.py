@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -59,7 +60,8 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
     evict = verdict if isinstance(verdict := QUEUE.verdict(key), Evict) else None
     decision = decide(spec, body.get("status") or {}, pods, lost, generation=generation, evict=evict)
     QUEUE.note_draining(key, decision.draining)
-    progress = await PROGRESS.read(meta["uid"], pods, wake=lambda: LOOPS.wake(key))
+    static_ranks = spec.workers.min_replicas is None  # not elastic: rank 0 is replica 0
+    progress = await PROGRESS.read(meta["uid"], pods, wake=lambda: LOOPS.wake(key), static_ranks=static_ranks)
     # What the decision means for status is written first: a crash after it never loses a restart or a failure.
     # A placement alone has nothing to keep: its one write comes with the queue's verdict.
     if not _placement_only(decision):
@@ -78,8 +80,10 @@ async def _reconcile(body: dict[str, Any]) -> float | None:
         if isinstance(verdict, Admit):
             with QUEUE.placing_gang(key):  # until the status says where it runs
                 attempt = int((body.get("status") or {}).get("restarts") or 0)
-                outcome = await place_gang(meta, spec, attempt, verdict.plan)
-                await _write_status(body, spec, decision, outcome)
+                record = functools.partial(_write_status, body, spec, decision)  # before the gates go
+                outcome = await place_gang(meta, spec, attempt, verdict.plan, record)
+                if not isinstance(outcome, Placed):
+                    await _write_status(body, spec, decision, outcome)
         elif isinstance(verdict, Wait):
             outcome = Queued(verdict.position, verdict.reason, verdict.message, verdict.reserved)
             await _write_status(body, spec, decision, outcome)

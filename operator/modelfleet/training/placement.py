@@ -1,4 +1,8 @@
-"""Placing a gang: create every worker of the queue's plan gated, ungate them only when all exist and all are ours.
+"""Placing a gang: create every worker of the queue's plan gated, record the placement in the job's status, and
+ungate the workers only then, when all exist and all are ours. The status write is made on the version of the job
+the decision read, so it fails for a job deleted or changed meanwhile (a watch gap may hide that): it proves the
+owner as a fresh read would, and a gang it refuses, still gated, never ran and is deleted. Workers created without
+gates (`placement.gang: false`) start at once, so for them the job is read fresh before they are created.
 The gang's headless Service is server-side applied (field manager `modelfleet`, as every Deployment and Service).
 
 What is created goes into the worker index and the capacity reservations at once, so the next pass sees it (no
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -41,7 +46,7 @@ SLOT_WAIT = Histogram(
 )
 SLOT_HELD = Histogram(
     "modelfleet_placement_seconds",
-    "Time a gang holds its placement slot: the fresh read of the job, the creates and the ungates.",
+    "Time a gang holds its placement slot: the creates, the status write and the ungates.",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10),
 )
 _in_flight: asyncio.Semaphore | None = None
@@ -82,9 +87,15 @@ async def delete_workers(namespace: str, pods: list[dict[str, Any]], names: list
     CAPACITY.release(namespace, [*names, *force])
 
 
-async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan) -> Outcome:
+Record = Callable[[Placed], Awaitable[object]]
+"""Writes a placement into the job's status on the version the decision read; raises ObjectGone or kube.Conflict
+when the job was deleted or changed since."""
+
+
+async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan, record: Record) -> Outcome:
     """Claims the plan's GPUs (if they are still free), waits for a placement slot, then creates every worker
-    gated; the gates go only when all exist and all are ours.
+    gated and records the placement (`record`); the gates go only after that, when all exist and all are ours.
+    Only a Placed outcome is recorded here: the caller writes the others.
 
     The check and the claim have no await between them, so two gangs never count the same free GPUs; the claim
     holds them while the gang waits for its slot (the next queue pass sees them taken) and ends when its pods are
@@ -99,7 +110,7 @@ async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, 
         async with in_flight():
             SLOT_WAIT.observe(time.perf_counter() - waiting)
             with SLOT_HELD.time():
-                outcome = await _place_gang(meta, spec, attempt, plan, wanted)
+                outcome = await _place_gang(meta, spec, attempt, plan, wanted, record)
     finally:
         CAPACITY.unclaim(meta["uid"])
     PLACEMENTS.labels(type(outcome).__name__).inc()
@@ -115,16 +126,16 @@ def _short_of(wanted: dict[str, int]) -> NotPlaced | None:
 
 
 async def _place_gang(
-    meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan, wanted: dict[str, int]
+    meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan, wanted: dict[str, int], record: Record
 ) -> Outcome:
     namespace = meta["namespace"]
-    fresh = await kube.get_custom(PLURAL, namespace, meta["name"])
-    if fresh is None or fresh["metadata"]["uid"] != meta["uid"]:
+    gated = spec.placement.gang
+    if not gated and not await _still_there(meta):
         raise ObjectGone(f"{namespace}/{meta['name']}")  # deleted while a watch gap hid it: make nothing
     CAPACITY.unclaim(meta["uid"])  # checked again without its own claim: a node may have gone while it waited
     if changed := _short_of(wanted):
         return changed
-    pods = [worker_pod(meta, spec, i, plan.nodes, attempt, gated=spec.placement.gang) for i in range(len(plan.nodes))]
+    pods = [worker_pod(meta, spec, i, plan.nodes, attempt, gated=gated) for i in range(len(plan.nodes))]
     CAPACITY.reserve(pods)  # the reservations hold the claimed GPUs from here
     names = [p["metadata"]["name"] for p in pods]
     results = await asyncio.gather(
@@ -139,12 +150,29 @@ async def _place_gang(
     refused = next((r for r in results if isinstance(r, kube.Refused)), None)
     failed = next((r for r in results if isinstance(r, BaseException)), None)
     if failed is not None:
-        # Half a gang must not stay: delete what this pass made (still gated, so it never ran) and free the GPUs.
-        await delete_workers(namespace, created, [], [p["metadata"]["name"] for p in created])
-        CAPACITY.release(namespace, names)
+        await _discard(namespace, created, names)  # half a gang must not stay
         if refused is not None:
             return CreateRefused(refused.reason, refused.message)
         raise failed
-    if spec.placement.gang and len(created) == len(pods):
+    placed = Placed(plan.nodes, tuple(names), tuple(worker_weights(spec, plan.nodes)))
+    try:
+        await record(placed)
+    except (ObjectGone, kube.Conflict):
+        if gated:  # the job went or changed since the decision: its gang never ran, and is placed afresh
+            await _discard(namespace, created, names)
+        raise
+    if gated and len(created) == len(pods):
         await asyncio.gather(*(ungate(namespace, p["metadata"]["name"], p["metadata"]["uid"]) for p in created))
-    return Placed(plan.nodes, tuple(names), tuple(worker_weights(spec, plan.nodes)))
+    return placed
+
+
+async def _still_there(meta: dict[str, Any]) -> bool:
+    """A fresh read finds this job (same uid): it was not deleted while a watch gap hid that."""
+    fresh = await kube.get_custom(PLURAL, meta["namespace"], meta["name"])
+    return fresh is not None and fresh["metadata"]["uid"] == meta["uid"]
+
+
+async def _discard(namespace: str, created: list[dict[str, Any]], names: list[str]) -> None:
+    """Deletes the workers this placement made and frees every GPU it planned."""
+    await delete_workers(namespace, created, [], [p["metadata"]["name"] for p in created])
+    CAPACITY.release(namespace, names)

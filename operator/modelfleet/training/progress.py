@@ -1,9 +1,10 @@
 """Rank 0's progress, scraped from its metrics endpoint the way model servers' /metrics are (workers need no API
 rights), and turned into `status.progress` and each worker's current share and throughput in `status.placement`.
 
-Rank 0 is the worker with replica index 0 under static rendezvous; elastic torchrun (c10d) assigns ranks at
-rendezvous, so rank 0 may be in any pod. Only the process of rank 0 serves its endpoint and says so: the scraper
-asks the pod that answered last time, else every running worker at once, and keeps the one that says rank 0.
+Rank 0 is the worker with replica index 0 under static rendezvous, and only that pod is asked; elastic torchrun
+(c10d) assigns ranks at rendezvous, so rank 0 may be in any pod. Only the process of rank 0 serves its endpoint and
+says so: for an elastic job the scraper asks the pod that answered last time, else every running worker at once,
+and keeps the one that says rank 0.
 """
 
 from __future__ import annotations
@@ -47,11 +48,14 @@ scrapes a second for ever."""
 SCRAPE_TIMEOUT_SECONDS = 1.0
 
 
-def metrics_urls(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    """Pod name -> `http://<pod IP>:<metrics port>/metrics` of every running, not deleting worker, replica 0 first."""
+def metrics_urls(pods: Sequence[Mapping[str, Any]], static_ranks: bool = False) -> dict[str, str]:
+    """Pod name -> `http://<pod IP>:<metrics port>/metrics` of every running, not deleting worker, replica 0 first;
+    with `static_ranks` (static rendezvous: each worker's rank is its replica index) replica 0's alone."""
     urls: dict[str, str] = {}
     for pod in sorted(pods, key=lambda p: (p["metadata"].get("labels") or {}).get(REPLICA_INDEX_LABEL) != "0"):
         meta, status = pod["metadata"], pod.get("status") or {}
+        if static_ranks and (meta.get("labels") or {}).get(REPLICA_INDEX_LABEL) != "0":
+            continue
         if status.get("phase") == "Running" and status.get("podIP") and not meta.get("deletionTimestamp"):
             ports = [p for c in pod["spec"]["containers"] for p in c.get("ports") or []]
             port = next(
@@ -114,12 +118,16 @@ class ProgressScraper:
         """Job uid -> the probe asking its silent workers."""
 
     async def read(
-        self, uid: str, pods: Sequence[Mapping[str, Any]], wake: Callable[[], None] = lambda: None
+        self,
+        uid: str,
+        pods: Sequence[Mapping[str, Any]],
+        wake: Callable[[], None] = lambda: None,
+        static_ranks: bool = False,
     ) -> dict[str, Any] | None:
         """The job's fresh progress, or None (nothing running, scraped too recently, no answer, or silent: then a
         probe calls `wake` once a worker answers). Its `workers` maps each worker pod's name to its current share
-        and throughput."""
-        urls = metrics_urls(pods)
+        and throughput. `static_ranks`: the job's rank 0 can only be replica 0 (`metrics_urls`)."""
+        urls = metrics_urls(pods, static_ranks)
         if not urls:
             self.forget(uid)
             return None
@@ -137,7 +145,8 @@ class ProgressScraper:
             answers = await scrape_all(urls, self.timeout, parse=_progress_or_empty)
         if all(answer is None for answer in answers.values()):  # nobody listens (yet)
             self.silent.setdefault(uid, now)
-            self.probes[uid] = asyncio.create_task(self._probe(uid, wake), name=f"progress-probe:{uid}")
+            probe = self._probe(uid, wake, static_ranks)
+            self.probes[uid] = asyncio.create_task(probe, name=f"progress-probe:{uid}")
             return None
         self.silent.pop(uid, None)
         answered = {pod: progress for pod, progress in answers.items() if progress}
@@ -150,12 +159,12 @@ class ProgressScraper:
     def probing(self, uid: str) -> bool:
         return uid in self.probes and not self.probes[uid].done()
 
-    async def _probe(self, uid: str, wake: Callable[[], None]) -> None:
+    async def _probe(self, uid: str, wake: Callable[[], None], static_ranks: bool) -> None:
         """Asks a silent job's workers (`silent_probe`) on the `silent_wait` schedule until one answers, then lets
         the job's next pass scrape at once and wakes it. Ends when the job has no running worker left."""
         while True:
             await asyncio.sleep(silent_wait(time.monotonic() - self.silent.get(uid, time.monotonic())))
-            urls = metrics_urls(self.pods_of(uid))
+            urls = metrics_urls(self.pods_of(uid), static_ranks)
             if not urls:  # finished, restarting or deleted: its next pass (if any) starts afresh
                 self.forget(uid, cancel=False)
                 return
