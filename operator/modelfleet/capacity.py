@@ -16,7 +16,14 @@ from typing import Any
 from modelfleet.api.common import GANG_ATTEMPT_LABEL
 from modelfleet.loops import shared_strings
 from modelfleet.scheduling.gpus import gpu_type_matches
-from modelfleet.scheduling.nodes import NodeInfo, build_view, pod_gpu_request, pod_holds_resources, pod_node
+from modelfleet.scheduling.nodes import (
+    NodeInfo,
+    build_view,
+    node_is_ready,
+    pod_gpu_request,
+    pod_holds_resources,
+    pod_node,
+)
 from modelfleet.scheduling.priority import slim_priority_class
 from modelfleet.scheduling.quota import slim_gpu_quota
 
@@ -199,6 +206,9 @@ class CapacityStore:
     priority_classes: ObjectStore = field(default_factory=lambda: ObjectStore(slim_priority_class))
     gpu_quotas: ObjectStore = field(default_factory=lambda: ObjectStore(slim_gpu_quota))
     _nodes_view: tuple[int, float, dict[str, NodeInfo]] = field(default=(-1, 0.0, {}), init=False, repr=False)
+    _timeless: dict[str, tuple[int, NodeInfo]] = field(default_factory=dict, init=False, repr=False)
+    """Node uid -> (resourceVersion, NodeInfo) of the nodes whose NodeInfo the time does not change (Ready, or not
+    Ready past the grace period): rebuilt only when the node changes."""
 
     def reserve(self, pods: Iterable[dict[str, Any]]) -> None:
         """Counts pods being created until the watch delivers them, so two plans never share GPUs. Called again
@@ -302,12 +312,29 @@ class CapacityStore:
 
     def nodes_by_name(self) -> dict[str, NodeInfo]:
         """Every node by name, all its GPUs free (read-only: it is reused until a node changes, for at most
-        NODE_VIEW_SECONDS: every reconcile reads it)."""
+        NODE_VIEW_SECONDS: every reconcile reads it). Made again, only the nodes that changed are read again (node
+        status reports change one node at a time, a few every second at 500 nodes)."""
         changes, made, view = self._nodes_view
         now = time.monotonic()
         if changes != self.nodes.changes or now - made > NODE_VIEW_SECONDS:
-            view = {n.name: n for n in build_view(self.nodes.values(), [], datetime.now(UTC))}
+            view = self._build_nodes_view(datetime.now(UTC))
             self._nodes_view = (self.nodes.changes, now, view)
+        return view
+
+    def _build_nodes_view(self, at: datetime) -> dict[str, NodeInfo]:
+        view, timeless = {}, {}
+        for uid, (node, version, _) in self.nodes.entries.items():
+            known = self._timeless.get(uid)
+            if known is not None and known[0] == version:
+                info = known[1]
+            else:
+                info = build_view([node], [], at)[0]
+                # Ready, or not Ready past its grace: the same at any time (a node within its grace is made anew)
+                known = (version, info) if info.ready == node_is_ready(node) else None
+            if known is not None:
+                timeless[uid] = known
+            view[info.name] = info
+        self._timeless = timeless
         return view
 
 

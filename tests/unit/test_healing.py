@@ -137,6 +137,35 @@ def test_a_slim_node_gives_the_same_view_as_the_whole_node() -> None:
     assert "managedFields" not in slim[1]["metadata"] and len(slim[1]["status"]["conditions"]) == 1
 
 
+def test_the_nodes_view_reads_again_only_the_nodes_that_changed_or_that_time_can_change(monkeypatch) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from modelfleet import capacity
+
+    def ready_node(name: str, uid: str, rv: int, status: str = "True", since: datetime | None = None) -> dict:
+        since_text = (since or datetime(2026, 1, 1, tzinfo=UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ready = {"type": "Ready", "status": status, "lastTransitionTime": since_text}
+        return node(name, uid, rv) | {"status": {"conditions": [ready], "allocatable": {"nvidia.com/gpu": "8"}}}
+
+    built: list[str] = []
+    real_build = capacity.build_view
+    monkeypatch.setattr(capacity, "build_view", lambda nodes, *a: built.extend(n["metadata"]["name"] for n in nodes)
+                        or real_build(nodes, *a))  # fmt: skip
+    state = CapacityStore()
+    state.nodes.apply_event(ready_node("steady", "u1", 1))
+    state.nodes.apply_event(ready_node("failing", "u2", 1, "False", since=datetime.now(UTC) - timedelta(seconds=1)))
+    first = state.nodes_by_name()
+    assert first["steady"].ready and first["failing"].ready, "not Ready for a second: still within its grace"
+    state.nodes.apply_event(ready_node("steady", "u1", 2) | {"spec": {"unschedulable": True}})
+    built.clear()
+    second = state.nodes_by_name()
+    assert sorted(built) == ["failing", "steady"] and second["steady"].unschedulable
+    state.nodes.apply_event(ready_node("other", "u3", 1))
+    built.clear()
+    state.nodes_by_name()
+    assert sorted(built) == ["failing", "other"], "the unchanged Ready node is not read again"
+
+
 def test_an_event_handler_counts_its_events_by_resource_and_still_runs() -> None:
     seen: list[str] = []
 

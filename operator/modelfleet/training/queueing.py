@@ -25,7 +25,7 @@ from modelfleet.api.training import TrainingJobSpec, TrainingPhase
 from modelfleet.capacity import CAPACITY, CapacityStore
 from modelfleet.loops import Key, ReconcileLoops, key_of
 from modelfleet.scheduling.planner import GangDemand
-from modelfleet.scheduling.priority import default_priority, resolve_priority
+from modelfleet.scheduling.priority import Priority, default_priority, resolve_priority
 from modelfleet.scheduling.queue import Admit, QueuedGang, RunningGang, Verdict, Wait, plan_queue
 from modelfleet.scheduling.quota import quotas_by_namespace
 from modelfleet.training.gang import parse_time
@@ -125,6 +125,7 @@ def snapshot(
     queued, running, held = [], [], {}
     classes = list(classes)
     cache = cache or FactsCache()
+    priorities: dict[str | None, Priority | None] = {}  # once per class name, not per job (1/3 of a pass)
     for body in bodies:
         meta, status = body["metadata"], body.get("status") or {}
         if status.get("phase") in (TrainingPhase.SUCCEEDED, TrainingPhase.FAILED):
@@ -135,7 +136,9 @@ def snapshot(
         if refusal(status, meta.get("generation", 1)) == "InvalidSpec":
             continue
         key = key_of(dict(body))
-        priority = resolve_priority(facts.priority_class_name, classes)
+        if facts.priority_class_name not in priorities:
+            priorities[facts.priority_class_name] = resolve_priority(facts.priority_class_name, classes)
+        priority = priorities[facts.priority_class_name]
         if priority is None:
             message = f"PriorityClass {facts.priority_class_name} does not exist"
             held[key] = Wait(0, "PriorityClassNotFound", message)
