@@ -113,6 +113,10 @@ class ReconcileLoops:
         self.coalesce = coalesce
         """Seconds a woken loop waits before its pass, so that a burst of wake-ups (a gang's pods being bound and
         started, one event each) makes one pass."""
+        self.pauses: dict[Key, asyncio.Future[None]] = {}
+        """The coalescing wait of each loop in one; `wake(at_once=True)` ends it."""
+        self.at_once: set[Key] = set()
+        """Loops woken with something to act on now (`wake(at_once=True)`): their next pass does not wait."""
         self.bodies: dict[Key, dict[str, Any]] = {}
         self.wakeups: dict[Key, asyncio.Event] = {}
         self.tasks: dict[Key, asyncio.Task[None]] = {}
@@ -151,6 +155,7 @@ class ReconcileLoops:
         self.bodies.pop(key, None)
         self.seen.pop(key, None)
         self.wakeups.pop(key, None)
+        self.at_once.discard(key)
         task = self.tasks.pop(key, None)
         if task and task is not asyncio.current_task():
             task.cancel()
@@ -170,13 +175,29 @@ class ReconcileLoops:
         self.tasks.clear()
         self.wakeups.clear()
 
-    def wake(self, key: Key) -> None:
+    def wake(self, key: Key, at_once: bool = False) -> None:
+        """Wakes the object's loop; `at_once`: its pass skips the coalescing wait (a decision to act on, such as the
+        GPU queue's verdict, rather than one event of a burst)."""
         if event := self.wakeups.get(key):
+            if at_once:
+                self.at_once.add(key)
+                if (pause := self.pauses.get(key)) and not pause.done():
+                    pause.set_result(None)
             event.set()
 
     def wake_all(self) -> None:
         for event in self.wakeups.values():
             event.set()
+
+    async def _pause(self, key: Key) -> None:
+        """The coalescing wait, cut short by a wake-up `at_once`."""
+        self.pauses[key] = pause = asyncio.get_running_loop().create_future()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.coalesce):
+                    await pause
+        finally:
+            del self.pauses[key]
 
     async def _run(self, key: Key) -> None:
         failures = 0
@@ -188,8 +209,9 @@ class ReconcileLoops:
             with contextlib.suppress(TimeoutError):  # asyncio.timeout, not wait_for: no task of its own per wait
                 async with asyncio.timeout(None if delay == NO_RESYNC else delay):
                     await event.wait()
-            if self.coalesce and event.is_set():
-                await asyncio.sleep(self.coalesce)
+            if self.coalesce and event.is_set() and key not in self.at_once:
+                await self._pause(key)
+            self.at_once.discard(key)
             event.clear()
             if key not in self.bodies:
                 return

@@ -109,6 +109,33 @@ def test_loops_of_objects_a_fresh_list_lacks_are_stopped() -> None:
     asyncio.run(scenario())
 
 
+def test_a_woken_loop_waits_out_a_burst_unless_woken_to_act_at_once() -> None:
+    async def scenario() -> tuple[float, float]:
+        passes: list[float] = []
+
+        async def reconcile(body: dict) -> float:
+            passes.append(time.monotonic())
+            return 60.0
+
+        loops = ReconcileLoops("test", reconcile, coalesce=0.5)
+        loops.apply_event({"metadata": {"namespace": "ns", "name": "job", "resourceVersion": "1"}})
+        await asyncio.sleep(0.7)  # the first pass, after its coalescing wait
+        woken = time.monotonic()
+        loops.wake(("ns", "job"))
+        await asyncio.sleep(0.7)
+        coalesced = passes[-1] - woken
+        loops.wake(("ns", "job"))
+        await asyncio.sleep(0.1)  # in its coalescing wait, when a decision comes
+        woken = time.monotonic()
+        loops.wake(("ns", "job"), at_once=True)
+        await asyncio.sleep(0.2)
+        loops.stop()
+        return coalesced, passes[-1] - woken
+
+    coalesced, at_once = asyncio.run(scenario())
+    assert coalesced >= 0.45 and at_once < 0.1, "a wake-up at once ends the coalescing wait"
+
+
 def test_a_pod_event_is_news_to_the_gpu_queue_only_when_the_gpus_held_or_freed_change() -> None:
     state = CapacityStore()
     state.reserve([gpu_worker("job-worker-0", "", "0", phase="Pending")])

@@ -231,7 +231,7 @@ class GpuQueue:
         self.passes += 1
         for key in set(previous) | set(verdicts):
             if previous.get(key) != verdicts.get(key):
-                self.loops.wake(key)
+                self.loops.wake(key, at_once=True)  # a verdict is acted on before the next pass plans it again
                 if isinstance(verdicts.get(key), Admit):
                     ADMITS.inc()
         return verdicts
