@@ -266,6 +266,29 @@ def _one(name: str, count: int, seed: int, priorities: bool, nodes_per_region: i
     return simulate(job_stream(count, seed, gap, priorities, teams), POLICIES[name](), cluster(nodes_per_region))
 
 
+def high_alone_p99(count: int, seed: int) -> int | None:
+    """The high-priority jobs' p99 wait with the cluster to themselves (no low-priority job in the stream), the
+    lower of modelfleet's and first-fit's: about the least that any policy which never preempts an equal priority
+    can reach, whatever it does with the low-priority jobs."""
+
+    def p99(name: str) -> int | None:
+        jobs = [j for j in job_stream(count, seed, priorities=True) if j.priority == HIGH_PRIORITY]
+        return simulate(jobs, POLICIES[name](), cluster())["high_priority_p99"]
+
+    return min((v for v in map(p99, ("modelfleet", "first-fit")) if v is not None), default=None)
+
+
+def print_priority_floor(seeds: list[int], runs: list[dict[str, Any]], floors: list[int | None]) -> None:
+    table = Table(title="modelfleet per seed: high / low p99, against the high-priority jobs alone (a floor)")
+    for column in ("seed", "high p99", "low p99", "high / low", "high alone p99", "alone / low"):
+        table.add_column(column, justify="right")
+    for seed, run, floor in zip(seeds, runs, floors, strict=True):
+        high, low = run["high_priority_p99"], run["low_priority_p99"]
+        table.add_row(str(seed), str(high), str(low), f"{high / low:.3f}", str(floor),
+                      f"{floor / low:.3f}" if floor is not None else "-")  # fmt: skip
+    Console(width=200).print(table)
+
+
 def run_all(count: int, seeds: list[int], priorities: bool, nodes_per_region: int = 24, gap: float = SATURATION_GAP,
             only: tuple[str, ...] = PEERS, teams: bool = False, processes: int = 1) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     runs = [(name, count, seed, priorities, nodes_per_region, gap, teams) for name in only for seed in seeds]
@@ -339,6 +362,9 @@ def main() -> None:
         report["priorities"] = {"runs": prio, "high_over_low_p99": {
             name: [r["high_priority_p99"] / r["low_priority_p99"] for r in runs] for name, runs in prio.items()}}  # fmt: skip
         Console(width=200).print(report["priorities"]["high_over_low_p99"])
+        floors = [high_alone_p99(count, seed) for seed in seeds]
+        report["priorities"]["high_alone_p99"] = floors
+        print_priority_floor(seeds, prio["modelfleet"], floors)
     if "quotas" in parts:
         teams = run_all(count, seeds, priorities=False, teams=True, processes=args.processes,
                         only=("modelfleet-quotas", "modelfleet", "kueue-best", "volcano"))  # fmt: skip
