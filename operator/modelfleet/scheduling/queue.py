@@ -361,6 +361,12 @@ class _Pass:
     def keep_off(self, capacity: Mapping[str, int]) -> Capacity:
         return {n: (0 if n in self.contended else gpus) for n, gpus in capacity.items()}
 
+    def stop(self, running: RunningGang, verdict: Evict) -> None:
+        """`running` stops (or shrinks) by `verdict`: what it holds counts as freeing for the rest of the pass."""
+        self.verdicts[running.key] = verdict
+        self.freeing = _add(self.freeing, running.holds())
+        del self.running[running.key]
+
     def take(self, plan: Plan, per_worker: int) -> None:
         self.free = _add(self.free, gpus_on((n.name for n in plan.nodes), per_worker), sign=-1)
         self.memo.clear()
@@ -421,9 +427,7 @@ class _Pass:
             self.take(plan, g.demand.gpus_per_worker)
             types = ", ".join(sorted({n.gpu_type or "" for n in self.nodes if n.name in wanted_here}))
             why = f"it takes any GPU type and fits on others now; gangs wait for {types}"
-            self.verdicts[g.key] = Evict("Preempted", f"preempted to move over to other GPU types ({why})", 0)
-            self.freeing = _add(self.freeing, g.holds())
-            del self.running[g.key]
+            self.stop(g, Evict("Preempted", f"preempted to move over to other GPU types ({why})", 0))
 
     def yielding(self, gang: QueuedGang) -> list[RunningGang]:
         """The running gangs that stop for it when that lets it start: lower priority; gangs that move over to
@@ -488,11 +492,8 @@ class _Pass:
                 why = "backfill, queued after it"
             else:
                 why = f"it takes any GPU type and fits on others now; {gang.demand.gpu_type} is what the gang needs"
-            self.verdicts[g.key] = Evict(
-                "ElasticShrink" if shrink else "Preempted", f"{verb} for {_key_text(gang.key)} ({why})", size
-            )
-            self.freeing = _add(self.freeing, g.holds())
-            del self.running[g.key]
+            reason = "ElasticShrink" if shrink else "Preempted"
+            self.stop(g, Evict(reason, f"{verb} for {_key_text(gang.key)} ({why})", size))
         victims = ", ".join(_key_text(k) for k in chosen)
         held = gpus_on((n.name for n in plan.nodes), gang.demand.gpus_per_worker)
         self.hold(gang.key, held, self.now, plan.region)
@@ -525,9 +526,7 @@ class _Pass:
             return None
         for g in chosen:
             message = f"preempted: namespace {g.key[0]} borrowed GPUs beyond its GPUQuota, taken back for {_key_text(gang.key)}"
-            self.verdicts[g.key] = Evict("Preempted", message, 0)
-            self.freeing = _add(self.freeing, g.holds())
-            del self.running[g.key]
+            self.stop(g, Evict("Preempted", message, 0))
         held = gpus_on((n.name for n in plan.nodes), gang.demand.gpus_per_worker)
         self.hold(gang.key, held, self.now, plan.region)
         victims = ", ".join(_key_text(g.key) for g in chosen)
