@@ -80,6 +80,24 @@ def refusal(exc: ApiException) -> Refused | None:
     return Refused("InvalidSpec" if exc.status in (400, 422) else "CreateFailed", str(message))
 
 
+class NamespaceGone(Exception):
+    """The object's namespace is being deleted, or is gone: nothing can be made in it, and the object that asked
+    goes with it. A reconcile loop that meets it stops (`loops.ReconcileLoops`) instead of retrying."""
+
+
+def raise_if_namespace_gone(exc: ApiException) -> None:
+    """NamespaceGone for a 403 whose cause is NamespaceTerminating, or a 404 for the namespace itself."""
+    if exc.status not in (403, 404):
+        return
+    try:
+        details = json.loads(exc.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return
+    terminating = any(c.get("reason") == "NamespaceTerminating" for c in details.get("causes") or [])
+    if terminating or (exc.status == 404 and details.get("kind") == "namespaces"):
+        raise NamespaceGone(f"namespace {details.get('name', '')}: {exc.reason}") from exc
+
+
 def transient(exc: BaseException) -> bool:
     """An error of the connection or of an apiserver that is restarting or overloaded: retrying will do."""
     if isinstance(exc, ApiException):
@@ -110,7 +128,7 @@ async def call_json(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[s
 
 async def create(fn: Callable[..., Any], namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
     """Creates the object and returns it; None when one of that name exists already (a retried reconcile finds
-    what it made). Raises Refused when the API refuses the object itself."""
+    what it made). Raises Refused when the API refuses the object itself, NamespaceGone when its namespace goes."""
     try:
         return await call_json(fn, namespace, body)
     except ValidationError as exc:
@@ -118,6 +136,7 @@ async def create(fn: Callable[..., Any], namespace: str, body: dict[str, Any]) -
     except ApiException as exc:
         if exc.status == 409:
             return None
+        raise_if_namespace_gone(exc)
         if refused := refusal(exc):
             raise refused from exc
         raise
@@ -219,7 +238,7 @@ async def apply(fn: Callable[..., Any], body: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply of `body` (apiVersion and kind included) through a patch_namespaced_* call, as the one
     field manager `modelfleet`, taking over conflicts: a field modelfleet set before and `body` leaves out is
     removed, fields other managers set are kept. Returns the object as stored; raises Refused when the API
-    refuses it."""
+    refuses it, NamespaceGone when its namespace goes."""
     meta = body["metadata"]
     try:
         return await call_json(
@@ -232,6 +251,7 @@ async def apply(fn: Callable[..., Any], body: dict[str, Any]) -> dict[str, Any]:
             _content_type="application/apply-patch+yaml",
         )
     except ApiException as exc:
+        raise_if_namespace_gone(exc)
         if refused := refusal(exc):
             raise refused from exc
         raise

@@ -6,7 +6,8 @@ change of it or of its children, a periodic resync (what the reconcile returns: 
 NO_RESYNC for none), and an exponential back-off after errors.
 
 A loop ends when its object is deleted (the watch says so), when a reconcile finds it gone (ObjectGone: a
-deletion the watch missed during a gap), or when a fresh list no longer holds it (`prune`).
+deletion the watch missed during a gap) or its namespace going (NamespaceGone: the object goes with it, and
+retrying a write there would fail for as long as the loop lived), or when a fresh list no longer holds it (`prune`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from modelfleet.kube import transient
+from modelfleet.kube import NamespaceGone, transient
 
 log = logging.getLogger(__name__)
 RECONCILES = Counter("modelfleet_reconcile", "Reconciles by resource kind and result.", ["kind", "result"])
@@ -223,9 +224,9 @@ class ReconcileLoops:
                 delay = requeue if requeue is not None else self.resync
             except asyncio.CancelledError:
                 raise
-            except ObjectGone:
+            except (ObjectGone, NamespaceGone) as exc:
                 RECONCILES.labels(self.name, "gone").inc()
-                log.info("%s %s/%s is gone; its loop stops", self.name, *key)
+                log.info("%s %s/%s is gone (%s); its loop stops", self.name, *key, exc)
                 self.forget(key)
                 return
             except Exception as exc:

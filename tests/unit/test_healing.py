@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
+import pytest
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
 from modelfleet.capacity import CapacityStore, ObjectStore, gpu_pod, slim_node
+from modelfleet.kube import NamespaceGone, raise_if_namespace_gone
 from modelfleet.loops import ReconcileLoops, counts_watch_events
 
 
@@ -107,6 +111,39 @@ def test_loops_of_objects_a_fresh_list_lacks_are_stopped() -> None:
         loops.stop()
 
     asyncio.run(scenario())
+
+
+def api_error(status: int, details: dict) -> ApiException:
+    exc = ApiException(status=status, reason="Forbidden" if status == 403 else "Not Found")
+    exc.body = json.dumps({"kind": "Status", "code": status, "details": details})
+    return exc
+
+
+def test_a_namespace_being_deleted_or_gone_is_told_apart_from_other_refusals() -> None:
+    terminating = {"name": "p", "kind": "pods", "causes": [{"reason": "NamespaceTerminating"}]}
+    for gone in (api_error(403, terminating), api_error(404, {"name": "t-1", "kind": "namespaces"})):
+        with pytest.raises(NamespaceGone):
+            raise_if_namespace_gone(gone)
+    for other in (api_error(403, {"name": "p", "kind": "pods"}), api_error(404, {"name": "p", "kind": "pods"})):
+        raise_if_namespace_gone(other)  # a quota refusal, a missing object: not the namespace's doing
+
+
+def test_a_loop_whose_namespace_goes_stops_instead_of_retrying() -> None:
+    async def scenario() -> tuple[int, set]:
+        passes = 0
+
+        async def reconcile(body: dict) -> float | None:
+            nonlocal passes
+            passes += 1
+            raise NamespaceGone("namespace ns: Forbidden")
+
+        loops = ReconcileLoops("test", reconcile)
+        loops.apply_event({"metadata": {"namespace": "ns", "name": "job", "resourceVersion": "1"}})
+        await asyncio.sleep(2.0)  # an error would have been retried after 1 s
+        return passes, set(loops.bodies)
+
+    passes, kept = asyncio.run(scenario())
+    assert passes == 1 and kept == set()
 
 
 def test_a_woken_loop_waits_out_a_burst_unless_woken_to_act_at_once() -> None:
