@@ -90,12 +90,13 @@ def raise_if_namespace_gone(exc: ApiException) -> None:
     if exc.status not in (403, 404):
         return
     try:
-        details = json.loads(exc.body or "{}").get("details") or {}
+        status = json.loads(exc.body or "{}")
+        details = status.get("details") or {}
     except (ValueError, AttributeError):
         return
     terminating = any(c.get("reason") == "NamespaceTerminating" for c in details.get("causes") or [])
     if terminating or (exc.status == 404 and details.get("kind") == "namespaces"):
-        raise NamespaceGone(f"namespace {details.get('name', '')}: {exc.reason}") from exc
+        raise NamespaceGone(status.get("message") or exc.reason) from exc
 
 
 def transient(exc: BaseException) -> bool:

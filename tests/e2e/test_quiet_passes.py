@@ -98,6 +98,7 @@ def test_a_pass_that_changes_nothing_makes_no_api_request(
 
     for kind, name in (("trainingjob", "steady"), ("mfis", "steady"), ("mfis", "scaled")):  # their own events
         kube.kubectl("annotate", kind, name, "-n", namespace, "test.modelfleet.dev/poke=1")
+    time.sleep(1.5)  # past a job's coalescing wait (0.5 s): on a quick machine one pass would take in every poke
     for pod in kube.get_json("pods", "-n", namespace)["items"]:  # and each pod's wakes its owner's
         kube.kubectl("annotate", "pod", pod["metadata"]["name"], "-n", namespace, "test.modelfleet.dev/poke=1")
     passes: dict[tuple[str, ...], float] = {}

@@ -115,14 +115,14 @@ def test_loops_of_objects_a_fresh_list_lacks_are_stopped() -> None:
 
 def api_error(status: int, details: dict) -> ApiException:
     exc = ApiException(status=status, reason="Forbidden" if status == 403 else "Not Found")
-    exc.body = json.dumps({"kind": "Status", "code": status, "details": details})
+    exc.body = json.dumps({"kind": "Status", "code": status, "message": "said", "details": details})
     return exc
 
 
 def test_a_namespace_being_deleted_or_gone_is_told_apart_from_other_refusals() -> None:
     terminating = {"name": "p", "kind": "pods", "causes": [{"reason": "NamespaceTerminating"}]}
     for gone in (api_error(403, terminating), api_error(404, {"name": "t-1", "kind": "namespaces"})):
-        with pytest.raises(NamespaceGone):
+        with pytest.raises(NamespaceGone, match="said"):
             raise_if_namespace_gone(gone)
     for other in (api_error(403, {"name": "p", "kind": "pods"}), api_error(404, {"name": "p", "kind": "pods"})):
         raise_if_namespace_gone(other)  # a quota refusal, a missing object: not the namespace's doing
