@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import socket
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -215,10 +216,35 @@ def test_a_probe_ends_when_the_job_has_no_running_worker_left() -> None:
     async def scenario() -> None:
         assert await scraper.read("uid", pods) is None and scraper.probing("uid")
         pods[:] = [worker(0, phase="Succeeded")]
-        await asyncio.wait_for(asyncio.shield(scraper.probes["uid"]), timeout=5.0)
+        assert scraper.sweeper is not None
+        await asyncio.wait_for(asyncio.shield(scraper.sweeper), timeout=5.0)
 
     run(scenario())
     assert not scraper.probing("uid") and scraper.due_in("uid") is None and "uid" not in scraper.silent
+
+
+def test_one_sweep_probes_every_silent_job_that_is_due_and_wakes_those_that_answer(reporter) -> None:
+    """One task for all silent jobs: each tick asks the due jobs' workers at once; a job whose rank 0 answers is
+    woken and leaves the sweep, a silent one is due again after silent_wait, one not yet due is left alone."""
+    ports = {uid: free_port() for uid in ("a", "b", "c")}
+    pods = {uid: [worker(0, ip="127.0.0.1", port=port)] for uid, port in ports.items()}
+    scraper = ProgressScraper(timeout=0.5, pods_of=lambda uid: pods[uid])
+    woken: list[str] = []
+
+    async def scenario() -> None:
+        for uid in ports:
+            assert await scraper.read(uid, pods[uid], wake=lambda uid=uid: woken.append(uid)) is None
+        scraper.sweeper.cancel()  # the test ticks by hand
+        r = reporter(ports["a"])
+        r.report(step=1, epoch=0, loss=1.0, samples_per_second=1.0)
+        scraper.probes["c"].due = math.inf
+        now = time.monotonic() + 1.0  # the next tick
+        await scraper.sweep_once(now)
+        assert woken == ["a"] and not scraper.probing("a") and "a" not in scraper.silent
+        assert scraper.probing("b") and scraper.probes["b"].due == pytest.approx(now + 1.0)
+        assert scraper.probing("c") and scraper.probes["c"].due == math.inf
+
+    run(scenario())
 
 
 def test_placement_shows_the_fresh_shares_else_the_last_ones() -> None:
@@ -243,10 +269,22 @@ def test_scrapes_share_one_connection_pool_per_event_loop() -> None:
 
 
 def test_a_probe_asks_for_a_connection_before_a_scrape() -> None:
+    """All of a sweep's workers at once: one that listens, one that refuses, a name (never looked up)."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         up = f"http://127.0.0.1:{server.getsockname()[1]}/metrics"
         down = f"http://127.0.0.1:{free_port()}/metrics"
-        assert run(listening(up, 1.0)) is True
-        assert run(listening(down, 1.0)) is False
+        assert run(listening([up, down, up, "http://localhost:1/metrics"], 1.0)) == [True, False, True, False]
+        assert run(listening([], 1.0)) == []
+
+
+def test_a_probe_that_gets_no_answer_gives_up_after_its_timeout() -> None:
+    """An address nobody answers (TEST-NET-1, unrouted): False after the timeout, and no socket stays open."""
+
+    async def probe() -> tuple[list[bool], float]:
+        started = time.monotonic()
+        return await listening(["http://192.0.2.1:9/metrics"], 0.2), time.monotonic() - started
+
+    up, took = run(probe())
+    assert len(up) == 1 and took < 1.0  # False, or True where a sandbox's proxy accepts any connection

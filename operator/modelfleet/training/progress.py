@@ -10,10 +10,14 @@ and keeps the one that says rank 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import logging
 import math
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +40,7 @@ from modelfleet.contract import (
 from modelfleet.inference.load_sources import scrape_all
 from modelfleet.training.builders import METRICS_PORT_NAME
 
+log = logging.getLogger(__name__)
 SCRAPE_EVERY_SECONDS = 5.0
 RETRY_SECONDS = 1.0
 """After a scrape that found no progress: a short job must not finish between two full periods unseen."""
@@ -96,10 +101,20 @@ def progress_from_metrics(text: str, _at: float = 0.0) -> dict[str, Any] | None:
     return progress
 
 
+@dataclass(slots=True)
+class _Probe:
+    """A silent job's place in the probe sweep."""
+
+    wake: Callable[[], None]
+    static_ranks: bool
+    due: float
+    """When (monotonic) the sweep asks its workers next."""
+
+
 class ProgressScraper:
     """Scrapes each running job's rank 0 at most once every `every` seconds. A job none of whose workers has
-    answered yet is left to a probe of its own (`_probe`), which wakes the job's pass only when a worker answers:
-    a silent job's retries cost a scrape each, not a reconcile each."""
+    answered yet is left to the probe sweep (`_sweep`), which wakes the job's pass only when a worker answers:
+    a silent job's retries cost a probe each, not a reconcile each."""
 
     def __init__(
         self,
@@ -114,8 +129,11 @@ class ProgressScraper:
         """Job uid -> the pod that last answered as rank 0."""
         self.silent: dict[str, float] = {}
         """Job uid -> since when (monotonic) no worker has answered."""
-        self.probes: dict[str, asyncio.Task[None]] = {}
-        """Job uid -> the probe asking its silent workers."""
+        self.probes: dict[str, _Probe] = {}
+        """Job uid -> its probe, for the jobs the sweep asks."""
+        self.sweeper: asyncio.Task[None] | None = None
+        """The one task that probes every silent job, once a RETRY_SECONDS tick (a task per job, each with its own
+        sleep, gather and timeout, cost more than the probes' sockets at 1,000 jobs)."""
 
     async def read(
         self,
@@ -124,9 +142,9 @@ class ProgressScraper:
         wake: Callable[[], None] = lambda: None,
         static_ranks: bool = False,
     ) -> dict[str, Any] | None:
-        """The job's fresh progress, or None (nothing running, scraped too recently, no answer, or silent: then a
-        probe calls `wake` once a worker answers). Its `workers` maps each worker pod's name to its current share
-        and throughput. `static_ranks`: the job's rank 0 can only be replica 0 (`metrics_urls`)."""
+        """The job's fresh progress, or None (nothing running, scraped too recently, no answer, or silent: then the
+        probe sweep calls `wake` once a worker answers). Its `workers` maps each worker pod's name to its current
+        share and throughput. `static_ranks`: the job's rank 0 can only be replica 0 (`metrics_urls`)."""
         urls = metrics_urls(pods, static_ranks)
         if not urls:
             self.forget(uid)
@@ -145,8 +163,7 @@ class ProgressScraper:
             answers = await scrape_all(urls, self.timeout, parse=_progress_or_empty)
         if all(answer is None for answer in answers.values()):  # nobody listens (yet)
             self.silent.setdefault(uid, now)
-            probe = self._probe(uid, wake, static_ranks)
-            self.probes[uid] = asyncio.create_task(probe, name=f"progress-probe:{uid}")
+            self._probe(uid, _Probe(wake, static_ranks, now + silent_wait(now - self.silent[uid])))
             return None
         self.silent.pop(uid, None)
         answered = {pod: progress for pod, progress in answers.items() if progress}
@@ -157,39 +174,64 @@ class ProgressScraper:
         return with_pod_names(progress, pods)
 
     def probing(self, uid: str) -> bool:
-        return uid in self.probes and not self.probes[uid].done()
+        return uid in self.probes
 
-    async def _probe(self, uid: str, wake: Callable[[], None], static_ranks: bool) -> None:
-        """Asks a silent job's workers (`silent_probe`) on the `silent_wait` schedule until one answers, then lets
-        the job's next pass scrape at once and wakes it. Ends when the job has no running worker left."""
-        while True:
-            await asyncio.sleep(silent_wait(time.monotonic() - self.silent.get(uid, time.monotonic())))
-            urls = metrics_urls(self.pods_of(uid), static_ranks)
+    def _probe(self, uid: str, probe: _Probe) -> None:
+        """Hands the job to the sweep (started if none runs)."""
+        self.probes[uid] = probe
+        if self.sweeper is None or self.sweeper.done():
+            self.sweeper = asyncio.create_task(self._sweep(), name="progress-probes")
+
+    async def _sweep(self) -> None:
+        """Every RETRY_SECONDS while any job is silent: probes the jobs that are due (`sweep_once`). Ends when none
+        is left; the next silent job starts it again."""
+        while self.probes:
+            await asyncio.sleep(RETRY_SECONDS)
+            try:
+                await self.sweep_once(time.monotonic())
+            except Exception:  # a probe's bug must not end every job's probing
+                log.exception("progress probe sweep failed")
+
+    async def sweep_once(self, now: float) -> None:
+        """Asks the workers of every job due at `now` (`silent_probe`) for a connection, all at once, then scrapes
+        those that accept, all at once. A job whose worker answers is woken and leaves the sweep (its next pass
+        scrapes at once); one with no running worker left leaves it too; the others are due again after
+        `silent_wait`."""
+        asked: list[tuple[str, str, str]] = []  # (job uid, pod, url)
+        for uid, probe in list(self.probes.items()):
+            if probe.due > now + RETRY_SECONDS / 2:  # due at the tick nearest its time
+                continue
+            urls = metrics_urls(self.pods_of(uid), probe.static_ranks)
             if not urls:  # finished, restarting or deleted: its next pass (if any) starts afresh
-                self.forget(uid, cancel=False)
-                return
-            probed = silent_probe(urls, time.monotonic())
-            open_ = await asyncio.gather(*(listening(url, self.timeout) for url in probed.values()))
-            listeners = {name: url for (name, url), up in zip(probed.items(), open_, strict=True) if up}
-            answers = await scrape_all(listeners, self.timeout, parse=_progress_or_empty)
-            if any(answer is not None for answer in answers.values()):
+                self.forget(uid)
+                continue
+            asked.extend((uid, pod, url) for pod, url in silent_probe(urls, now).items())
+        up = await listening([url for _, _, url in asked], self.timeout)
+        listeners = {(uid, pod): url for (uid, pod, url), ok in zip(asked, up, strict=True) if ok}
+        answers = await scrape_all({f"{uid}/{pod}": url for (uid, pod), url in listeners.items()}, self.timeout,
+                                   parse=_progress_or_empty)  # fmt: skip
+        answered = {key.split("/", 1)[0] for key, answer in answers.items() if answer is not None}
+        for uid in {uid for uid, _, _ in asked}:
+            if (probe := self.probes.get(uid)) is None:
+                continue  # forgotten while it was asked
+            if uid in answered:
+                del self.probes[uid]
                 self.silent.pop(uid, None)
                 self.last.pop(uid, None)
-                wake()
-                return
+                probe.wake()
+            else:
+                probe.due = now + silent_wait(now - self.silent.get(uid, now))
 
-    def forget(self, uid: str, cancel: bool = True) -> None:
-        """Drops what is known of the job's scrapes (and stops its probe)."""
+    def forget(self, uid: str) -> None:
+        """Drops what is known of the job's scrapes (and takes it out of the probe sweep)."""
         self.last.pop(uid, None)
         self.holder.pop(uid, None)
         self.silent.pop(uid, None)
-        probe = self.probes.pop(uid, None)
-        if cancel and probe:
-            probe.cancel()
+        self.probes.pop(uid, None)
 
     def due_in(self, uid: str) -> float | None:
         """Seconds until the job's next scrape is due, or None when it has nothing to scrape. A probed job: the
-        longest wait between probes (its probe wakes it sooner when a worker answers)."""
+        longest wait between probes (the sweep wakes it sooner when a worker answers)."""
         if self.probing(uid):
             return SILENT_MAX_SECONDS
         if uid not in self.last:
@@ -214,20 +256,49 @@ def silent_probe(urls: Mapping[str, str], now: float) -> dict[str, str]:
     return {name: urls[name] for name in probed}
 
 
-async def listening(url: str, timeout: float) -> bool:
-    """Whether anything accepts connections at the URL's host and port. A probe asks this first: a refused
-    connection costs a socket (~90 us of CPU), an HTTP client's failed request ~250 us, and a thousand silent jobs
-    are probed on two workers a second each."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 80
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setblocking(False)
-        try:
-            async with asyncio.timeout(timeout):  # not wait_for: no task of its own per probe
-                await asyncio.get_running_loop().sock_connect(sock, (host, port))
-        except (OSError, TimeoutError):
-            return False
-    return True
+async def listening(urls: Sequence[str], timeout: float) -> list[bool]:
+    """Whether anything accepts connections at each URL's host (an IP) and port, asked all at once with one wait of
+    at most `timeout`. A probe asks this first: a refused connection costs a socket (~90 us of CPU), an HTTP
+    client's failed request ~250 us, and a thousand silent jobs are probed every second."""
+    loop = asyncio.get_running_loop()
+    up = [False] * len(urls)
+    pending: dict[socket.socket, int] = {}
+    all_answered = loop.create_future()
+
+    def answered(sock: socket.socket) -> None:
+        loop.remove_writer(sock)
+        up[pending.pop(sock)] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        sock.close()
+        if not pending and not all_answered.done():
+            all_answered.set_result(None)
+
+    try:
+        for i, url in enumerate(urls):
+            parts = urlsplit(url)
+            host, port = parts.hostname or "", parts.port or 80
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                socket.inet_pton(family, host)  # a pod's IP: a name would need a lookup, which would block
+            except OSError:
+                continue
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            error = sock.connect_ex((host, port))
+            if error in (errno.EINPROGRESS, errno.EAGAIN):
+                pending[sock] = i
+                loop.add_writer(sock, answered, sock)
+            else:
+                up[i] = error == 0
+                sock.close()
+        if pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await all_answered
+    finally:
+        for sock in pending:  # no answer in time (or an error, or cancelled)
+            loop.remove_writer(sock)
+            sock.close()
+    return up
 
 
 def _progress_or_empty(text: str, at: float) -> dict[str, Any]:
