@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import kopf
+import orjson
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -122,9 +123,10 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 async def call_json(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """`call` whose answer is the object as plain JSON: the client's models cost milliseconds per pod to build
-    (and as much again to turn back into a dict), thousands of times at scale."""
+    (and as much again to turn back into a dict), thousands of times at scale; orjson decodes a pod twice as fast
+    as the stdlib's json."""
     response = await call(fn, *args, _preload_content=False, **kwargs)
-    return json.loads(response.data)
+    return orjson.loads(response.data)
 
 
 async def create(fn: Callable[..., Any], namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:

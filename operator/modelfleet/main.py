@@ -27,8 +27,10 @@ from modelfleet.resync import RESYNC
 from modelfleet.scheduling.nodes import node_is_ready
 from modelfleet.training import handlers as training
 from modelfleet.training.queueing import QUEUE
+from modelfleet.watch_json import use_orjson
 
 __all__ = ["inference", "training"]
+log = logging.getLogger(__name__)
 IDLE_WORKER_SECONDS = 0.5
 """How long kopf keeps an object's event worker after its last event (its default: 5 s). An idle worker holds
 that event's whole object, managedFields and all: at 1,000 jobs, over a thousand pods and jobs at a time."""
@@ -67,6 +69,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
     settings.persistence.diffbase_storage = NoDiffBase()
+    if not use_orjson():  # kopf's watches decode with the stdlib's json: slower, nothing else
+        log.warning("kopf no longer decodes watch events through its api module's json: orjson not used")
     settings.queueing.idle_timeout = IDLE_WORKER_SECONDS
     settings.execution.max_workers = int(os.environ.get(OPERATOR_WORKERS_ENV, str(WORKERS)))
     if port := int(os.environ.get(OPERATOR_METRICS_PORT_ENV, "0")):
