@@ -279,6 +279,30 @@ def test_a_probe_asks_for_a_connection_before_a_scrape() -> None:
         assert run(listening([], 1.0)) == []
 
 
+def test_a_socket_the_system_refuses_leaves_the_other_probes_be(monkeypatch) -> None:
+    """Out of descriptors for one worker: it counts as not listening this time, and the sweep goes on."""
+    real = socket.socket
+
+    def scarce(*args, **kwargs):
+        monkeypatch.setattr(socket, "socket", refused)  # the first is made, the next is not
+        return real(*args, **kwargs)
+
+    def refused(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    async def probe(url: str) -> list[bool]:
+        monkeypatch.setattr(socket, "socket", scarce)  # inside the loop: the loop's own sockets are made
+        try:
+            return await listening([url, url], 1.0)
+        finally:
+            monkeypatch.setattr(socket, "socket", real)
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert run(probe(f"http://127.0.0.1:{server.getsockname()[1]}/metrics")) == [True, False]
+
+
 def test_a_probe_that_gets_no_answer_gives_up_after_its_timeout() -> None:
     """An address nobody answers (TEST-NET-1, unrouted): False after the timeout, and no socket stays open."""
 

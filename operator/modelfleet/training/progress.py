@@ -281,7 +281,10 @@ async def listening(urls: Sequence[str], timeout: float) -> list[bool]:
                 socket.inet_pton(family, host)  # a pod's IP: a name would need a lookup, which would block
             except OSError:
                 continue
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError:  # out of descriptors: this one is not asked now, the others still are
+                continue
             sock.setblocking(False)
             error = sock.connect_ex((host, port))
             if error in (errno.EINPROGRESS, errno.EAGAIN):
