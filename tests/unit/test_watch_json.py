@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import kopf._cogs.clients.api as kopf_api
 import orjson
@@ -23,13 +24,14 @@ EVENT = {
 
 
 @pytest.fixture
-def kopf_json():
+def kopf_json() -> Iterator[None]:
+    """kopf's api module's json as it was, after the test."""
     before = kopf_api.json
     yield
     kopf_api.json = before
 
 
-def test_kopfs_watch_decodes_with_orjson_to_the_same_values(kopf_json) -> None:
+def test_kopfs_watch_decodes_with_orjson_to_the_same_values(kopf_json: None) -> None:
     assert watch_json.use_orjson() and watch_json.use_orjson(), "twice is fine"
     assert kopf_api.json.loads is orjson.loads and kopf_api.json.dumps is json.dumps
     line = json.dumps(EVENT).encode()
@@ -37,7 +39,7 @@ def test_kopfs_watch_decodes_with_orjson_to_the_same_values(kopf_json) -> None:
     assert json.loads is not orjson.loads, "the json module itself is left as it is"
 
 
-def test_nothing_is_patched_when_kopf_no_longer_decodes_through_its_json(kopf_json) -> None:
+def test_nothing_is_patched_when_kopf_no_longer_decodes_through_its_json(kopf_json: None) -> None:
     kopf_api.json = object()
     assert not watch_json.use_orjson()
     del kopf_api.json
