@@ -304,11 +304,25 @@ def test_a_socket_the_system_refuses_leaves_the_other_probes_be(monkeypatch) -> 
 
 
 def test_a_probe_that_gets_no_answer_gives_up_after_its_timeout() -> None:
-    """An address nobody answers (TEST-NET-1, unrouted): False after the timeout, and no socket stays open."""
+    """A listener whose accept queue is full drops the next SYN, so the connect hangs, all on loopback: False after
+    the timeout."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        address = server.getsockname()
+        fillers = [socket.socket() for _ in range(4)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(address)
+            time.sleep(0.2)  # the fillers' handshakes fill the queue
 
-    async def probe() -> tuple[list[bool], float]:
-        started = time.monotonic()
-        return await listening(["http://192.0.2.1:9/metrics"], 0.2), time.monotonic() - started
+            async def probe() -> tuple[list[bool], float]:
+                started = time.monotonic()
+                return await listening([f"http://127.0.0.1:{address[1]}/metrics"], 0.2), time.monotonic() - started
 
-    up, took = run(probe())
-    assert len(up) == 1 and took < 1.0  # False, or True where a sandbox's proxy accepts any connection
+            up, took = run(probe())
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert up == [False] and 0.15 < took < 1.0
