@@ -106,9 +106,7 @@ def test_a_pass_that_changes_nothing_makes_no_api_request(
     def woken() -> bool:
         now = counters(metrics_url)
         passes.update({key: n - before.get(key, 0.0) for key, n in now.items() if key[0] == "reconcile"})
-        return passes.get(("reconcile", "trainingjob", "ok"), 0) >= 2 and (
-            passes.get(("reconcile", "inferenceservice", "ok"), 0) >= 4
-        )
+        return reconciles(passes, "trainingjob") >= 2 and reconciles(passes, "inferenceservice") >= 4
 
     try:
         wait_for(woken, timeout=30, what="both loops woken and reconciled")
