@@ -24,7 +24,7 @@ def env(pod: dict) -> dict[str, str]:
 def test_compression_reaches_the_workers_as_env_and_a_read_only_teacher_claim() -> None:
     compression = {"distillation": {"teacher": "pvc://models/cnn/teacher", "alpha": 0.7},
                    "pruning": {"amount": 0.5, "structured": True, "atFraction": 1}}  # fmt: skip
-    pod = worker_pod(META, spec(compression=compression), 1, NODES, 0, gated=False)
+    pod = worker_pod(META, spec(compression=compression), 1, NODES, 0)
     assert {k: v for k, v in env(pod).items() if k.startswith(("MODELFLEET_DISTILL", "MODELFLEET_PRUNE"))} == {
         "MODELFLEET_DISTILL_TEACHER": "/mnt/teacher/models/cnn/teacher",
         "MODELFLEET_DISTILL_TEMPERATURE": "2.0",
@@ -41,14 +41,14 @@ def test_compression_reaches_the_workers_as_env_and_a_read_only_teacher_claim() 
 
 
 def test_a_file_teacher_is_a_path_and_mounts_nothing() -> None:
-    pod = worker_pod(META, spec(compression={"distillation": {"teacher": "file:///models/t"}}), 0, NODES, 0, False)
+    pod = worker_pod(META, spec(compression={"distillation": {"teacher": "file:///models/t"}}), 0, NODES, 0)
     assert env(pod)["MODELFLEET_DISTILL_TEACHER"] == "/models/t"
     assert not any(v["name"] == "teacher" for v in pod["spec"]["volumes"])
     assert "MODELFLEET_PRUNE_AMOUNT" not in env(pod)
 
 
 def test_adaptive_starts_from_the_gpu_weights_and_each_pod_knows_its_index() -> None:
-    pods = [worker_pod(META, spec(dataset={"sharding": "Adaptive"}), i, NODES, 0, False) for i in range(2)]
+    pods = [worker_pod(META, spec(dataset={"sharding": "Adaptive"}), i, NODES, 0) for i in range(2)]
     weights = [float(w) for w in env(pods[0])["MODELFLEET_SHARD_WEIGHTS"].split(",")]
     assert weights[0] > weights[1], "H100 over T4, as Weighted"
     assert [env(p)["MODELFLEET_REPLICA_INDEX"] for p in pods] == ["0", "1"]

@@ -14,21 +14,21 @@ from modelfleet.training.status import CreateRefused, Placed, compose_status
 from .training_fixtures import META, NODES, pod, spec
 
 
-def test_worker_pod_is_pinned_gated_and_wired() -> None:
-    p = worker_pod(META, spec(), 1, NODES, attempt=2, gated=True)
+def test_worker_pod_is_pinned_and_wired_without_a_gate() -> None:
+    p = worker_pod(META, spec(), 1, NODES, attempt=2)
     env = {e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]}
     assert env["RANK"] == "1" and env["WORLD_SIZE"] == "2" and env["MASTER_ADDR"] == "job-worker-0.job"
     assert env["LOCAL_WORLD_SIZE"] == "8" and env["MODELFLEET_ATTEMPT"] == "2"
     weights = [float(w) for w in env["MODELFLEET_SHARD_WEIGHTS"].split(",")]
     assert weights[0] / weights[1] == pytest.approx(2.5, rel=1e-5)
-    assert p["spec"]["schedulingGates"] == [{"name": "modelfleet.dev/gang"}]
+    assert "schedulingGates" not in p["spec"], "its placement is written before it is created"
     assert p["metadata"]["labels"]["modelfleet.dev/attempt"] == "2"
     assert p["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert headless_service(META, spec())["spec"]["publishNotReadyAddresses"] is True
 
 
 def test_worker_pod_is_pinned_by_node_name_for_the_schedulers_prefilter_and_by_hostname() -> None:
-    p = worker_pod(META, spec(), 1, NODES, attempt=0, gated=True)
+    p = worker_pod(META, spec(), 1, NODES, attempt=0)
     terms = p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms[0]["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": [NODES[1].name]}]
     assert pod_node(p) == NODES[1].name
@@ -36,12 +36,12 @@ def test_worker_pod_is_pinned_by_node_name_for_the_schedulers_prefilter_and_by_h
 
 def test_user_env_cannot_override_the_rendezvous() -> None:
     s = spec(env=[{"name": "RANK", "value": "9"}, {"name": "EXTRA", "value": "1"}])
-    env = [e["name"] for e in worker_pod(META, s, 0, NODES, 0, gated=False)["spec"]["containers"][0]["env"]]
+    env = [e["name"] for e in worker_pod(META, s, 0, NODES, 0)["spec"]["containers"][0]["env"]]
     assert env.count("RANK") == 1 and "EXTRA" in env
 
 
 def test_worker_pod_is_restricted_by_default_with_a_writable_tmp() -> None:
-    p = worker_pod(META, spec(), 0, NODES, 0, gated=False)["spec"]
+    p = worker_pod(META, spec(), 0, NODES, 0)["spec"]
     assert p["securityContext"] == {
         "runAsNonRoot": True,
         "runAsUser": 65532,
@@ -70,7 +70,7 @@ def test_user_security_fields_are_merged_over_the_defaults() -> None:
         volumes=[{"name": "scratch", "emptyDir": {"medium": "Memory"}}],
         volumeMounts=[{"name": "scratch", "mountPath": "/tmp/"}],
     )
-    p = worker_pod(META, s, 0, NODES, 0, gated=False)["spec"]
+    p = worker_pod(META, s, 0, NODES, 0)["spec"]
     assert p["securityContext"]["runAsUser"] == 1000 and p["securityContext"]["runAsNonRoot"] is True
     assert p["securityContext"]["seccompProfile"] == {"type": "Localhost", "localhostProfile": "p.json"}
     container = p["containers"][0]
@@ -87,7 +87,7 @@ def test_user_security_fields_are_merged_over_the_defaults() -> None:
 def test_a_privileged_container_is_not_also_told_not_to_escalate() -> None:
     """The API refuses privileged: true beside allowPrivilegeEscalation: false; the namespace's Pod Security decides."""
     s = spec(containerSecurityContext={"privileged": True})
-    context = worker_pod(META, s, 0, NODES, 0, gated=False)["spec"]["containers"][0]["securityContext"]
+    context = worker_pod(META, s, 0, NODES, 0)["spec"]["containers"][0]["securityContext"]
     assert context == {"privileged": True, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True}
 
 

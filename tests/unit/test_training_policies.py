@@ -134,9 +134,10 @@ def test_a_lost_node_is_a_retryable_failure_even_for_the_exit_code_policy() -> N
     assert d.restart.reason == "NodeLost" and d.force_delete == ["job-worker-1"] and d.delete == ["job-worker-0"]
 
 
-def test_a_deleted_worker_of_a_released_gang_is_a_failure_but_not_of_a_gated_one() -> None:
+def test_a_deleted_worker_of_a_started_gang_is_a_failure_but_not_of_one_that_never_started() -> None:
     _, d = run(gang_failure, job({}, [pod(0)]))
     assert d.restart.reason == "WorkerDeleted" and d.restart.worker == "index-1"
+    assert run(gang_failure, job({}, [pod(0, "Pending")])) == (False, Decision()), "gang_start places it afresh"
     assert run(gang_failure, job({}, [pod(0, "Pending", gated=True)])) == (False, Decision())
 
 
@@ -172,12 +173,15 @@ def test_gang_placement_places_unless_the_api_refused_this_generation() -> None:
     assert run(gang_placement, job({}, [pod(0)])) == (False, Decision())
 
 
-def test_gang_start_ungates_a_whole_gang_and_restarts_a_half_placed_one() -> None:
-    settled, d = run(gang_start, job({}, [pod(0, "Pending", gated=True), pod(1, "Pending", gated=True)]))
-    assert not settled and sorted(w.name for w in d.ungate) == ["job-worker-0", "job-worker-1"]
+def test_gang_start_places_a_gang_cut_short_afresh_and_ungates_a_whole_gated_one() -> None:
+    settled, d = run(gang_start, job({}, [pod(0, "Pending")]))  # the operator stopped between the creates
+    assert settled and d.delete == ["job-worker-0"] and not d.restart and not d.ungate
     settled, d = run(gang_start, job({}, [pod(0, "Pending", gated=True)]))
     assert settled and d.delete == ["job-worker-0"] and not d.ungate
+    settled, d = run(gang_start, job({}, [pod(0, "Pending", gated=True), pod(1, "Pending", gated=True)]))
+    assert not settled and sorted(w.name for w in d.ungate) == ["job-worker-0", "job-worker-1"]
     assert run(gang_start, job({}, [pod(0), pod(1)])) == (False, Decision())
+    assert run(gang_start, job({}, [pod(0, "Pending"), pod(1, "Pending")])) == (False, Decision())
 
 
 def test_gang_running_once_every_worker_runs() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelfleet.api.training import TrainingJobSpec
+from modelfleet.contract import GANG_SCHEDULING_GATE
 from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.training.builders import worker_pod
 
@@ -24,9 +25,12 @@ def pod(
     gated: bool = False,
     at: str = "",
 ) -> dict[str, Any]:
-    """Worker `index` on node n<index> (unscheduled while gated); `exit_code` and `at` make it terminated."""
-    p = worker_pod(META, spec(), index, NODES, attempt, gated=gated)
+    """Worker `index` on node n<index>; `exit_code` and `at` make it terminated. `gated`: unscheduled, held by the
+    gate earlier versions of the operator created workers with."""
+    p = worker_pod(META, spec(), index, NODES, attempt)
     p["spec"]["nodeName"] = None if gated else NODES[index].name
+    if gated:
+        p["spec"]["schedulingGates"] = [{"name": GANG_SCHEDULING_GATE}]
     p["status"] = {"phase": phase}
     if exit_code is not None:
         p["status"]["containerStatuses"] = [{"state": {"terminated": {"exitCode": exit_code, "finishedAt": at}}}]

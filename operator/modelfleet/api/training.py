@@ -127,7 +127,11 @@ class Placement(ApiModel):
         default=PlacementPolicy.PACK,
         description="Pack: fewest nodes and zones, best fit. Spread: one worker per node where possible.",
     )
-    gang: bool = Field(default=True, description="Start no worker until every worker has a node.")
+    gang: bool = Field(
+        default=True,
+        description="Deprecated, no effect: every gang is placed whole (every worker's node planned and written to "
+        "status before the first worker is created).",
+    )
 
 
 class Dataset(ApiModel):

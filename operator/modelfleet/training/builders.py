@@ -12,7 +12,6 @@ from modelfleet.contract import (
     CHECKPOINT_DIR_ENV,
     CHECKPOINT_INTERVAL_ENV,
     GANG_ATTEMPT_LABEL,
-    GANG_SCHEDULING_GATE,
     JOB_NAME_ENV,
     JOB_NAME_LABEL,
     MANAGED_BY,
@@ -154,9 +153,8 @@ def worker_pod(
     index: int,
     nodes: Sequence[NodeInfo],
     attempt: int,
-    gated: bool,
 ) -> dict[str, Any]:
-    """Worker `index` of a gang placed on `nodes`, pinned to its node and (if gated) held until the gang is whole."""
+    """Worker `index` of a gang placed on `nodes`, pinned to its node."""
     name = meta["name"]
     world = len(nodes)
     weights = worker_weights(spec, nodes)
@@ -194,8 +192,6 @@ def worker_pod(
         "containers": [container],
         "volumes": volumes,
     }
-    if gated:
-        pod_spec["schedulingGates"] = [{"name": GANG_SCHEDULING_GATE}]
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
     return {

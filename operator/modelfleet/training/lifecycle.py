@@ -42,7 +42,7 @@ POLICIES: tuple[Policy, ...] = (
     gang_success,
     draining,  # stopping pods still hold the workers' names
     gang_placement,  # no pod: place the gang (unless the API refused it)
-    gang_start,  # ungate a whole gang; a half-placed one starts again
+    gang_start,  # a gang cut short before it started is placed again
     gang_running,
 )
 

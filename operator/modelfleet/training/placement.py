@@ -1,8 +1,7 @@
-"""Placing a gang: create every worker of the queue's plan gated, record the placement in the job's status, and
-ungate the workers only then, when all exist and all are ours. The status write is made on the version of the job
-the decision read, so it fails for a job deleted or changed meanwhile (a watch gap may hide that): it proves the
-owner as a fresh read would, and a gang it refuses, still gated, never ran and is deleted. Workers created without
-gates (`placement.gang: false`) start at once, so for them the job is read fresh before they are created.
+"""Placing a gang: record the placement in the job's status, then create every worker at once, pinned to its node.
+The status write is made on the version of the job the decision read, so it fails for a job deleted or changed
+meanwhile (a watch gap may hide that): it proves the owner as a fresh read would, before any worker exists. Should the
+API refuse a worker, the ones created are deleted at once (no half gang stays), and the refusal is reported.
 The gang's headless Service is server-side applied (field manager `modelfleet`, as every Deployment and Service).
 
 What is created goes into the worker index and the capacity reservations at once, so the next pass sees it (no
@@ -21,7 +20,6 @@ from prometheus_client import Counter, Histogram
 from modelfleet import kube
 from modelfleet.api.training import TrainingJobSpec
 from modelfleet.capacity import CAPACITY
-from modelfleet.loops import ObjectGone
 from modelfleet.owned import WORKER_PODS
 from modelfleet.scheduling.planner import Plan
 from modelfleet.scheduling.queue import gpus_on
@@ -30,9 +28,9 @@ from modelfleet.training.status import CreateRefused, NotPlaced, Outcome, Placed
 
 PLURAL = "trainingjobs"
 GANGS_IN_FLIGHT = 16
-"""Gangs whose pods are being created or ungated at once. With no bound, a queue pass that admits a thousand gangs
-queues every create before the first gang's ungates (all gangs start together, at the end), and holds every
-pod's body in memory meanwhile; bounded, gangs start one after another, as fast."""
+"""Gangs being recorded and created at once. With no bound, a queue pass that admits a thousand gangs queues every
+status write and create at once (gangs start together, at the end) and holds every pod's body in memory meanwhile;
+bounded, gangs start one after another, as fast."""
 PLACEMENTS = Counter(
     "modelfleet_gang_placements",
     "Admitted gangs by what their placement came to: Placed, CreateRefused, CapacityChanged (the planned GPUs were "
@@ -46,7 +44,7 @@ SLOT_WAIT = Histogram(
 )
 SLOT_HELD = Histogram(
     "modelfleet_placement_seconds",
-    "Time a gang holds its placement slot: the creates, the status write and the ungates.",
+    "Time a gang holds its placement slot: the status write and the creates.",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10),
 )
 _in_flight: asyncio.Semaphore | None = None
@@ -68,7 +66,8 @@ def in_flight() -> asyncio.Semaphore:
 
 
 async def ungate(namespace: str, name: str, uid: str) -> None:
-    """Ungates that pod; a pod of that name with another uid (a failed test op: 422) or none (404) is left be."""
+    """Ungates that pod (earlier versions of the operator created workers gated, and a gang they left gated is
+    released whole); a pod of that name with another uid (a failed test op: 422) or none (404) is left be."""
     if patched := await kube.patch_pod(namespace, name, ungate_patch(uid), ignore=(404, 422)):
         WORKER_PODS.apply_event(patched)
 
@@ -89,13 +88,13 @@ async def delete_workers(namespace: str, pods: list[dict[str, Any]], names: list
 
 Record = Callable[[Placed], Awaitable[object]]
 """Writes a placement into the job's status on the version the decision read; raises ObjectGone or kube.Conflict
-when the job was deleted or changed since."""
+when the job was deleted or changed since (then nothing is created)."""
 
 
 async def place_gang(meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan, record: Record) -> Outcome:
-    """Claims the plan's GPUs (if they are still free), waits for a placement slot, then creates every worker
-    gated and records the placement (`record`); the gates go only after that, when all exist and all are ours.
-    Only a Placed outcome is recorded here: the caller writes the others.
+    """Claims the plan's GPUs (if they are still free), waits for a placement slot, records the placement
+    (`record`), then creates every worker. Only a Placed outcome is recorded here: the caller writes the others
+    (a CreateRefused on the job as `record` left it).
 
     The check and the claim have no await between them, so two gangs never count the same free GPUs; the claim
     holds them while the gang waits for its slot (the next queue pass sees them taken) and ends when its pods are
@@ -129,15 +128,18 @@ async def _place_gang(
     meta: dict[str, Any], spec: TrainingJobSpec, attempt: int, plan: Plan, wanted: dict[str, int], record: Record
 ) -> Outcome:
     namespace = meta["namespace"]
-    gated = spec.placement.gang
-    if not gated and not await _still_there(meta):
-        raise ObjectGone(f"{namespace}/{meta['name']}")  # deleted while a watch gap hid it: make nothing
     CAPACITY.unclaim(meta["uid"])  # checked again without its own claim: a node may have gone while it waited
     if changed := _short_of(wanted):
         return changed
-    pods = [worker_pod(meta, spec, i, plan.nodes, attempt, gated=gated) for i in range(len(plan.nodes))]
+    pods = [worker_pod(meta, spec, i, plan.nodes, attempt) for i in range(len(plan.nodes))]
     CAPACITY.reserve(pods)  # the reservations hold the claimed GPUs from here
     names = [p["metadata"]["name"] for p in pods]
+    placed = Placed(plan.nodes, tuple(names), tuple(worker_weights(spec, plan.nodes)))
+    try:
+        await record(placed)  # the proof of owner: nothing of a job deleted or changed since the decision is made
+    except BaseException:
+        CAPACITY.release(namespace, names)
+        raise
     results = await asyncio.gather(
         kube.apply(kube.core().patch_namespaced_service, headless_service(meta, spec)),
         *(kube.create(kube.core().create_namespaced_pod, namespace, pod) for pod in pods),
@@ -147,29 +149,12 @@ async def _place_gang(
     CAPACITY.reserve(created)  # they exist from now: a list that starts later holds them
     for pod in created:
         WORKER_PODS.apply_event(pod)
-    refused = next((r for r in results if isinstance(r, kube.Refused)), None)
-    failed = next((r for r in results if isinstance(r, BaseException)), None)
-    if failed is not None:
+    if failed := next((r for r in results if isinstance(r, BaseException)), None):
         await _discard(namespace, created, names)  # half a gang must not stay
-        if refused is not None:
+        if refused := next((r for r in results if isinstance(r, kube.Refused)), None):
             return CreateRefused(refused.reason, refused.message)
         raise failed
-    placed = Placed(plan.nodes, tuple(names), tuple(worker_weights(spec, plan.nodes)))
-    try:
-        await record(placed)
-    except (ObjectGone, kube.Conflict):
-        if gated:  # the job went or changed since the decision: its gang never ran, and is placed afresh
-            await _discard(namespace, created, names)
-        raise
-    if gated and len(created) == len(pods):
-        await asyncio.gather(*(ungate(namespace, p["metadata"]["name"], p["metadata"]["uid"]) for p in created))
     return placed
-
-
-async def _still_there(meta: dict[str, Any]) -> bool:
-    """A fresh read finds this job (same uid): it was not deleted while a watch gap hid that."""
-    fresh = await kube.get_custom(PLURAL, meta["namespace"], meta["name"])
-    return fresh is not None and fresh["metadata"]["uid"] == meta["uid"]
 
 
 async def _discard(namespace: str, created: list[dict[str, Any]], names: list[str]) -> None:

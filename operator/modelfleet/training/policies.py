@@ -103,9 +103,9 @@ def first_failure(current: Sequence[Worker], lost: frozenset[str]) -> Failure | 
         w = failed[0]
         detail = f"exited with code {w.exit_code}" if w.exit_code is not None else f"failed ({w.reason or 'unknown'})"
         return Failure("WorkerFailed", f"worker {w.name} {detail}", w.name, w.exit_code)
-    released = [w for w in current if not w.gated]
+    started = any(w.phase != "Pending" for w in current)  # else gang_start places a gang cut short afresh
     world = max((w.world_size for w in current), default=0)
-    if released and len(current) < world:
+    if started and len(current) < world:
         missing = min(set(range(world)) - {w.index for w in current})
         return Failure("WorkerDeleted", f"worker {missing} was deleted", f"index-{missing}", None, True)
     return None
@@ -192,17 +192,15 @@ def gang_placement(job: JobState, decision: Decision) -> bool:
 
 
 def gang_start(job: JobState, decision: Decision) -> bool:
-    """A whole gang still gated is released at once; a gang whose placement was interrupted half way (some workers
-    gated, some missing) is deleted to be placed again from nothing."""
+    """A gang cut short before it started (a worker missing while none has left Pending: the operator stopped
+    between its creates, or a worker was deleted before it ran) is deleted and placed again, without counting a
+    restart. A whole gang still gated (earlier versions of the operator created workers gated) is released."""
     current = job.current
-    gated = [w for w in current if w.gated]
-    if not gated:
-        return False
-    if len(current) == max(w.world_size for w in current):
-        decision.ungate = gated
-        return False
-    decision.delete += [w.name for w in current]
-    return True
+    if len(current) < max(w.world_size for w in current):
+        decision.delete += [w.name for w in current]
+        return True
+    decision.ungate = [w for w in current if w.gated]
+    return False
 
 
 def gang_running(job: JobState, decision: Decision) -> bool:
