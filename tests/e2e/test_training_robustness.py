@@ -4,6 +4,7 @@ refuse, status writes that fail, NaN from a worker."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -149,6 +150,48 @@ def test_a_spec_only_the_api_refuses_ends_in_a_condition_holds_nothing_and_heals
     kube.kubectl("patch", "trainingjob", "refused", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": fix}))
     healed = wait_phase(kube, namespace, "refused", "Running", timeout=90)
     assert condition(healed, "Created")["status"] == "True"
+
+
+def test_a_worker_the_api_refuses_takes_the_workers_created_with_it(kube: Kube, namespace: str) -> None:
+    """A ResourceQuota of one pod: of a gang of two, the API admits one worker and refuses the other (403, exceeded
+    quota). The one created is deleted at once, the job says why, nothing retries hot, and its GPUs are free."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "one-pod"},
+        "spec": {"hard": {"pods": "1"}},
+    }
+    kube.apply(quota, namespace)
+    wait_for(lambda: kube.get_json("resourcequota", "one-pod", "-n", namespace).get("status", {}).get("hard"),
+             what="the quota counted")  # fmt: skip
+    watch = subprocess.Popen(
+        [str(kube.bin_dir / "kubectl"), "--kubeconfig", str(kube.kubeconfig), "get", "pods", "-n", namespace,
+         "--watch", "--output-watch-events", "-o", "custom-columns=EVENT:.type,NAME:.object.metadata.name"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        kube.apply(training_job("quota", workers=2, gpus=4, gpu_type="T4", regions=("us-west-1",)), namespace)
+        refused = wait_for(
+            lambda: (s := status(kube, namespace, "quota")) and condition(s, "Created").get("status") == "False" and s,
+            what="Created=False",
+        )
+        time.sleep(6)  # a hot loop would retry (and post Events) many times in this window
+    finally:
+        watch.terminate()
+    seen = [line.split() for line in watch.communicate(timeout=10)[0].splitlines()[1:]]
+    created = {name for event, name in seen if event == "ADDED"}
+    assert len(created) == 1 and ["DELETED", created.pop()] in seen, f"one worker admitted, then deleted: {seen}"
+    why = condition(refused, "Created")
+    assert why["reason"] == "CreateFailed" and "exceeded quota" in why["message"], why
+    events = [e for e in events_of(kube, namespace, "quota") if e.startswith("CreateFailed")]
+    assert len(events) == 1, events
+    assert workers(kube, namespace, "quota") == [], "no half gang"
+    elsewhere = kube.new_namespace()  # the refused job holds no GPU: a job needing every T4 GPU of us-west-1 fits
+    try:
+        kube.apply(training_job("neighbour", workers=2, gpus=4, gpu_type="T4", regions=("us-west-1",)), elsewhere)
+        wait_phase(kube, elsewhere, "neighbour", "Running")
+    finally:
+        kube.kubectl("delete", "namespace", elsewhere, "--wait=false")
 
 
 @pytest.mark.kwok
