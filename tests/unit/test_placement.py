@@ -6,7 +6,6 @@ the clean-up are what is tested here, against no cluster."""
 from __future__ import annotations
 
 import asyncio
-import types
 from typing import Any
 
 import pytest
@@ -44,11 +43,11 @@ def calls(monkeypatch: pytest.MonkeyPatch, refused: set[str]) -> list[tuple[str,
         capacity.nodes.apply_event(ready_node(node.name))
     monkeypatch.setattr(placement, "CAPACITY", capacity)
 
-    async def apply(fn: Any, body: dict[str, Any]) -> dict[str, Any]:
+    async def apply(body: dict[str, Any]) -> dict[str, Any]:
         made.append(("apply", body["metadata"]["name"]))
         return body
 
-    async def create(fn: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def create(body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
         made.append(("create", name))
         if name in refused:
@@ -60,8 +59,6 @@ def calls(monkeypatch: pytest.MonkeyPatch, refused: set[str]) -> list[tuple[str,
 
     for name, stand_in in (("apply", apply), ("create", create), ("delete_pod", delete_pod)):
         monkeypatch.setattr(kube, name, stand_in)
-    api = types.SimpleNamespace(patch_namespaced_service=None, create_namespaced_pod=None)
-    monkeypatch.setattr(kube, "core", lambda: api)  # the calls above take the client's method: no client is made
     return made
 
 

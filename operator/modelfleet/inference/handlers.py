@@ -177,7 +177,7 @@ async def _apply_region(
     if svc is None or not covers(svc, {k: wanted_service[k] for k in ("metadata", "spec")}):
         why = "not in the index" if svc is None else "differs from the index"
         log.info("applying Service %s/%s: %s", meta["namespace"], wanted_service["metadata"]["name"], why)
-        SERVICES.apply_event(await kube.apply(kube.core().patch_namespaced_service, wanted_service))
+        SERVICES.apply_event(await kube.apply(wanted_service))
     products = CAPACITY.gpu_products(spec.resources.gpu_type) if spec.resources.gpu_type else []
     wanted = deployment(meta, spec, region, replicas, products)
     if dep is None:
@@ -189,7 +189,7 @@ async def _apply_region(
     else:
         return dep
     log.info("applying Deployment %s/%s: %s", meta["namespace"], wanted["metadata"]["name"], why)
-    applied = await kube.apply(kube.apps().patch_namespaced_deployment, wanted)
+    applied = await kube.apply(wanted)
     DEPLOYMENTS.apply_event(applied)
     return applied
 

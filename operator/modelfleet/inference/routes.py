@@ -89,11 +89,6 @@ def httproute(meta: Mapping[str, Any], spec: InferenceServiceSpec, settings: Rou
     }
 
 
-def patch_namespaced_httproute(name: str, namespace: str, body: dict[str, Any], **kwargs: Any) -> object:
-    """kube.apply's calling convention for HTTPRoutes."""
-    return kube.custom().patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body, **kwargs)
-
-
 class Routes:
     """Applies each service's HTTPRoute when it changed (again after `RECHECK_SECONDS`, or `RETRY_SECONDS` after a
     failure) while the API serves HTTPRoutes; asks the API again after a failure, and after `RECHECK_SECONDS`
@@ -119,7 +114,7 @@ class Routes:
         ):
             return
         try:
-            await kube.apply(patch_namespaced_httproute, wanted)
+            await kube.apply(wanted)
         except (kube.Refused, ApiException) as exc:
             self.served = None  # the CRD may have gone: ask again next time
             self.tried[key] = (wanted, now, False)

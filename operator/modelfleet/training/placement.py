@@ -141,8 +141,8 @@ async def _place_gang(
         CAPACITY.release(namespace, names)
         raise
     results = await asyncio.gather(
-        kube.apply(kube.core().patch_namespaced_service, headless_service(meta, spec)),
-        *(kube.create(kube.core().create_namespaced_pod, namespace, pod) for pod in pods),
+        kube.apply(headless_service(meta, spec)),
+        *(kube.create(pod) for pod in pods),
         return_exceptions=True,
     )
     created = [r for r in results[1:] if isinstance(r, dict)]
