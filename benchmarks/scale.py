@@ -361,10 +361,11 @@ def mount_peer_certs(cluster: ScaleCluster, timeout: float = 120) -> None:
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen:
     """py-spy sampling the operator 20 times a second without pausing it, collapsed stacks into `out` (one line per
-    stack and its count: `py-spy record -f raw`)."""
+    stack and its count: `py-spy record -f raw`). Only the thread holding the GIL is sampled: where the CPU goes, not
+    the client's threads waiting on their sockets."""
     out.parent.mkdir(parents=True, exist_ok=True)
     py_spy = Path(sys.executable).with_name("py-spy")
-    cmd = [str(py_spy), "record", "--nonblocking", "-r", "20", "-f", "raw", "-o", str(out), "-p", str(pid)]
+    cmd = [str(py_spy), "record", "--nonblocking", "--gil", "-r", "20", "-f", "raw", "-o", str(out), "-p", str(pid)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(out.with_suffix(".log")).open("wb"))
 
 
