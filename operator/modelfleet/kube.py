@@ -149,8 +149,8 @@ async def request(
     query: tuple[tuple[str, str], ...] = (("fieldManager", FIELD_MANAGER),),
 ) -> dict[str, Any]:
     """One write through the client's connection pool and credentials, the body sent as it is and the answer
-    decoded with orjson. The client's generated methods first validate every body into the client's models (a
-    third of the CPU the operator spent on API calls at 1,000 jobs); the API server validates it anyway, and its
+    decoded with orjson. The client's generated methods first validate every body into the client's models (about
+    half of the CPU the operator spent on API calls at 1,000 jobs); the API server validates it anyway, and its
     refusal names the field. `call` labels the request in `modelfleet_api_requests`; `query` holds its parameters,
     by default the field manager `modelfleet` (what `kubectl get --show-managed-fields` names for each field)."""
     API_REQUESTS.labels(call).inc()
