@@ -113,22 +113,11 @@ async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-async def call_json(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """`call` whose answer is the object as plain JSON: the client's models cost milliseconds per pod to build
-    (and as much again to turn back into a dict), thousands of times at scale; orjson decodes a pod twice as fast
-    as the stdlib's json. The body is read in the calling thread, not on the event loop."""
-
-    def raw_body(*args: Any, **kwargs: Any) -> bytes:
-        return fn(*args, _preload_content=False, **kwargs).data
-
-    raw_body.__name__ = fn.__name__
-    return orjson.loads(await call(raw_body, *args, **kwargs))
-
-
 FIELD_MANAGER = "modelfleet"
 APPLY_PATCH = "application/apply-patch+yaml"
 APPLY_QUERY = (("fieldManager", FIELD_MANAGER), ("force", "true"))
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 PLURALS = {"Pod": "pods", "Service": "services", "Deployment": "deployments", "HTTPRoute": "httproutes"}
 """The kinds the operator creates or applies through `request`, by the name of their collection."""
 
@@ -143,7 +132,7 @@ def object_path(body: dict[str, Any], namespace: str, name: str = "") -> str:
 async def request(
     method: str,
     path: str,
-    body: dict[str, Any],
+    body: dict[str, Any] | list[dict[str, Any]],
     call: str,
     content_type: str = "application/json",
     query: tuple[tuple[str, str], ...] = (("fieldManager", FIELD_MANAGER),),
@@ -157,7 +146,13 @@ async def request(
     return orjson.loads(await asyncio.to_thread(_send, method, path, body, content_type, query))
 
 
-def _send(method: str, path: str, body: dict[str, Any], content_type: str, query: tuple[tuple[str, str], ...]) -> bytes:
+def _send(
+    method: str,
+    path: str,
+    body: dict[str, Any] | list[dict[str, Any]],
+    content_type: str,
+    query: tuple[tuple[str, str], ...],
+) -> bytes:
     client = api()
     headers = {"Content-Type": content_type, "Accept": "application/json"}
     _, url, headers, data, _ = client.param_serialize(
@@ -196,11 +191,14 @@ async def delete_pod(namespace: str, name: str, force: bool = False) -> None:
             raise
 
 
-async def patch_pod(namespace: str, name: str, patch: Any, ignore: tuple[int, ...] = (404,)) -> dict[str, Any] | None:
-    """Patches a pod (a list is a JSON patch) and returns it as it now is; None for the statuses in `ignore`
-    (404: gone already)."""
+async def patch_pod(
+    namespace: str, name: str, patch: list[dict[str, Any]], ignore: tuple[int, ...] = (404,)
+) -> dict[str, Any] | None:
+    """Applies a JSON patch to a pod and returns it as it now is; None for the statuses in `ignore` (404: gone
+    already)."""
+    path = object_path({"apiVersion": "v1", "kind": "Pod"}, namespace, name)
     try:
-        return await call_json(core().patch_namespaced_pod, name, namespace, patch)
+        return await request("PATCH", path, patch, call="patch Pod", content_type=JSON_PATCH)
     except ApiException as exc:
         if exc.status not in ignore:
             raise
