@@ -48,6 +48,17 @@ def kube(local_cluster: DevCluster | None) -> Kube:
     return kube
 
 
+@pytest.fixture(autouse=True)
+def revived_components(request: pytest.FixtureRequest) -> None:
+    """Before each test on the local cluster: a control-plane component that exited on its own during an earlier
+    test is started again (a kubelet would have restarted it), so one crash does not fail every test after it."""
+    if "local_cluster" not in request.fixturenames:
+        return
+    cluster: DevCluster | None = request.getfixturevalue("local_cluster")
+    if cluster is not None and (started := cluster.revive()):
+        print(f"\nrestarted control-plane components that had exited: {', '.join(started)}")
+
+
 @pytest.fixture
 def cluster(local_cluster: DevCluster | None) -> DevCluster:
     """The local control plane, for tests that restart, stop or pause its components."""

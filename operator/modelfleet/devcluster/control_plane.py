@@ -290,6 +290,17 @@ class DevCluster:
         if component in ("etcd", "kube-apiserver"):
             self._wait(self._apiserver_ready, timeout, "kube-apiserver ready")
 
+    def revive(self) -> list[str]:
+        """Starts again every component that exited on its own, as a kubelet restarts a crashed static pod
+        (kube-scheduler, for one, exits when it finds its cache inconsistent, which an apiserver restart can
+        cause); a component stopped with stop_component() stays down. Returns the names started."""
+        self._load_state()
+        exited = [name for name, pid in self.processes.items() if not _alive(pid)]
+        for name in exited:
+            _wait_exit(self.processes.pop(name), 10)  # reaped, when it is our child
+            self.start_component(name)
+        return exited
+
     def pause(self, component: str) -> None:
         """SIGSTOP: the component stays in memory, its connections open, and answers nothing until resume()."""
         self._load_state()
