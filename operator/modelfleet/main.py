@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 import prometheus_client
 
+from modelfleet import kube
 from modelfleet.api.common import GROUP, VERSION
 from modelfleet.capacity import CAPACITY
 from modelfleet.contract import OPERATOR_METRICS_PORT_ENV, OPERATOR_WORKERS_ENV
@@ -28,6 +29,7 @@ from modelfleet.scheduling.nodes import node_is_ready
 from modelfleet.training import handlers as training
 from modelfleet.training.queueing import QUEUE
 from modelfleet.watch_json import use_orjson
+from modelfleet.watching import Watch
 
 __all__ = ["inference", "training"]
 log = logging.getLogger(__name__)
@@ -85,12 +87,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     gc.freeze()  # what start-up made (modules, the client's models) is never garbage: no collection walks it again
     gc.set_threshold(*GC_THRESHOLDS)
     memo.resync_task = asyncio.create_task(RESYNC.keep_healed(), name="resync")
+    core = kube.core()
+    pods = Watch("pods", core.list_pod_for_all_namespaces, core.list_namespaced_pod, pod_event)
+    memo.pod_watch_task = asyncio.create_task(pods.run(RESYNC.namespaces), name="pod-watch")
     memo.queue_task = asyncio.create_task(QUEUE.run(), name="gpu-queue")
 
 
 @kopf.on.cleanup()
 async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("resync_task", "queue_task"):
+    for name in ("resync_task", "queue_task", "pod_watch_task"):
         if task := memo.get(name):
             task.cancel()
     training.LOOPS.stop()
@@ -112,12 +117,10 @@ async def node_event(event: dict[str, Any], **_: Any) -> None:
         training.LOOPS.wake_all()
 
 
-@kopf.on.event("", "v1", "pods")
-@counts_watch_events
-async def pod_event(event: dict[str, Any], **_: Any) -> None:
+def pod_event(event: dict[str, Any]) -> None:
     """Keeps the store of pods that hold GPUs (anyone's: the capacity they hold is not free), with a GPU queue pass
-    only when the GPUs held or being freed changed; then the index of workers or model servers, if it is one (one
-    handler per event, so kopf's per-handler machinery runs once)."""
+    only when the GPUs held or being freed changed; then the index of workers or model servers, if it is one. Pods
+    come from a lean watch (`modelfleet.watching`), not kopf's: most of the operator's watch events are theirs."""
     pod, deleted = event["object"], event.get("type") == "DELETED"
     if event.get("type") is None:
         RESYNC.request()

@@ -1,17 +1,17 @@
 """Fresh lists that heal the operator's watch-fed state.
 
-A kopf watch that gets 410 Gone lists again, but an object deleted during the gap never produces a DELETED
-event: its node would stay Ready, its pod would hold GPUs, its job's loop would go on. So the listing that kopf
-does after a gap (seen as events of type None) requests a resync here, and one also runs every few minutes:
+A watch (kopf's, or the pod watch of `modelfleet.watching`) that gets 410 Gone lists again, but an object deleted
+during the gap never produces a DELETED event: its node would stay Ready, its pod would hold GPUs, its job's loop
+would go on. So the listing after a gap (seen as events of type None) requests a resync here, and one also runs every few minutes:
 each store, index (modelfleet.owned) and loop registry is compared with a fresh list and what the list lacks is
-dropped. These lists are the operator's only LISTs: a reconcile reads the indexes.
+dropped. These lists and those of the watches (at their start and after a 410) are the operator's only LISTs: a
+reconcile reads the indexes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,12 +22,12 @@ from modelfleet.api.common import GROUP, MANAGED_BY, MANAGED_BY_LABEL, VERSION
 from modelfleet.capacity import CAPACITY
 from modelfleet.loops import ReconcileLoops, key_of
 from modelfleet.owned import DEPLOYMENTS, SERVER_PODS, SERVICES, TRAINING_RESULTS, WORKER_PODS
+from modelfleet.watching import list_pages
 
 log = logging.getLogger(__name__)
 PERIOD = 300.0
 SETTLE = 3.0
 """Seconds to let a re-list finish before comparing: kopf yields the listed objects one by one."""
-PAGE = 500
 
 
 class Resync:
@@ -123,20 +123,8 @@ async def _list_all(fn: Callable[..., Any], **args: str) -> list[dict[str, Any]]
 
 
 async def _pages(fn: Callable[..., Any], **args: str) -> AsyncIterator[list[dict[str, Any]]]:
-    """The items of a paginated list, a page at a time, as plain dicts (raw JSON: the client's models are slow to
-    build)."""
-    token = None
-    while True:
-        kwargs: dict[str, Any] = {**args, "limit": PAGE, "_preload_content": False}
-        if token:
-            kwargs["_continue"] = token
-        response = await kube.call(fn, **kwargs)
-        page = json.loads(response.data)
-        del response
-        yield page.get("items") or []
-        token = (page.get("metadata") or {}).get("continue")
-        if not token:
-            return
+    async for items, _ in list_pages(fn, **args):
+        yield items
 
 
 RESYNC = Resync()
