@@ -5,17 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import kopf
-
 from modelfleet import main
 from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from modelfleet.capacity import CAPACITY
 from modelfleet.inference import handlers as inference
 from modelfleet.owned import SERVER_PODS, TRAINING_RESULTS, WORKER_PODS
 from modelfleet.training import handlers as training
-
-PODS = kopf.Resource("", "v1", "pods")
-TRAINING_JOBS = kopf.Resource("modelfleet.dev", "v1alpha1", "trainingjobs")
 
 
 def pod(name: str, uid: str, labels: dict[str, str], gpus: int = 0) -> dict[str, Any]:
@@ -38,7 +33,7 @@ def test_one_pod_handler_feeds_capacity_and_the_worker_or_server_index() -> None
 
     async def feed() -> None:
         for obj in events:
-            await main.pod_event({"type": "ADDED", "object": obj}, resource=PODS)
+            main.pod_event({"type": "ADDED", "object": obj})
 
     asyncio.run(feed())
     try:
@@ -48,7 +43,7 @@ def test_one_pod_handler_feeds_capacity_and_the_worker_or_server_index() -> None
         assert WORKER_PODS.get("x0") is None and SERVER_PODS.get("x0") is None
     finally:
         for obj in events:
-            asyncio.run(main.pod_event({"type": "DELETED", "object": obj}, resource=PODS))
+            main.pod_event({"type": "DELETED", "object": obj})
     assert WORKER_PODS.get("w0") is None and CAPACITY.gpu_pods.get("x0") is None
 
 
@@ -60,11 +55,11 @@ def test_one_training_job_handler_feeds_its_loop_and_the_services_index() -> Non
     }  # fmt: skip
 
     async def feed() -> None:
-        await main.training_job_event({"type": "ADDED", "object": job}, resource=TRAINING_JOBS)
+        main.training_job_event({"type": "ADDED", "object": job})
         assert training.LOOPS.bodies[("events-ns", "tj")]["metadata"]["uid"] == "tj-uid"
         assert TRAINING_RESULTS.get("tj-uid")["status"]["artifact"] == {"uri": "pvc://m/tj"}
         # stops the loop before its first pass
-        await main.training_job_event({"type": "DELETED", "object": job}, resource=TRAINING_JOBS)
+        main.training_job_event({"type": "DELETED", "object": job})
 
     asyncio.run(feed())
     assert ("events-ns", "tj") not in training.LOOPS.bodies and TRAINING_RESULTS.get("tj-uid") is None
