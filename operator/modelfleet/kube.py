@@ -108,9 +108,14 @@ def transient(exc: BaseException) -> bool:
 
 
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    API_REQUESTS.labels(fn.__name__).inc()
+    API_REQUESTS.labels(_name_of(fn)).inc()
     kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    """The client method's name, also through a functools.partial of it."""
+    return getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "call")
 
 
 FIELD_MANAGER = "modelfleet"
