@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import gc
 import logging
 import os
@@ -88,29 +87,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     gc.freeze()  # what start-up made (modules, the client's models) is never garbage: no collection walks it again
     gc.set_threshold(*GC_THRESHOLDS)
     memo.resync_task = asyncio.create_task(RESYNC.keep_healed(), name="resync")
-    memo.watch_tasks = [asyncio.create_task(w.run(RESYNC.namespaces), name=f"watch-{w.plural}") for w in lean_watches()]
+    core = kube.core()
+    pods = Watch("pods", core.list_pod_for_all_namespaces, core.list_namespaced_pod, pod_event)
+    memo.pod_watch_task = asyncio.create_task(pods.run(RESYNC.namespaces), name="pod-watch")
     memo.queue_task = asyncio.create_task(QUEUE.run(), name="gpu-queue")
-
-
-def lean_watches() -> list[Watch]:
-    """The resources with the most events, watched by `modelfleet.watching` rather than kopf: pods (each worker's
-    are created, bound and started within a second) and TrainingJobs (each status write comes back as an event)."""
-    core, custom = kube.core(), kube.custom()
-    return [
-        Watch("pods", core.list_pod_for_all_namespaces, core.list_namespaced_pod, pod_event),
-        Watch(
-            training.PLURAL,
-            functools.partial(custom.list_cluster_custom_object, GROUP, VERSION, training.PLURAL),
-            functools.partial(custom.list_namespaced_custom_object, GROUP, VERSION, plural=training.PLURAL),
-            training_job_event,
-        ),
-    ]
 
 
 @kopf.on.cleanup()
 async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
-    for task in [memo.get("resync_task"), memo.get("queue_task"), *memo.get("watch_tasks", [])]:
-        if task:
+    for name in ("resync_task", "queue_task", "pod_watch_task"):
+        if task := memo.get(name):
             task.cancel()
     training.LOOPS.stop()
     inference.LOOPS.stop()
@@ -133,7 +119,11 @@ async def node_event(event: dict[str, Any], **_: Any) -> None:
 
 def pod_event(event: dict[str, Any]) -> None:
     """Keeps the store of pods that hold GPUs (anyone's: the capacity they hold is not free), with a GPU queue pass
-    only when the GPUs held or being freed changed; then the index of workers or model servers, if it is one."""
+    only when the GPUs held or being freed changed; then the index of workers or model servers, if it is one.
+
+    Pods, most of the operator's watch events, come from a lean watch (`modelfleet.watching`), not kopf's. The
+    loops' tasks are started from kopf's handlers (TrainingJobs, InferenceServices), whose context kopf.event needs:
+    a handler called here wakes loops and fills indexes, and starts no task."""
     pod, deleted = event["object"], event.get("type") == "DELETED"
     if event.get("type") is None:
         RESYNC.request()
@@ -146,7 +136,9 @@ def pod_event(event: dict[str, Any]) -> None:
         inference.server_changed(pod, deleted)
 
 
-def training_job_event(event: dict[str, Any]) -> None:
+@kopf.on.event(GROUP, VERSION, training.PLURAL)
+@counts_watch_events
+async def training_job_event(event: dict[str, Any], **_: Any) -> None:
     """Every TrainingJob event: its loop, and the services that serve its artifact."""
     job, deleted = event["object"], event.get("type") == "DELETED"
     if event.get("type") is None:

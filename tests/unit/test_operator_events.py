@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import kopf
+
 from modelfleet import main
 from modelfleet.api.common import JOB_NAME_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from modelfleet.capacity import CAPACITY
 from modelfleet.inference import handlers as inference
 from modelfleet.owned import SERVER_PODS, TRAINING_RESULTS, WORKER_PODS
 from modelfleet.training import handlers as training
+
+TRAINING_JOBS = kopf.Resource("modelfleet.dev", "v1alpha1", "trainingjobs")
 
 
 def pod(name: str, uid: str, labels: dict[str, str], gpus: int = 0) -> dict[str, Any]:
@@ -55,11 +59,11 @@ def test_one_training_job_handler_feeds_its_loop_and_the_services_index() -> Non
     }  # fmt: skip
 
     async def feed() -> None:
-        main.training_job_event({"type": "ADDED", "object": job})
+        await main.training_job_event({"type": "ADDED", "object": job}, resource=TRAINING_JOBS)
         assert training.LOOPS.bodies[("events-ns", "tj")]["metadata"]["uid"] == "tj-uid"
         assert TRAINING_RESULTS.get("tj-uid")["status"]["artifact"] == {"uri": "pvc://m/tj"}
         # stops the loop before its first pass
-        main.training_job_event({"type": "DELETED", "object": job})
+        await main.training_job_event({"type": "DELETED", "object": job}, resource=TRAINING_JOBS)
 
     asyncio.run(feed())
     assert ("events-ns", "tj") not in training.LOOPS.bodies and TRAINING_RESULTS.get("tj-uid") is None
