@@ -37,6 +37,7 @@ BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 PAGE = 500
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
+OnList = Callable[[list[dict[str, Any]], str | None], None]
 
 
 class Expired(Exception):
@@ -63,7 +64,8 @@ async def list_pages(fn: Callable[..., Any], **args: Any) -> AsyncIterator[tuple
 
 class Watch:
     """One resource kind, the whole cluster's (`cluster_wide`) or in each of `namespaces` (`namespaced`), kept
-    for as long as `run` runs; `on_event` gets each event ({"type": ..., "object": ...}) on the event loop."""
+    for as long as `run` runs; `on_event` gets each event ({"type": ..., "object": ...}) on the event loop. With
+    `on_list`, each list comes whole in one call (its items, and its namespace or None) instead of as events."""
 
     def __init__(
         self,
@@ -71,11 +73,13 @@ class Watch:
         cluster_wide: Callable[..., Any],
         namespaced: Callable[..., Any],
         on_event: OnEvent,
+        on_list: OnList | None = None,
     ) -> None:
         self.plural = plural
         self.cluster_wide = cluster_wide
         self.namespaced = namespaced
         self.on_event = on_event
+        self.on_list = on_list
 
     async def run(self, namespaces: tuple[str, ...] = ()) -> None:
         if not namespaces:
@@ -108,11 +112,16 @@ class Watch:
                 await asyncio.sleep(wait)
 
     async def _list(self, fn: Callable[..., Any], args: dict[str, Any]) -> str:
-        version = ""
+        version, listed = "", []
         async for items, page_version in list_pages(fn, **args):
             version = page_version
+            if self.on_list is not None:
+                listed.extend(items)
+                continue
             for item in items:
                 self._deliver({"type": None, "object": item})
+        if self.on_list is not None:
+            self.on_list(listed, args.get("namespace"))
         return version
 
     async def _watch(self, fn: Callable[..., Any], args: dict[str, Any], version: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -253,22 +252,21 @@ def build_app(config: GatewayConfig, gateway: Gateway | None = None, watch_clust
         timeout = aiohttp.ClientTimeout(
             total=config.upstream_timeout_seconds, connect=min(2.0, config.upstream_timeout_seconds)
         )
-        stop = threading.Event()
         async with aiohttp.ClientSession(
             connector=connector, timeout=timeout, trust_env=False, auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),  # the client's, or none
         ) as c:  # fmt: skip
             gw.client = c
             prober = asyncio.create_task(gw.probe_forever(), name="probe")
-            if watch_cluster:
-                watch.start(gw.store, config.namespaces, stop)
+            watches = watch.start(gw.store, config.namespaces) if watch_cluster else []
             metrics_server = (
                 start_http_server(config.metrics_port, registry=gw.metrics.registry)[0] if config.metrics_port else None
             )
             try:
                 yield
             finally:
-                stop.set()
+                for task in watches:
+                    task.cancel()
                 prober.cancel()
                 if metrics_server:
                     metrics_server.shutdown()
