@@ -2,11 +2,12 @@
 handed as it is to one plain function on the event loop.
 
 kopf runs each watch event through its per-object machinery (a worker task per object, causes, handler progress,
-loggers, a body wrapper): at 1,000 jobs that was ~0.6 ms of CPU for each of ~11,000 pod events, a third of the
-operator's CPU, for a handler that only updates in-memory indexes and wakes loops. Pods are watched here instead.
+loggers, a body wrapper): at 1,000 jobs ~0.6 ms of CPU an event, a third of the operator's CPU, most of it for the
+~11,000 pod events, whose handler only updates in-memory indexes and wakes loops. The operator's pods are watched
+here instead, and so are the gateway's InferenceServices and pods.
 
 What kopf's watches did is kept: the objects of every list, the first and any later one, arrive as events of type
-None (so `resync` compares the stores with a fresh list after a gap); a watch resumes from the last resourceVersion
+None (so `resync` compares the stores with a fresh list after a gap), or whole through `on_list`; a watch resumes from the last resourceVersion
 it saw, bookmarks included; a 410 Gone (the version is too old to resume from) lists again; a broken or silent
 connection is retried with a back-off; the server ends each watch after `WATCH_SECONDS` and a new one starts.
 """
