@@ -27,10 +27,13 @@ from modelfleet.training.builders import headless_service, worker_pod, worker_we
 from modelfleet.training.status import CreateRefused, NotPlaced, Outcome, Placed
 
 PLURAL = "trainingjobs"
-GANGS_IN_FLIGHT = 16
+GANGS_IN_FLIGHT = 8
 """Gangs being recorded and created at once. With no bound, a queue pass that admits a thousand gangs queues every
 status write and create at once (gangs start together, at the end) and holds every pod's body in memory meanwhile;
-bounded, gangs start one after another, as fast."""
+bounded, gangs start one after another, as fast. 8, not 16: at 1,000 jobs both place ~18 gangs a second (a slot is
+held 0.42-0.44 s against 0.9-1.0 s), but with 16 gangs' pods arriving at once the test cluster's KWOK (every
+node's kubelet on one pod watch) fell behind and replayed pods, and p99 to Running was 64-67 s against 46-48 s
+(docs/performance.md, Session 13)."""
 PLACEMENTS = Counter(
     "modelfleet_gang_placements",
     "Admitted gangs by what their placement came to: Placed, CreateRefused, CapacityChanged (the planned GPUs were "
