@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import time
 
 import pytest
@@ -161,6 +163,21 @@ def test_apiserver_restarts_mid_test_and_clients_work_again(cluster: DevCluster,
     assert kube.kubectl("get", "configmap", "before", "-n", namespace, "-o", "jsonpath={.data.k}").stdout == "v"
     kube.kubectl("create", "configmap", "after", "-n", namespace)
     _pod_runs(kube, namespace, "after-apiserver-restart")
+
+
+def test_a_component_that_exits_on_its_own_is_revived_and_one_stopped_on_purpose_is_not(
+    cluster: DevCluster, kube: Kube, namespace: str
+) -> None:
+    crashed = cluster.processes["kube-scheduler"]
+    os.kill(crashed, signal.SIGKILL)  # as kube-scheduler's own exit on an inconsistent cache
+    wait_for(lambda: cluster.revive() == ["kube-scheduler"], timeout=30, what="kube-scheduler found exited")
+    assert cluster.processes["kube-scheduler"] != crashed
+    _pod_runs(kube, namespace, "after-scheduler-crash")
+    cluster.stop_component("kwok")
+    try:
+        assert cluster.revive() == []
+    finally:
+        cluster.start_component("kwok")
 
 
 def test_etcd_restarts_and_the_data_survives(cluster: DevCluster, kube: Kube, namespace: str) -> None:
