@@ -214,24 +214,44 @@ class Conflict(Exception):
     """The object changed since the version a decision was based on."""
 
 
-async def patch_status(
-    plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
-) -> dict[str, Any] | None:
-    """Merge-patches the status subresource; returns the updated object (None when the object is gone).
-
-    With `resource_version`, the write applies only to that version of the object (else Conflict): a decision
-    made on a stale body, or on a deleted and re-created object of the same name, is never written."""
-    patch: dict[str, Any] = {"status": status}
-    if resource_version:
-        patch["metadata"] = {"resourceVersion": resource_version}
+async def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge-patches the status subresource of whatever version of the object is current; returns the updated
+    object (None when the object is gone)."""
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}/status"
     try:
-        return await request("PATCH", path, patch, call=f"patch {plural}/status", content_type=MERGE_PATCH)
+        return await request("PATCH", path, {"status": status}, call=f"patch {plural}/status", content_type=MERGE_PATCH)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def replace_status(plural: str, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any] | None:
+    """Replaces the status subresource of exactly the version of the object in `body` with `status` (a key whose
+    value is None is left out); returns the updated object, None when the object is gone. Conflict when it changed
+    since, or was deleted and created again under its name: a decision made on a stale body is never written.
+
+    A PUT carries the status alone (the API server keeps spec and metadata from the stored object) and costs the
+    API server ~1 ms less than a merge patch of the same status (5.0 against 6.0 ms of its CPU a write,
+    docs/performance.md, Session 14)."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    replacement = {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion")},
+        "status": {k: v for k, v in status.items() if v is not None},
+    }
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}/status"
+    try:
+        return await request("PUT", path, replacement, call=f"replace {plural}/status")
     except ApiException as exc:
         if exc.status == 404:
             return None
         if exc.status == 409:
-            raise Conflict(f"{plural} {namespace}/{name} changed since resourceVersion {resource_version}") from exc
+            raise Conflict(
+                f"{plural} {namespace}/{name} changed since resourceVersion {meta['resourceVersion']}"
+            ) from exc
         raise
 
 

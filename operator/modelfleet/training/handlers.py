@@ -140,7 +140,7 @@ async def _write_status(
     if not _changed(prev, status):
         return {**body, "status": prev}
     try:
-        updated = await kube.patch_status(PLURAL, meta["namespace"], meta["name"], status, meta.get("resourceVersion"))
+        updated = await kube.replace_status(PLURAL, body, status)
     except kube.Conflict:
         LOOPS.remember(await kube.get_custom(PLURAL, meta["namespace"], meta["name"]))
         raise
