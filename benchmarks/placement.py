@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.figures import median_and_spread
 from benchmarks.queue_peers import FirstFitSpread, Job, Kueue, ModelfleetQueue, PerJobRetry, Volcano, worker_fits
 from modelfleet.scheduling.nodes import NodeInfo
 from modelfleet.scheduling.quota import ANY, Quota
@@ -295,14 +296,6 @@ def run_all(count: int, seeds: list[int], priorities: bool, nodes_per_region: in
     with ProcessPoolExecutor(processes) as pool:
         results = list(pool.map(_one, *zip(*runs, strict=True)))
     return {name: results[i * len(seeds) : (i + 1) * len(seeds)] for i, name in enumerate(only)}
-
-
-def median_and_spread(runs: list[dict[str, Any]], key: str) -> tuple[float | None, str]:
-    values = [r[key] for r in runs if r.get(key) is not None]
-    if not values:
-        return None, "-"
-    mid = statistics.median(values)
-    return mid, f"{mid:g}" + (f" ({min(values):g}-{max(values):g})" if len(values) > 1 else "")
 
 
 def print_table(title: str, results: dict[str, list[dict[str, Any]]], keys: list[str]) -> None:

@@ -2,17 +2,20 @@
 and KServe's controller (services).
 
     python -m benchmarks.scale [--quick | --large] [--jobs N] [--nodes N] [--part jobs|services|all]
-                               [--systems modelfleet,peer,peer-tuned,kserve]
+                               [--systems modelfleet,peer,peer-tuned,kserve] [--repeats N]
 
 N fake GPU nodes in 3 regions; M TrainingJobs of 1-6 one-GPU workers (seeded) submitted as fast as the API takes
 them; the same mix as PyTorchJobs (a Master and n-1 Workers) for the peer, as shipped and tuned (more reconcile
 threads, a higher client rate), each system on a fresh cluster of the same shape. Measured: submit -> every worker
 pod Running (p50, p99, total); the API requests the operator made, by verb, from the apiserver's audit log of the
 operator's user (the same count for both); the requests it made in the 30 s after all were Running (nothing changes);
-watch events handled where the operator counts them; its peak RSS and CPU seconds. `--part services`: 2,000
-InferenceServices (300 with --quick) until all are Ready, modelfleet's and KServe's (RawDeployment mode,
-benchmarks/scale_kserve.py). Each system's figures are kept in benchmarks/results/scale-<jobs>.json, so systems
-can be measured one per run (one e2e-lock hold each) and the tables compare whatever that file holds.
+watch events handled where the operator counts them; its peak RSS and CPU seconds, and each control-plane process's
+CPU seconds from submission until all are Running (the operator's work lands there too: API requests, watch events,
+the pods KWOK plays). `--repeats N` runs the systems in turns N times and prints each figure's median and spread.
+`--part services`: 2,000 InferenceServices (300 with --quick) until all are Ready, modelfleet's and KServe's
+(RawDeployment mode, benchmarks/scale_kserve.py). Each system's figures are kept in
+benchmarks/results/scale-<jobs>.json, so systems can be measured one per run (one e2e-lock hold each) and the tables
+compare whatever that file holds.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import scale_kserve, scale_timeline
+from benchmarks.figures import median_and_spread, with_spread
 from benchmarks.scale_cluster import READS, WRITES, ScaleCluster
 from modelfleet.api.common import GPU_RESOURCE
 from modelfleet.contract import JOB_NAME_LABEL
@@ -149,17 +153,29 @@ class ProcessSampler(threading.Thread):
         self.pid, self.peak_rss_mb, self.cpu_seconds, self.stopped = pid, 0.0, 0.0, threading.Event()
 
     def run(self) -> None:
-        ticks = os.sysconf("SC_CLK_TCK")
         while not self.stopped.is_set():
             try:
                 status = Path(f"/proc/{self.pid}/status").read_text()
                 rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-                stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
                 self.peak_rss_mb = max(self.peak_rss_mb, rss / 1024)
-                self.cpu_seconds = (int(stat[11]) + int(stat[12])) / ticks
+                self.cpu_seconds = cpu_seconds(self.pid)
             except (OSError, StopIteration):
                 return
             time.sleep(0.5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds the process has used so far (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cluster_cpu(cluster: ScaleCluster) -> dict[str, float]:
+    """CPU seconds each control-plane process has used so far."""
+    return {name: cpu_seconds(pid) for name, pid in cluster.processes.items()}
 
 
 class RunningPods(threading.Thread):
@@ -283,12 +299,13 @@ def measure(
             submitted[name] = time.monotonic()
             custom.create_namespaced_custom_object(group, version, "bench", plural, make(name, workers, region))
 
-        start = time.monotonic()
+        start, cpu_before = time.monotonic(), cluster_cpu(cluster)
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(submit, mix))
         submit_seconds = time.monotonic() - start
         tracker.wait(timeout=600 + 0.3 * len(mix))
         total = time.monotonic() - start
+        cpu_during = {name: cpu - cpu_before.get(name, 0.0) for name, cpu in cluster_cpu(cluster).items()}
         busy = cluster.operator_requests()
         time.sleep(IDLE_SECONDS)
         idle = sum(cluster.operator_requests().values()) - sum(busy.values())
@@ -324,6 +341,8 @@ def measure(
         "watch_events_handled": int(events) if events is not None else None,
         "reconciles": int(reconciles) if reconciles is not None else None,
         "peak_rss_mb": round(sampler.peak_rss_mb, 1), "cpu_seconds": round(sampler.cpu_seconds, 1),
+        "control_plane_cpu_seconds": round(sum(cpu_during.values()), 1),
+        **{f"  {name}": round(cpu, 1) for name, cpu in sorted(cpu_during.items())},
         "measured": time.strftime("%H:%M UTC", time.gmtime()),
         "build": f"modelfleet@{git_commit()}" if system == "modelfleet" else Path(cmd[0]).parent.name,
         **({"diagnostics": diagnostics} if diagnostics else {}),
@@ -471,6 +490,27 @@ def run_inference(system: str, size: Size, count: int) -> dict[str, Any]:
         cluster.down()
 
 
+def repeated_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run as it is; several: each figure's median (ratios and targets are taken on medians; jobs_running is
+    the fewest of any run), the runs themselves under "runs", and the diagnostics of the run whose p99 is the
+    median's."""
+    if len(runs) == 1:
+        return runs[0]
+    by_p99 = sorted(runs, key=lambda r: r["p99_seconds"] if r["p99_seconds"] is not None else float("inf"))
+    middle = by_p99[(len(runs) - 1) // 2]
+    figures = {
+        key: median_and_spread(runs, key)[0] if isinstance(value, int | float) else value
+        for key, value in middle.items()
+        if key != "diagnostics"
+    }
+    figures["jobs_running"] = min(run["jobs_running"] for run in runs)  # "all reach Running" holds in every run
+    figures["measured"] = f"{runs[0]['measured']} to {runs[-1]['measured']}"
+    figures["runs"] = [{k: v for k, v in run.items() if k != "diagnostics"} for run in runs]
+    if "diagnostics" in middle:
+        figures["diagnostics"] = middle["diagnostics"]
+    return figures
+
+
 def ratio(a: Any, b: Any) -> str:
     return f"{a / b:.2f}" if isinstance(a, int | float) and isinstance(b, int | float) and a and b else "-"
 
@@ -484,17 +524,26 @@ def print_jobs(size: Size, results: dict[str, dict[str, Any]]) -> None:
     )
     table = Table()
     systems = [s for s in SYSTEMS if s in results]
-    table.add_column("figure")
+    repeated = any("runs" in results[s] for s in systems)
+    table.add_column("figure (median, min-max)" if repeated else "figure")
     for system in systems:
         table.add_column(system, justify="right")
     peers = [p for p in ("peer", "peer-tuned") if p in results and "modelfleet" in results]
     for peer in peers:
         table.add_column(f"modelfleet / {peer}", justify="right")
-    keys = [key for key in next(iter(results.values())) if key != "diagnostics"]
+    keys = [key for key in next(iter(results.values())) if key not in ("diagnostics", "runs")]
+
+    def cell(system: str, key: str) -> str:
+        value, runs = results[system].get(key), results[system].get("runs") or []
+        if runs and isinstance(value, int | float):
+            return with_spread(value, [run[key] for run in runs if run.get(key) is not None])
+        return "n/a" if value is None else str(value)
+
     for key in keys:
-        values = [results[s].get(key) for s in systems]
         ratios = [ratio(results["modelfleet"].get(key), results[p].get(key)) for p in peers]
-        table.add_row(key, *("n/a" if v is None else str(v) for v in values), *ratios)
+        table.add_row(key, *(cell(s, key) for s in systems), *ratios)
+    if repeated:
+        table.add_row("runs", *(str(len(results[s].get("runs") or [0])) for s in systems), *("" for _ in peers))
     Console(width=160).print(table)
     for line in targets(size, results):
         print(line)
@@ -559,6 +608,9 @@ def main() -> None:
     parser.add_argument("--part", choices=["jobs", "services", "all"], default="all")
     parser.add_argument("--out", type=Path, help="default benchmarks/results/scale-<jobs>.json")
     parser.add_argument("--profile", type=Path, help="a folder: py-spy samples each operator into <system>.txt")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of each system, in turns; the tables show medians and spreads"
+    )
     args = parser.parse_args()
     git_commit()  # the label of the code under test, taken before it runs
     size = Size(200, 120) if args.quick else Size(5000, 2000, 16) if args.large else Size(1000, 500)
@@ -570,9 +622,12 @@ def main() -> None:
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     if args.part in ("jobs", "all"):
         mix = job_mix(size.jobs, seed=11)
-        for system in (s for s in SYSTEMS if s in systems):
-            results[system] = run_jobs(system, size, mix, args.profile)
-            write(out, results)
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(args.repeats):  # in turns: a slow spell of the machine falls on every system alike
+            for system in (s for s in SYSTEMS if s in systems):
+                runs.setdefault(system, []).append(run_jobs(system, size, mix, args.profile))
+                results[system] = repeated_figures(runs[system])
+                write(out, results)
         print_jobs(size, {s: results[s] for s in SYSTEMS if s in results})
     if args.part in ("services", "all"):
         count = 300 if args.quick else 2000

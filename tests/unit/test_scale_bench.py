@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import yaml
-from benchmarks.scale import Size, inventory, targets
+from benchmarks.scale import Size, inventory, print_jobs, repeated_figures, targets
 from benchmarks.scale_cluster import OPERATOR_USER, ScaleCluster
 from benchmarks.scale_timeline import job_paths, summary
 
@@ -49,6 +49,29 @@ def test_targets_say_which_are_met() -> None:
     lines = targets(Size(1000, 500), results)
     assert lines[0].startswith("met: all 1,000 jobs")
     assert [line.split(":")[0] for line in lines[1:]] == ["met", "NOT met", "met", "NOT met"]
+
+
+def test_repeated_runs_give_medians_with_their_spread_and_every_run_must_reach_running(capsys) -> None:
+    """Ratios and targets are taken on medians; "all reach Running" on the worst run; the printed cells show the
+    spread; diagnostics come from the run whose p99 is the median's."""
+    runs = [
+        {"jobs": 1000, "jobs_running": 1000, "p99_seconds": p99, "cpu_seconds": cpu, "peak_rss_mb": 160.0,
+         "measured": at, "diagnostics": {"p99": p99}}
+        for p99, cpu, at in ((50.0, 30.0, "02:10 UTC"), (44.0, 25.0, "02:14 UTC"), (60.0, 28.0, "02:18 UTC"))
+    ]  # fmt: skip
+    runs[2]["jobs_running"] = 998
+    figures = repeated_figures(runs)
+    assert (figures["p99_seconds"], figures["cpu_seconds"], figures["jobs_running"]) == (50.0, 28.0, 998)
+    assert figures["measured"] == "02:10 UTC to 02:18 UTC"
+    assert figures["diagnostics"] == {"p99": 50.0}
+    assert len(figures["runs"]) == 3 and all("diagnostics" not in run for run in figures["runs"])
+    assert repeated_figures(runs[:1]) is runs[0]
+
+    peer = repeated_figures([{**r, "p99_seconds": r["p99_seconds"] - 5, "jobs_running": 1000} for r in runs])
+    print_jobs(Size(1000, 500), {"modelfleet": figures, "peer-tuned": peer})
+    out = capsys.readouterr().out
+    assert "50 (44-60)" in out and "45 (39-55)" in out and "1.11" in out and "998 (998-1000)" in out
+    assert "NOT met: all 1,000 jobs reach Running" in out
 
 
 def test_a_jobs_path_to_running_splits_at_its_first_pod_its_last_pod_and_its_last_binding() -> None:
