@@ -1,5 +1,5 @@
 """Pod parts both workloads build the same way (pure): resources, GPU tolerations, the restricted security contexts,
-the writable /tmp on a read-only root filesystem; and when a pod counts as ready."""
+the writable /tmp on a read-only root filesystem, the pod's identity; and when a pod counts as ready."""
 
 from __future__ import annotations
 
@@ -66,6 +66,17 @@ def container_security_context(user: ContainerSecurityContext | None) -> dict[st
         # these escalate anyway, and the API refuses either beside allowPrivilegeEscalation: false
         del defaults["allowPrivilegeEscalation"]
     return merged(defaults, overrides)
+
+
+def service_account_fields(name: str | None) -> dict[str, Any]:
+    """The pod's identity. Workers and model servers make no API request, so without a ServiceAccount in the spec
+    no API token is mounted (the namespace's `default` account's token would be a credential nothing uses). A named
+    one is the user's choice of identity: its own `automountServiceAccountToken` decides. The deprecated alias is set
+    too: the API copies one into the other, so on a server-side applied template a field left only in the alias
+    would bring serviceAccountName back when the spec drops it (kubernetes/kubernetes#108208)."""
+    if name:
+        return {"serviceAccountName": name, "serviceAccount": name}
+    return {"automountServiceAccountToken": False}
 
 
 def scratch_env(user_env: Sequence[EnvVar]) -> list[dict[str, str]]:

@@ -52,6 +52,8 @@ def test_a_job_and_a_service_live_their_lives_in_a_restricted_namespace(kube: Ku
         assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         context = pod["spec"]["containers"][0]["securityContext"]
         assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
+        assert pod["spec"]["automountServiceAccountToken"] is False  # and so the API mounted no token:
+        assert not [v for v in pod["spec"]["volumes"] if "projected" in v], pod["spec"]["volumes"]
     wait_phase(kube, namespace, "secure", "Succeeded", timeout=30)
 
     kube.apply(inference_service("secure"), namespace)

@@ -119,11 +119,13 @@ def test_split_replicas_by_weight_within_bounds() -> None:
     assert split_replicas(100, regions)["a"] == 10
 
 
-def test_service_account_name_sets_the_deprecated_alias_too() -> None:
+def test_service_account_name_sets_the_deprecated_alias_too_and_without_one_no_api_token_is_mounted() -> None:
     pod = deployment(META, spec(serviceAccountName="reader"), Region(name="r1"), 1)["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == pod["serviceAccount"] == "reader"
+    assert "automountServiceAccountToken" not in pod
     bare = deployment(META, spec(), Region(name="r1"), 1)["spec"]["template"]["spec"]
     assert "serviceAccountName" not in bare and "serviceAccount" not in bare
+    assert bare["automountServiceAccountToken"] is False
 
 
 def test_covers_ignores_defaulted_fields_but_not_changed_or_missing_ones() -> None:

@@ -62,6 +62,15 @@ def test_worker_pod_is_restricted_by_default_with_a_writable_tmp() -> None:
     assert env["TMPDIR"] == env["HOME"] == "/tmp"
 
 
+def test_worker_pod_mounts_no_api_token_unless_a_service_account_is_named() -> None:
+    """Workers make no API request: the namespace's default account's token is not mounted; a named account is the
+    user's choice of identity, and its own automount setting decides."""
+    bare = worker_pod(META, spec(), 0, NODES, 0)["spec"]
+    assert bare["automountServiceAccountToken"] is False and "serviceAccountName" not in bare
+    named = worker_pod(META, spec(serviceAccountName="trainer"), 0, NODES, 0)["spec"]
+    assert named["serviceAccountName"] == "trainer" and "automountServiceAccountToken" not in named
+
+
 def test_user_security_fields_are_merged_over_the_defaults() -> None:
     s = spec(
         securityContext={"runAsUser": 1000, "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}},

@@ -33,6 +33,7 @@ from modelfleet.pods import (
     gpu_tolerations,
     pod_security_context,
     scratch_env,
+    service_account_fields,
     with_scratch,
 )
 
@@ -141,10 +142,7 @@ def pod_template(
         "containers": [container],
         "volumes": volumes,
     }
-    if spec.service_account_name:
-        # Set the deprecated alias too: the API copies one into the other, so a field left only in the alias would
-        # bring serviceAccountName back when the spec drops it (kubernetes/kubernetes#108208).
-        pod_spec["serviceAccountName"] = pod_spec["serviceAccount"] = spec.service_account_name
+    pod_spec.update(service_account_fields(spec.service_account_name))
     annotations = {
         **spec.pod_metadata.annotations,
         "prometheus.io/scrape": "true",

@@ -33,6 +33,7 @@ from modelfleet.pods import (
     gpu_tolerations,
     pod_security_context,
     scratch_env,
+    service_account_fields,
     with_scratch,
 )
 from modelfleet.scheduling.gpus import shard_weights
@@ -192,8 +193,7 @@ def worker_pod(
         "containers": [container],
         "volumes": volumes,
     }
-    if spec.service_account_name:
-        pod_spec["serviceAccountName"] = spec.service_account_name
+    pod_spec.update(service_account_fields(spec.service_account_name))
     return {
         "apiVersion": "v1",
         "kind": "Pod",
