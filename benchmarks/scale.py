@@ -498,17 +498,21 @@ def repeated_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return runs[0]
     by_p99 = sorted(runs, key=lambda r: r["p99_seconds"] if r["p99_seconds"] is not None else float("inf"))
     middle = by_p99[(len(runs) - 1) // 2]
-    figures = {
-        key: median_and_spread(runs, key)[0] if isinstance(value, int | float) else value
-        for key, value in middle.items()
-        if key != "diagnostics"
-    }
+    figures = {key: _median(runs, key, value) for key, value in middle.items() if key != "diagnostics"}
     figures["jobs_running"] = min(run["jobs_running"] for run in runs)  # "all reach Running" holds in every run
     figures["measured"] = f"{runs[0]['measured']} to {runs[-1]['measured']}"
     figures["runs"] = [{k: v for k, v in run.items() if k != "diagnostics"} for run in runs]
     if "diagnostics" in middle:
         figures["diagnostics"] = middle["diagnostics"]
     return figures
+
+
+def _median(runs: list[dict[str, Any]], key: str, example: Any) -> Any:
+    """The median of a figure (an int stays an int where the median is whole); anything else as `example` has it."""
+    if not isinstance(example, int | float):
+        return example
+    mid = median_and_spread(runs, key)[0]
+    return int(mid) if isinstance(example, int) and mid is not None and float(mid).is_integer() else mid
 
 
 def ratio(a: Any, b: Any) -> str:
