@@ -83,7 +83,7 @@ def test_one_acts_and_a_standby_takes_over_after_kill_9(kube: Kube, namespace: s
     assert holder(kube, namespace) == "ha-a"
     kube.apply(training_job("before", workers=2, gpus=1, gpu_type="T4", exit_code=0, run_for="5s"), namespace)
     wait_phase(kube, namespace, "before", "Running")
-    assert f"PATCH /apis/modelfleet.dev/v1alpha1/namespaces/{namespace}/trainingjobs/before/status" in log(a)
+    assert f"PUT /apis/modelfleet.dev/v1alpha1/namespaces/{namespace}/trainingjobs/before/status" in log(a)
     time.sleep(2)  # a standby that watched would have logged the job's events by now
     assert_stands_by(b, namespace)
 
