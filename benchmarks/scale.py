@@ -566,7 +566,7 @@ def targets(size: Size, results: dict[str, dict[str, Any]]) -> list[str]:
             lines.append(f"not measured: {label}")
         else:
             met = value <= limit * factor
-            lines.append(f"{'met' if met else 'NOT met'}: {label} ({value} vs {round(limit * factor, 1)})")
+            lines.append(f"{'met' if met else 'NOT met'}: {label} ({round(value, 1)} vs {round(limit * factor, 1)})")
 
     check("peak RSS <= 200 MB", mf["peak_rss_mb"], 200)
     check("CPU <= 1.5x the as-shipped peer's", mf["cpu_seconds"], peer and peer["cpu_seconds"], 1.5)
