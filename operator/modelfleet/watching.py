@@ -7,9 +7,10 @@ loggers, a body wrapper): at 1,000 jobs ~0.6 ms of CPU an event, a third of the 
 here instead, and so are the gateway's InferenceServices and pods.
 
 What kopf's watches did is kept: the objects of every list, the first and any later one, arrive as events of type
-None (so `resync` compares the stores with a fresh list after a gap), or whole through `on_list`; a watch resumes from the last resourceVersion
-it saw, bookmarks included; a 410 Gone (the version is too old to resume from) lists again; a broken or silent
-connection is retried with a back-off; the server ends each watch after `WATCH_SECONDS` and a new one starts.
+None (so `resync` compares the stores with a fresh list after a gap), or whole through `on_list`; a watch resumes
+from the last resourceVersion it saw, bookmarks included; a 410 Gone (the version is too old to resume from) lists
+again; a broken or silent connection is retried with a back-off; the server ends each watch after `WATCH_SECONDS`
+and a new one starts.
 """
 
 from __future__ import annotations

@@ -54,6 +54,9 @@ def test_a_job_and_a_service_live_their_lives_in_a_restricted_namespace(kube: Ku
         assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
         assert pod["spec"]["automountServiceAccountToken"] is False  # and so the API mounted no token:
         assert not [v for v in pod["spec"]["volumes"] if "projected" in v], pod["spec"]["volumes"]
+    assert [v for v in _admitted_plain_pod(kube, namespace)["spec"]["volumes"] if "projected" in v], (
+        "the control: this API server mounts the default account's token into a pod that does not opt out"
+    )
     wait_phase(kube, namespace, "secure", "Succeeded", timeout=30)
 
     kube.apply(inference_service("secure"), namespace)
@@ -64,6 +67,20 @@ def test_a_job_and_a_service_live_their_lives_in_a_restricted_namespace(kube: Ku
         what="2 replicas ready",
     )
     assert ready["phase"] == "Ready"
+
+
+def _admitted_plain_pod(kube: Kube, namespace: str) -> dict:
+    """A restricted pod with no word about its token, as the API server would store it (server-side dry run)."""
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "namespace": namespace},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "c", "image": "example.com/c:1", "securityContext": {
+                "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}],
+        },
+    }  # fmt: skip
+    out = kube.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(pod))
+    return json.loads(out.stdout)
 
 
 ASKS_TOO_MUCH = {

@@ -45,14 +45,11 @@ SCRAPE_EVERY_SECONDS = 5.0
 RETRY_SECONDS = 1.0
 """After a scrape that found no progress: a short job must not finish between two full periods unseen."""
 SILENT_WINDOW_SECONDS = 30.0
-SILENT_STEP_SECONDS = 4.0
 SILENT_MAX_SECONDS = 60.0
-"""A job none of whose workers answers at all is probed 1 and 2 s after its first probe, then every
-SILENT_STEP_SECONDS for SILENT_WINDOW_SECONDS (rank 0 serves its metrics only once torchrun, the rendezvous and the
-data are up, and a short job may end seconds later), then after 6, 12, 24 ... seconds, up to SILENT_MAX_SECONDS:
-a thousand jobs that serve no metrics must not cost a thousand scrapes a second for ever. Probing every second
-through the window made the sweep 8-9 % of the operator's CPU at 1,000 starting jobs (docs/performance.md,
-Session 14)."""
+"""A job none of whose workers answers at all is probed every second for SILENT_WINDOW_SECONDS (rank 0 serves its
+metrics only once torchrun, the rendezvous and the data are up, and a short job may end seconds later), then after
+2, 4, 8 ... seconds, up to SILENT_MAX_SECONDS: a thousand jobs that serve no metrics must not cost a thousand
+scrapes a second for ever."""
 SCRAPE_TIMEOUT_SECONDS = 1.0
 
 
@@ -243,12 +240,12 @@ class ProgressScraper:
 
 
 def silent_wait(silent_for: float) -> float:
-    """Seconds to the next probe of a job silent for `silent_for` seconds: as long as it has been silent (at least
-    RETRY_SECONDS, at most SILENT_STEP_SECONDS) during the first SILENT_WINDOW_SECONDS, then as long again as it has
-    been silent past the window plus SILENT_STEP_SECONDS, up to SILENT_MAX_SECONDS."""
+    """Seconds to the next probe of a job silent for `silent_for` seconds: RETRY_SECONDS during the first
+    SILENT_WINDOW_SECONDS, then as long again as it has been silent past the window plus 2 s, up to
+    SILENT_MAX_SECONDS."""
     if silent_for < SILENT_WINDOW_SECONDS:
-        return min(max(silent_for, RETRY_SECONDS), SILENT_STEP_SECONDS)
-    return min(silent_for - SILENT_WINDOW_SECONDS + SILENT_STEP_SECONDS, SILENT_MAX_SECONDS)
+        return RETRY_SECONDS
+    return min(silent_for - SILENT_WINDOW_SECONDS + 2 * RETRY_SECONDS, SILENT_MAX_SECONDS)
 
 
 def silent_probe(urls: Mapping[str, str], now: float) -> dict[str, str]:
