@@ -37,6 +37,15 @@ def env_for(artifact: Path, **spec: object) -> dict[str, str]:
     return {e["name"]: e["value"] for e in server_env("svc", parsed, str(artifact))}
 
 
+def sleepy_artifact(tmp_path: Path, seconds: float) -> Path:
+    """A pickled `Sleepy` model (format pytorch): every pass takes `seconds`."""
+    artifact = tmp_path / "sleepy"
+    artifact.mkdir()
+    torch.save(Sleepy(seconds), artifact / "model.pt")
+    (artifact / "metadata.json").write_text(json.dumps({"inputShape": [3], "classes": 2}))
+    return artifact
+
+
 def int8_env(artifact: Path, **spec: object) -> dict[str, str]:
     env = env_for(artifact, model={"uri": f"file://{artifact}", "name": "m", "quantization": "int8"}, **spec)
     return {**env, "MODELFLEET_MODEL_FACTORIES": "modelfleet.runtime.models,tests.runtime"}
@@ -328,9 +337,14 @@ def test_several_processes_share_the_ports_and_drain_on_sigterm(server, mlp_arti
     assert srv.proc.wait(timeout=30) in (0, -signal.SIGTERM), "exits on its own once drained"
 
 
-def test_a_grpc_call_its_client_gave_up_on_leaves_the_batcher(server, mlp_artifact: Path) -> None:
-    srv = server(env_for(mlp_artifact, batching={"maxBatchSize": 8, "maxDelayMs": 5000}))
-    asyncio.run(fire(srv.url, [request([[1.0, 2.0, 3.0]])] * 8))  # after a pass of several, a lone call waits 5 s
+def test_a_grpc_call_its_client_gave_up_on_leaves_the_batcher(server, tmp_path: Path) -> None:
+    """The pass before the lone call holds several requests (8 at once behind a first pass of 0.5 s), so the lone
+    call waits for company (up to 5 s); its client gives up after 0.3 s and the server lets it go."""
+    env = env_for(sleepy_artifact(tmp_path, 0.5), batching={"maxBatchSize": 8, "maxDelayMs": 5000})
+    srv = server({**env, "MODELFLEET_MODEL_FORMAT": "pytorch", "MODELFLEET_ALLOW_PICKLE": "1"})
+    asyncio.run(fire(srv.url, [request([[1.0, 2.0, 3.0]])] * 8))
+    passes = metric(srv.url, "modelfleet_batch_size_count", model="m")
+    assert passes <= 2, f"the 8 calls came in {passes:g} passes, not all but the first together"
     _, grpc = clients(srv)
     row = grpcclient.InferInput("input__0", [1, 3], "FP32")
     row.set_data_from_numpy(np.ones((1, 3), np.float32))
@@ -345,11 +359,7 @@ def test_grpc_calls_past_the_queue_are_refused_at_once_and_admitted_ones_keep_th
 ) -> None:
     """One pass of 1 s at a time, 2 may wait, 1.5 s timeout: of 6 calls at once the first is answered, the queued
     ones time out (the one still queued never runs), the rest are refused at once; none waits unseen."""
-    artifact = tmp_path / "sleepy"
-    artifact.mkdir()
-    torch.save(Sleepy(1.0), artifact / "model.pt")
-    (artifact / "metadata.json").write_text(json.dumps({"inputShape": [3], "classes": 2}))
-    env = env_for(artifact, batching={"maxBatchSize": 1})
+    env = env_for(sleepy_artifact(tmp_path, 1.0), batching={"maxBatchSize": 1})
     srv = server({
         **env, "MODELFLEET_MODEL_FORMAT": "pytorch", "MODELFLEET_ALLOW_PICKLE": "1", "MODELFLEET_MAX_QUEUE": "2",
         "MODELFLEET_REQUEST_TIMEOUT_SECONDS": "1.5", "MODELFLEET_WORKERS": "1",
