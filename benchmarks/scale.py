@@ -46,7 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import scale_kserve, scale_timeline
-from benchmarks.figures import median_and_spread, with_spread
+from benchmarks.figures import cpu_seconds, median_and_spread, with_spread
 from benchmarks.scale_cluster import READS, WRITES, ScaleCluster
 from modelfleet.api.common import GPU_RESOURCE
 from modelfleet.contract import JOB_NAME_LABEL
@@ -162,15 +162,6 @@ class ProcessSampler(threading.Thread):
             except (OSError, StopIteration):
                 return
             time.sleep(0.5)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds the process has used so far (0 once it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cluster_cpu(cluster: ScaleCluster) -> dict[str, float]:

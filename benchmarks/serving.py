@@ -1,6 +1,8 @@
 """Serving: requests/s and p50/p99 latency of modelfleet's model server (fp32 and int8) side by side with KServe's
 Python model server on the same TorchScript models: JSON and binary tensors over HTTP, and gRPC, at 1/16/64
-concurrent clients; then 64-row requests (binary vs JSON); then the int8 model's accuracy against fp32.
+concurrent clients; then 64-row requests (binary vs JSON); then the int8 model's accuracy against fp32. Each point
+also gives the server's CPU per request; for 64-row requests, each modelfleet model's pass alone is timed too, which
+bounds how far binary can beat JSON on it: a binary request costs at least its pass.
 
     python -m benchmarks.serving [--quick] [--no-kserve] [--repeats 3] [--seconds 3] [--models mlp|cnn] [--cnn cnn]
 
@@ -32,8 +34,10 @@ from rich.table import Table
 
 from benchmarks.models import mlp
 from modelfleet.runtime.data import synthetic
-from modelfleet.runtime.modelio import load_model, save_artifact
+from modelfleet.runtime.modelio import load_model, probe_inputs, save_artifact
 from modelfleet.runtime.models import build_model
+from modelfleet.runtime.processes import worker_plan
+from modelfleet.runtime.quantize import seconds_per_pass
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("json", "binary", "grpc")
@@ -139,7 +143,8 @@ def start_kserve(python: str, artifact: Path, cores: str | None, log: Path) -> S
 def measure(server: Server, mode: str, shape: list[int], clients: int, seconds: float, cores: str | None) -> dict:
     target = server[2] if mode == "grpc" else server[1]
     command = [sys.executable, "-m", "benchmarks.loadgen", "--target", target, "--mode", mode,
-               "--shape", ",".join(map(str, shape)), "--concurrency", str(clients), "--seconds", str(seconds)]  # fmt: skip
+               "--shape", ",".join(map(str, shape)), "--concurrency", str(clients), "--seconds", str(seconds),
+               "--server-pid", str(server[0].pid)]  # fmt: skip
     out = subprocess.run(
         pinned(command, cores), capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
@@ -175,7 +180,7 @@ def run_points(
                 server[0].wait(timeout=30)
     return [
         {"server": k[0], "mode": k[1], "rows": k[2], "clients": k[3], "runs": v,
-         **{key: summary(v, key)[0] for key in ("rps", "p50_ms", "p99_ms")}, "errors": sum(r["errors"] for r in v)}
+         **{key: summary(v, key)[0] for key in ("rps", "p50_ms", "p99_ms", "server_cpu_ms")}, "errors": sum(r["errors"] for r in v)}
         for k, v in rows.items()
     ]  # fmt: skip
 
@@ -188,7 +193,7 @@ def spread(runs: list[dict], key: str) -> str:
 def print_table(title: str, results: list[dict]) -> None:
     table = Table(title=title)
     for column in ("server", "mode", "rows", "clients", "req/s median (min-max)", "p50 ms", "p99 ms", "errors",
-                   "req/s ratio", "p99 ratio", "client CPU %"):  # fmt: skip
+                   "req/s ratio", "p99 ratio", "server CPU ms/req", "client CPU %"):  # fmt: skip
         table.add_column(column, justify="right")
     index = {(r["server"], r["mode"], r["rows"], r["clients"]): r for r in results}
     for r in results:
@@ -199,9 +204,42 @@ def print_table(title: str, results: list[dict]) -> None:
             r["server"], r["mode"], str(r["rows"]), str(r["clients"]), spread(r["runs"], "rps"),
             spread(r["runs"], "p50_ms"), spread(r["runs"], "p99_ms"), str(r["errors"]),
             f"{r['rps'] / peer['rps']:.2f}" if mine else "-", f"{r['p99_ms'] / peer['p99_ms']:.2f}" if mine else "-",
-            spread(r["runs"], "client_cpu"),
+            spread(r["runs"], "server_cpu_ms"), spread(r["runs"], "client_cpu"),
         )  # fmt: skip
     Console(width=160).print(table)
+
+
+def passes_per_second(artifact: Path, quantization: str, rows: int, cores: str | None) -> tuple[float, float]:
+    """(ms of the fastest pass of `rows` rows, passes a second) of the model as modelfleet's server loads it, with
+    its worker plan for `cores`: as many requests of `rows` rows as the server could answer a second if a request
+    cost it nothing but its pass."""
+    plan = worker_plan(0, "cpu", cores=len(cores.split(",")) if cores else os.cpu_count() or 1)
+    threads, affinity = torch.get_num_threads(), os.sched_getaffinity(0)
+    torch.set_num_threads(plan.threads)
+    if cores:
+        os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
+    try:
+        loaded = load_model(artifact, quantization=quantization, batch_rows=rows)
+        seconds = seconds_per_pass([loaded.module], probe_inputs(loaded.signature, rows), budget=2.0)[0]
+    finally:
+        torch.set_num_threads(threads)
+        os.sched_setaffinity(0, affinity)
+    return seconds * 1000, plan.workers / seconds
+
+
+def binary_over_json(label: str, results: list[dict], passes: tuple[float, float] | None) -> str:
+    """Binary / JSON req/s of one server, with its CPU per request; given the pass alone (ms, passes a second),
+    also the most that ratio could be with a binary request that cost nothing else (the JSON point as measured)."""
+    by_mode = {r["mode"]: r for r in results if r["server"] == label}
+    json_point, binary = by_mode["json"], by_mode["binary"]
+    line = (
+        f"{label}, 64 rows: binary / JSON req/s = {binary['rps'] / json_point['rps']:.2f}; server CPU per request "
+        f"binary {binary['server_cpu_ms']:.2f} ms, JSON {json_point['server_cpu_ms']:.2f} ms"
+    )
+    if passes is None:
+        return line
+    pass_ms, most = passes
+    return line + f"; the pass alone {pass_ms:.2f} ms: at most {most / json_point['rps']:.2f} with nothing else"
 
 
 def main() -> None:
@@ -245,11 +283,11 @@ def main() -> None:
     without_mlp_int8 = {k: v for k, v in starters.items() if k != "mlp modelfleet int8"}
     big = run_points(without_mlp_int8, batched, repeats, seconds, client_cores)
     print_table("64 rows per request, 16 clients", big)
-    for model in models:
-        for server in ("modelfleet fp32", "kserve fp32"):
-            by_mode = {r["mode"]: r["rps"] for r in big if r["server"] == f"{model} {server}"}
-            if by_mode.get("json"):
-                print(f"{model} {server}, 64 rows: binary / JSON req/s = {by_mode['binary'] / by_mode['json']:.2f}")
+    for label in dict.fromkeys(r["server"] for r in big):
+        model, _, kind = label.partition(" ")
+        quantization = {"modelfleet fp32": "none", "modelfleet int8": "int8"}.get(kind)
+        passes = passes_per_second(models[model][0], quantization, 64, server_cores) if quantization else None
+        print(binary_over_json(label, big, passes))
     for rows, table in ((1, results), (64, big)) if "cnn" in models else ():
         for mode in MODES:
             rps = {r["server"]: r["rps"] for r in table if r["mode"] == mode and r["clients"] == 16}
