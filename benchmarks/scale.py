@@ -307,10 +307,9 @@ def measure(
         diagnostics = {}
         if system == "modelfleet":
             running_at = {name: done + time.time() - time.monotonic() for name, done in tracker.done.items()}
-            diagnostics = {
-                "path": scale_timeline.modelfleet_path(api_client, "bench", running_at),
-                "counters": scale_timeline.operator_counters(env.get("MODELFLEET_METRICS_PORT")),
-            }
+            path, odd = scale_timeline.modelfleet_path(api_client, "bench", running_at)
+            counters = scale_timeline.operator_counters(env.get("MODELFLEET_METRICS_PORT"))
+            diagnostics = {"path": path, "oddities": odd, "counters": counters}
         if profiler:
             profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
             profiler.wait(timeout=60)

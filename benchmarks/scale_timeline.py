@@ -53,8 +53,18 @@ def job_paths(jobs: list[dict[str, Any]], pods: list[dict[str, Any]], running_at
         paths.append({
             "to_first_pod": first - created, "creates": last - first, "to_scheduled": scheduled - last,
             "to_running": running_at[name] - scheduled, "total": running_at[name] - created,
+            "restarts": (job.get("status") or {}).get("restarts") or 0,
         })  # fmt: skip
     return paths
+
+
+def oddities(paths: list[dict[str, float]]) -> dict[str, int]:
+    """Jobs whose gang was restarted during the run, and jobs with a pod bound after the benchmark saw all their
+    workers Running (a pod replaced after that: its stages above then mix two gangs)."""
+    return {
+        "jobs_restarted": sum(1 for p in paths if p["restarts"] > 0),
+        "bound_after_running": sum(1 for p in paths if p["to_running"] < 0),
+    }
 
 
 def summary(paths: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -84,12 +94,15 @@ def operator_counters(port: str | None) -> dict[str, float]:
     return found
 
 
-def modelfleet_path(api_client: client.ApiClient, namespace: str, running_at: dict[str, float]) -> dict[str, Any]:
-    """The stages' summary for every TrainingJob in the namespace (one list of jobs and one of pods)."""
+def modelfleet_path(
+    api_client: client.ApiClient, namespace: str, running_at: dict[str, float]
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The stages' summary and the oddities for every TrainingJob in the namespace (one list of jobs, one of pods)."""
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     jobs = custom.list_namespaced_custom_object("modelfleet.dev", "v1alpha1", namespace, "trainingjobs")["items"]
     pods = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)["items"]
-    return summary(job_paths(jobs, pods, running_at))
+    paths = job_paths(jobs, pods, running_at)
+    return summary(paths), oddities(paths)
 
 
 def print_path(diagnostics: dict[str, Any]) -> None:
@@ -98,5 +111,8 @@ def print_path(diagnostics: dict[str, Any]) -> None:
         print(f"  {'':18}" + "".join(f"{s:>14}" for s in (*STAGES, "total")))
         for row, values in path.items():
             print(f"  {row:18}" + "".join(f"{values[s]:>14}" for s in (*STAGES, "total")))
+    if odd := diagnostics.get("oddities"):
+        print("jobs restarted during the run: {jobs_restarted}; with a pod bound after all were Running: "
+              "{bound_after_running}".format(**odd))  # fmt: skip
     if counters := diagnostics.get("counters"):
         print("modelfleet's counters: " + ", ".join(f"{k} {v:g}" for k, v in sorted(counters.items())))

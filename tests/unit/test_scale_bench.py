@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from benchmarks.scale import Size, inventory, print_jobs, repeated_figures, targets
 from benchmarks.scale_cluster import OPERATOR_USER, ScaleCluster
-from benchmarks.scale_timeline import job_paths, summary
+from benchmarks.scale_timeline import job_paths, oddities, summary
 
 
 def test_large_inventory_has_room_for_every_worker() -> None:
@@ -83,5 +83,11 @@ def test_a_jobs_path_to_running_splits_at_its_first_pod_its_last_pod_and_its_las
     jobs = [{"metadata": {"name": "j", "creationTimestamp": "2026-01-01T00:00:00Z"}}, {"metadata": {"name": "gone"}}]
     running = {"j": 1767225620.0}  # 00:00:20
     (path,) = job_paths(jobs, [pod("05", "09"), pod("06", "12")], running)
-    assert path == {"to_first_pod": 5.0, "creates": 1.0, "to_scheduled": 6.0, "to_running": 8.0, "total": 20.0}
+    assert path == {
+        "to_first_pod": 5.0, "creates": 1.0, "to_scheduled": 6.0, "to_running": 8.0, "total": 20.0, "restarts": 0,
+    }  # fmt: skip
+    assert oddities([path]) == {"jobs_restarted": 0, "bound_after_running": 0}
+    restarted = {**jobs[0], "status": {"restarts": 1}}
+    (replaced,) = job_paths([restarted], [pod("05", "09"), pod("25", "26")], running)  # a pod made again at 00:25
+    assert oddities([path, replaced]) == {"jobs_restarted": 1, "bound_after_running": 1}
     assert summary([path])["mean_slowest_1pct"]["total"] == 20.0
