@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -53,18 +54,24 @@ def job_paths(jobs: list[dict[str, Any]], pods: list[dict[str, Any]], running_at
         paths.append({
             "to_first_pod": first - created, "creates": last - first, "to_scheduled": scheduled - last,
             "to_running": running_at[name] - scheduled, "total": running_at[name] - created,
-            "restarts": (job.get("status") or {}).get("restarts") or 0,
+            "restarts": (job.get("status") or {}).get("restarts") or 0, "job": name,
         })  # fmt: skip
     return paths
 
 
-def oddities(paths: list[dict[str, float]]) -> dict[str, int]:
+def oddities(paths: list[dict[str, Any]], jobs: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Jobs whose gang was restarted during the run, and jobs with a pod bound after the benchmark saw all their
-    workers Running (a pod replaced after that: its stages above then mix two gangs)."""
-    return {
-        "jobs_restarted": sum(1 for p in paths if p["restarts"] > 0),
-        "bound_after_running": sum(1 for p in paths if p["to_running"] < 0),
+    workers Running (a pod replaced after that: its stages above then mix two gangs); the conditions of up to three
+    such jobs of `jobs`, to say why."""
+    restarted = [p["job"] for p in paths if p["restarts"] > 0]
+    rebound = [p["job"] for p in paths if p["to_running"] < 0]
+    conditions = {j["metadata"]["name"]: (j.get("status") or {}).get("conditions") or [] for j in jobs}
+    examples = {
+        name: [f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}" for c in conditions[name]]
+        for name in list(dict.fromkeys(restarted + rebound))[:3]
+        if name in conditions
     }
+    return {"jobs_restarted": len(restarted), "bound_after_running": len(rebound), "examples": examples}
 
 
 def summary(paths: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -96,13 +103,13 @@ def operator_counters(port: str | None) -> dict[str, float]:
 
 def modelfleet_path(
     api_client: client.ApiClient, namespace: str, running_at: dict[str, float]
-) -> tuple[dict[str, Any], dict[str, int]]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The stages' summary and the oddities for every TrainingJob in the namespace (one list of jobs, one of pods)."""
     custom, core = client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
     jobs = custom.list_namespaced_custom_object("modelfleet.dev", "v1alpha1", namespace, "trainingjobs")["items"]
     pods = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)["items"]
     paths = job_paths(jobs, pods, running_at)
-    return summary(paths), oddities(paths)
+    return summary(paths), oddities(paths, jobs)
 
 
 def print_path(diagnostics: dict[str, Any]) -> None:
@@ -114,5 +121,7 @@ def print_path(diagnostics: dict[str, Any]) -> None:
     if odd := diagnostics.get("oddities"):
         print("jobs restarted during the run: {jobs_restarted}; with a pod bound after all were Running: "
               "{bound_after_running}".format(**odd))  # fmt: skip
+        for name, conditions in odd["examples"].items():
+            print(f"  {name}: " + "; ".join(conditions))
     if counters := diagnostics.get("counters"):
         print("modelfleet's counters: " + ", ".join(f"{k} {v:g}" for k, v in sorted(counters.items())))

@@ -85,9 +85,13 @@ def test_a_jobs_path_to_running_splits_at_its_first_pod_its_last_pod_and_its_las
     (path,) = job_paths(jobs, [pod("05", "09"), pod("06", "12")], running)
     assert path == {
         "to_first_pod": 5.0, "creates": 1.0, "to_scheduled": 6.0, "to_running": 8.0, "total": 20.0, "restarts": 0,
+        "job": "j",
     }  # fmt: skip
-    assert oddities([path]) == {"jobs_restarted": 0, "bound_after_running": 0}
-    restarted = {**jobs[0], "status": {"restarts": 1}}
+    assert oddities([path]) == {"jobs_restarted": 0, "bound_after_running": 0, "examples": {}}
+    why = {"type": "Running", "status": "False", "reason": "GangRestart", "message": "worker 1 lost"}
+    restarted = {**jobs[0], "status": {"restarts": 1, "conditions": [why]}}
     (replaced,) = job_paths([restarted], [pod("05", "09"), pod("25", "26")], running)  # a pod made again at 00:25
-    assert oddities([path, replaced]) == {"jobs_restarted": 1, "bound_after_running": 1}
+    assert oddities([replaced], [restarted]) == {
+        "jobs_restarted": 1, "bound_after_running": 1, "examples": {"j": ["Running=False GangRestart: worker 1 lost"]},
+    }  # fmt: skip
     assert summary([path])["mean_slowest_1pct"]["total"] == 20.0
