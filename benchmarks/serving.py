@@ -179,8 +179,8 @@ def run_points(
                 server[0].terminate()
                 server[0].wait(timeout=30)
     return [
-        {"server": k[0], "mode": k[1], "rows": k[2], "clients": k[3], "runs": v,
-         **{key: summary(v, key)[0] for key in ("rps", "p50_ms", "p99_ms", "server_cpu_ms")}, "errors": sum(r["errors"] for r in v)}
+        {"server": k[0], "mode": k[1], "rows": k[2], "clients": k[3], "runs": v, "errors": sum(r["errors"] for r in v),
+         **{key: summary(v, key)[0] for key in ("rps", "p50_ms", "p99_ms", "server_cpu_ms")}}
         for k, v in rows.items()
     ]  # fmt: skip
 
