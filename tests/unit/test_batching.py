@@ -1,4 +1,5 @@
-"""The batcher's wait for company: a lone request after a pass of several waits only until as many are in."""
+"""The batcher's wait for company: a lone request after a pass of several waits only until as many are in, or a
+full batch of rows, or the batcher is stopped."""
 
 from __future__ import annotations
 
@@ -10,16 +11,21 @@ import torch
 from modelfleet.runtime.batching import Batcher
 
 
-def test_a_lone_request_waits_only_until_the_last_pass_s_company_is_back() -> None:
-    passes: list[int] = []
-
+def echo_batcher(passes: list[int]) -> Batcher:
     def forward(x: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         passes.append(x[0].shape[0])
         return x
 
+    batcher = Batcher(forward, max_batch_size=64, max_delay_ms=5000)
+    batcher.start()
+    return batcher
+
+
+def test_a_lone_request_waits_only_until_the_last_pass_s_company_is_back() -> None:
+    passes: list[int] = []
+
     async def scenario() -> float:
-        batcher = Batcher(forward, max_batch_size=64, max_delay_ms=5000)
-        batcher.start()
+        batcher = echo_batcher(passes)
         await asyncio.gather(*(batcher.infer((torch.ones(1, 3),)) for _ in range(3)))
         started = time.monotonic()
         lone = asyncio.ensure_future(batcher.infer((torch.ones(1, 3),)))
@@ -31,3 +37,39 @@ def test_a_lone_request_waits_only_until_the_last_pass_s_company_is_back() -> No
     elapsed = asyncio.run(scenario())
     assert passes == [3, 3], passes
     assert elapsed < 2, f"{elapsed:.2f}s: the lone request waited for the whole 5 s delay"
+
+
+def test_a_full_batch_of_rows_ends_the_wait_for_company() -> None:
+    passes: list[int] = []
+
+    async def scenario() -> float:
+        batcher = echo_batcher(passes)
+        await asyncio.gather(*(batcher.infer((torch.ones(1, 3),)) for _ in range(3)))
+        started = time.monotonic()
+        lone = asyncio.ensure_future(batcher.infer((torch.ones(1, 3),)))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(lone, batcher.infer((torch.ones(63, 3),)))  # 64 rows in all, one request short
+        batcher.stop()
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(scenario())
+    assert passes == [3, 64], passes
+    assert elapsed < 2, f"{elapsed:.2f}s: waited for a third request with the batch already full"
+
+
+def test_stopping_ends_the_wait_for_company_and_runs_what_is_queued() -> None:
+    passes: list[int] = []
+
+    async def scenario() -> float:
+        batcher = echo_batcher(passes)
+        await asyncio.gather(*(batcher.infer((torch.ones(1, 3),)) for _ in range(3)))
+        lone = asyncio.ensure_future(batcher.infer((torch.ones(1, 3),)))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await asyncio.to_thread(batcher.stop)
+        await lone
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(scenario())
+    assert passes == [3, 1], passes
+    assert elapsed < 2, f"{elapsed:.2f}s: stop waited out the 5 s delay"

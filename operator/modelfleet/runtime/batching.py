@@ -11,6 +11,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -59,7 +60,10 @@ class Batcher:
     batcher's thread would run a pass for every few requests the transports hand it, each pass with its own fixed
     cost (measured: 6.6 requests a pass instead of 9.6 at 64 gRPC clients, 7 % fewer req/s). Under light load (the
     last pass held a single request) a request runs at once: waiting for company that is not coming would only add
-    `max_delay_ms` to its latency.
+    `max_delay_ms` to its latency. While it waits, the batcher's thread is woken once, by the request that completes
+    the company (or a full batch of rows), not by every request that comes in: a wake per request had cost about
+    one thread switch per call (measured in turns, 16 one-row clients on one core: gRPC MLP 2,790 -> 3,386 req/s,
+    HTTP binary 5,084 -> 6,333, medians of five and three; 10 -> 15 rows a pass).
 
     Each request's rows come back to it alone; if the merged pass fails, each request is run by itself so a bad
     one fails only itself. `on_batch` sees every batch size (for the metrics).
@@ -80,7 +84,13 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000
         self.on_batch = on_batch
-        self.queue: queue.Queue[Pending | None] = queue.Queue(maxsize=max_queue)  # None: stop
+        self.max_queue = max_queue
+        self.waiting: deque[Pending] = deque()
+        self.waiting_rows = 0
+        self.arrived = threading.Condition(threading.Lock())
+        # what wakes the batcher's thread: this many requests, or rows, waiting (more while it waits for company)
+        self.wake_at, self.wake_rows = 1, 1
+        self.stopping = False
         self.thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self.last_batch = 0
 
@@ -90,13 +100,22 @@ class Batcher:
     def stop(self) -> None:
         """Runs what is queued, then ends the batcher's thread (blocking)."""
         if self.thread.is_alive():
-            self.queue.put(None)
+            with self.arrived:
+                self.stopping = True
+                self.arrived.notify()
             self.thread.join()
 
     def submit(self, inputs: Tensors) -> Future[Tensors]:
         """Queues the rows from any thread; their answer comes on the returned future. Raises `queue.Full`."""
         future: Future[Tensors] = Future()
-        self.queue.put_nowait(Pending(inputs, future))
+        pending = Pending(inputs, future)
+        with self.arrived:
+            if self.max_queue and len(self.waiting) >= self.max_queue:
+                raise queue.Full
+            self.waiting.append(pending)
+            self.waiting_rows += pending.rows
+            if len(self.waiting) >= self.wake_at or self.waiting_rows >= self.wake_rows:
+                self.arrived.notify()
         return future
 
     async def infer(self, inputs: Tensors) -> Tensors:
@@ -104,32 +123,41 @@ class Batcher:
         return await asyncio.wrap_future(self.submit(inputs))
 
     def _serve(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self.queue.get()
-            if first is None:
-                return
-            batch, rows = [first], first.rows
-            deadline: float | None = None  # set when the queue ran dry with fewer requests than the last pass
-            while rows < self.max_batch_size:
-                remaining = 0.0 if deadline is None else deadline - time.monotonic()
-                try:
-                    item = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
-                except queue.Empty:
-                    if deadline is None and len(batch) < self.last_batch:
-                        deadline = time.monotonic() + self.max_delay
-                        continue
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-                rows += item.rows
-                if deadline is not None and len(batch) >= self.last_batch:
-                    break
+        while True:
+            with self.arrived:
+                while not self.waiting and not self.stopping:
+                    self.arrived.wait()
+                if not self.waiting:
+                    return
+                batch, rows = self._take([], 0)
+                if len(batch) < self.last_batch and rows < self.max_batch_size and not self.stopping:
+                    self._wait_for_company(len(batch), rows)
+                    batch, rows = self._take(batch, rows)
             batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
             if batch:
                 self._run(batch)
+
+    def _wait_for_company(self, requests: int, rows: int) -> None:
+        """With the lock held: waits up to `max_delay` until as many requests as the last pass held, or a full
+        batch of rows, are in; woken once, by the request that makes them (not by every one that comes in)."""
+        self.wake_at, self.wake_rows = self.last_batch - requests, self.max_batch_size - rows
+        deadline = time.monotonic() + self.max_delay
+        try:
+            while len(self.waiting) < self.wake_at and self.waiting_rows < self.wake_rows and not self.stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.arrived.wait(remaining):
+                    return
+        finally:
+            self.wake_at, self.wake_rows = 1, 1
+
+    def _take(self, batch: list[Pending], rows: int) -> tuple[list[Pending], int]:
+        """With the lock held: waiting requests moved into `batch` until it holds `max_batch_size` rows."""
+        while self.waiting and rows < self.max_batch_size:
+            pending = self.waiting.popleft()
+            self.waiting_rows -= pending.rows
+            batch.append(pending)
+            rows += pending.rows
+        return batch, rows
 
     def _run(self, batch: list[Pending]) -> None:
         self.last_batch = len(batch)
