@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import torch
 
@@ -21,20 +22,31 @@ def echo_batcher(passes: list[int]) -> Batcher:
     return batcher
 
 
-def test_a_lone_request_waits_only_until_the_last_pass_s_company_is_back() -> None:
-    passes: list[int] = []
+def lone_request_after_a_pass_of_three(
+    passes: list[int], then: Callable[[Batcher, asyncio.Future], Awaitable[object]]
+) -> float:
+    """Three requests in one pass, then a lone one that waits for company (up to 5 s); seconds `then` took."""
 
     async def scenario() -> float:
         batcher = echo_batcher(passes)
         await asyncio.gather(*(batcher.infer((torch.ones(1, 3),)) for _ in range(3)))
-        started = time.monotonic()
         lone = asyncio.ensure_future(batcher.infer((torch.ones(1, 3),)))
         await asyncio.sleep(0.05)
-        await asyncio.gather(lone, *(batcher.infer((torch.ones(1, 3),)) for _ in range(2)))
+        started = time.monotonic()
+        await then(batcher, lone)
         batcher.stop()
         return time.monotonic() - started
 
-    elapsed = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_lone_request_waits_only_until_the_last_pass_s_company_is_back() -> None:
+    passes: list[int] = []
+
+    async def two_more(batcher: Batcher, lone: asyncio.Future) -> None:
+        await asyncio.gather(lone, *(batcher.infer((torch.ones(1, 3),)) for _ in range(2)))
+
+    elapsed = lone_request_after_a_pass_of_three(passes, two_more)
     assert passes == [3, 3], passes
     assert elapsed < 2, f"{elapsed:.2f}s: the lone request waited for the whole 5 s delay"
 
@@ -42,17 +54,10 @@ def test_a_lone_request_waits_only_until_the_last_pass_s_company_is_back() -> No
 def test_a_full_batch_of_rows_ends_the_wait_for_company() -> None:
     passes: list[int] = []
 
-    async def scenario() -> float:
-        batcher = echo_batcher(passes)
-        await asyncio.gather(*(batcher.infer((torch.ones(1, 3),)) for _ in range(3)))
-        started = time.monotonic()
-        lone = asyncio.ensure_future(batcher.infer((torch.ones(1, 3),)))
-        await asyncio.sleep(0.05)
+    async def rows_to_fill_the_batch(batcher: Batcher, lone: asyncio.Future) -> None:
         await asyncio.gather(lone, batcher.infer((torch.ones(63, 3),)))  # 64 rows in all, one request short
-        batcher.stop()
-        return time.monotonic() - started
 
-    elapsed = asyncio.run(scenario())
+    elapsed = lone_request_after_a_pass_of_three(passes, rows_to_fill_the_batch)
     assert passes == [3, 64], passes
     assert elapsed < 2, f"{elapsed:.2f}s: waited for a third request with the batch already full"
 
@@ -60,16 +65,10 @@ def test_a_full_batch_of_rows_ends_the_wait_for_company() -> None:
 def test_stopping_ends_the_wait_for_company_and_runs_what_is_queued() -> None:
     passes: list[int] = []
 
-    async def scenario() -> float:
-        batcher = echo_batcher(passes)
-        await asyncio.gather(*(batcher.infer((torch.ones(1, 3),)) for _ in range(3)))
-        lone = asyncio.ensure_future(batcher.infer((torch.ones(1, 3),)))
-        await asyncio.sleep(0.05)
-        started = time.monotonic()
+    async def stop(batcher: Batcher, lone: asyncio.Future) -> None:
         await asyncio.to_thread(batcher.stop)
         await lone
-        return time.monotonic() - started
 
-    elapsed = asyncio.run(scenario())
+    elapsed = lone_request_after_a_pass_of_three(passes, stop)
     assert passes == [3, 1], passes
     assert elapsed < 2, f"{elapsed:.2f}s: stop waited out the 5 s delay"
