@@ -37,13 +37,13 @@ def env_for(artifact: Path, **spec: object) -> dict[str, str]:
     return {e["name"]: e["value"] for e in server_env("svc", parsed, str(artifact))}
 
 
-def sleepy_artifact(tmp_path: Path, seconds: float) -> Path:
-    """A pickled `Sleepy` model (format pytorch): every pass takes `seconds`."""
+def sleepy_env(tmp_path: Path, seconds: float, **spec: object) -> dict[str, str]:
+    """The server env for a pickled `Sleepy` model (format pytorch, pickle allowed): every pass takes `seconds`."""
     artifact = tmp_path / "sleepy"
     artifact.mkdir()
     torch.save(Sleepy(seconds), artifact / "model.pt")
     (artifact / "metadata.json").write_text(json.dumps({"inputShape": [3], "classes": 2}))
-    return artifact
+    return {**env_for(artifact, **spec), "MODELFLEET_MODEL_FORMAT": "pytorch", "MODELFLEET_ALLOW_PICKLE": "1"}
 
 
 def int8_env(artifact: Path, **spec: object) -> dict[str, str]:
@@ -340,8 +340,7 @@ def test_several_processes_share_the_ports_and_drain_on_sigterm(server, mlp_arti
 def test_a_grpc_call_its_client_gave_up_on_leaves_the_batcher(server, tmp_path: Path) -> None:
     """The pass before the lone call holds several requests (8 at once behind a first pass of 0.5 s), so the lone
     call waits for company (up to 5 s); its client gives up after 0.3 s and the server lets it go."""
-    env = env_for(sleepy_artifact(tmp_path, 0.5), batching={"maxBatchSize": 8, "maxDelayMs": 5000})
-    srv = server({**env, "MODELFLEET_MODEL_FORMAT": "pytorch", "MODELFLEET_ALLOW_PICKLE": "1"})
+    srv = server(sleepy_env(tmp_path, 0.5, batching={"maxBatchSize": 8, "maxDelayMs": 5000}))
     asyncio.run(fire(srv.url, [request([[1.0, 2.0, 3.0]])] * 8))
     passes = metric(srv.url, "modelfleet_batch_size_count", model="m")
     assert passes <= 2, f"the 8 calls came in {passes:g} passes, not all but the first together"
@@ -359,10 +358,9 @@ def test_grpc_calls_past_the_queue_are_refused_at_once_and_admitted_ones_keep_th
 ) -> None:
     """One pass of 1 s at a time, 2 may wait, 1.5 s timeout: of 6 calls at once the first is answered, the queued
     ones time out (the one still queued never runs), the rest are refused at once; none waits unseen."""
-    env = env_for(sleepy_artifact(tmp_path, 1.0), batching={"maxBatchSize": 1})
+    env = sleepy_env(tmp_path, 1.0, batching={"maxBatchSize": 1})
     srv = server({
-        **env, "MODELFLEET_MODEL_FORMAT": "pytorch", "MODELFLEET_ALLOW_PICKLE": "1", "MODELFLEET_MAX_QUEUE": "2",
-        "MODELFLEET_REQUEST_TIMEOUT_SECONDS": "1.5", "MODELFLEET_WORKERS": "1",
+        **env, "MODELFLEET_MAX_QUEUE": "2", "MODELFLEET_REQUEST_TIMEOUT_SECONDS": "1.5", "MODELFLEET_WORKERS": "1",
     })  # fmt: skip
 
     def call(_: int) -> tuple[str, float]:
